@@ -1,0 +1,179 @@
+//! The HTTP edge: the management router (axum) and the front service every request
+//! enters through: Luna-Request-Id parsing and propagation, the root span, metrics per
+//! route template, and the fast path that hands proxy calls to `proxy` without the
+//! router. Depends on `lifecycle`, `proxy`, `runtime`, `metrics`, `config`, `model`.
+
+pub mod error;
+mod input;
+mod routes;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::HeaderValue;
+use tower::ServiceExt as _;
+use tracing::Instrument as _;
+
+pub use error::ApiError;
+pub use input::{account_optional, account_required};
+
+use crate::config::Config;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::model::RequestId;
+use crate::runtime::Registry;
+
+/// Header carrying the request id in both directions.
+pub const REQUEST_ID_HEADER: &str = "luna-request-id";
+
+/// Shared state of every handler.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Effective configuration.
+    pub config: Arc<Config>,
+    /// Lambda lifecycle.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Loaded WASM lambdas.
+    pub registry: Arc<Registry>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// The route template a response was produced by, for metrics labels.
+#[derive(Debug, Clone)]
+pub struct RouteTemplate(pub String);
+
+async fn record_route(request: Request, next: Next) -> Response {
+    let template = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| format!("{}:{}", request.method(), p.as_str()));
+    let mut response = next.run(request).await;
+    if let Some(t) = template {
+        response.extensions_mut().insert(RouteTemplate(t));
+    }
+    response
+}
+
+async fn fallback(request: Request) -> Response {
+    ApiError::no_route(request.uri().path()).into_response()
+}
+
+async fn method_not_allowed(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    if response.status() == http::StatusCode::METHOD_NOT_ALLOWED && response.extensions().get::<error::ErrorCode>().is_none() {
+        return ApiError::method_not_allowed(method.as_str(), &path).into_response();
+    }
+    response
+}
+
+/// The management API router (everything except the proxy fast path).
+pub fn router(state: AppState) -> Router {
+    let limits = &state.config.limits;
+    // Multipart uploads are bounded per part while streaming; this is the outer cap.
+    let body_cap = usize::try_from(limits.max_archive_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(limits.max_json_bytes.saturating_mul(4))
+        .saturating_add(64 * 1024);
+    Router::new()
+        .route("/version", get(routes::version))
+        .route("/1/lambdas", post(routes::create).get(routes::list))
+        .route("/1/lambdas/validate", post(routes::validate))
+        .route(
+            "/1/lambdas/{lambda_id}",
+            get(routes::get)
+                .head(routes::head)
+                .put(routes::recreate)
+                .patch(routes::patch)
+                .delete(routes::delete),
+        )
+        .route("/1/lambdas/{lambda_id}/status", get(routes::status))
+        .route("/1/lambdas/{lambda_id}/logs", get(routes::logs))
+        .route("/1/lambdas/{lambda_id}/update", post(routes::update))
+        .route("/1/lambdas/{lambda_id}/image/status", get(routes::image_status))
+        .route("/1/lambdas/{lambda_id}/image/logs", get(routes::image_logs))
+        .route("/1/lambdas/{lambda_id}/docs", get(routes::lambda_docs))
+        .route("/1/docs/spec", get(routes::spec))
+        .route("/1/docs/dev", get(routes::manual_root))
+        .route("/1/docs/dev/{page}", get(routes::manual))
+        .route("/1/config", get(routes::config))
+        .route("/1/plugins", get(routes::plugins))
+        .route("/metrics", get(routes::metrics))
+        .route("/1/healthcheck", get(routes::healthcheck))
+        .route("/healthcheck", get(routes::healthcheck))
+        .route_layer(middleware::from_fn(record_route))
+        .fallback(fallback)
+        .layer(middleware::from_fn(method_not_allowed))
+        .layer(DefaultBodyLimit::max(body_cap))
+        .with_state(state)
+}
+
+/// Serves one request: request id, span, proxy fast path or router, metrics.
+pub async fn dispatch<B>(state: AppState, router: Router, request: http::Request<B>) -> Result<Response, Infallible>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<axum::BoxError> + std::fmt::Display,
+{
+    let started = Instant::now();
+    let (request_id, bad_header) = match request.headers().get(REQUEST_ID_HEADER) {
+        None => (RequestId::generate(), None),
+        Some(raw) => match raw.to_str().ok().map(str::parse::<RequestId>) {
+            Some(Ok(id)) => (id, None),
+            Some(Err(e)) => (RequestId::generate(), Some(e.0)),
+            None => (
+                RequestId::generate(),
+                Some("Luna-Request-Id is not valid text".to_owned()),
+            ),
+        },
+    };
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    async move {
+        let method = request.method().clone();
+        let mut response = if let Some(detail) = bad_header {
+            ApiError::bad_header(&detail).into_response()
+        } else if let Some(target) = crate::proxy::match_path(request.uri().path()) {
+            let target = target.into_owned();
+            crate::proxy::handle(&state, request, target, &request_id).await
+        } else {
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(request_id.clone());
+            match router.oneshot(request).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        let status = response.status();
+        let code = response.extensions().get::<error::ErrorCode>().map(|c| c.0);
+        let template = response
+            .extensions()
+            .get::<RouteTemplate>()
+            .map_or_else(|| format!("{method}:unknown"), |t| t.0.clone());
+        state
+            .metrics
+            .request(&template, status.as_u16(), code, started.elapsed());
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error_code = code, route = %template, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), route = %template, "request done");
+        }
+        Ok(response)
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,178 @@
+//! Turning uploads into runnable lambdas: validation of an upload (parameters, deploy
+//! parameters, archive, component), the content-addressed archive store, and the
+//! WASM build (compile into the artifact cache + link). Depends on `runtime`,
+//! `config`, `model`.
+
+pub mod archive;
+pub mod wasm;
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, ContainerBackend};
+use crate::model::{DeployParameters, Parameters, Runtime};
+
+/// Building or storing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The archive file could not be written or read.
+    #[error("archive storage: {0}")]
+    Storage(#[from] std::io::Error),
+}
+
+/// The result of checking an upload: the archive's content and every problem.
+#[derive(Debug)]
+pub struct UploadCheck {
+    /// What the archive holds.
+    pub archive: archive::ArchiveReport,
+    /// Every problem (parameters, deploy parameters, archive), in that order.
+    pub problems: Vec<String>,
+    /// The archive asks for a container runtime and no container backend is configured.
+    pub no_container_backend: bool,
+}
+
+/// Message for a container archive on a server without a container backend.
+pub const NO_CONTAINER_BACKEND: &str = "this archive is a container lambda (lambda_main.py or Dockerfile), \
+    but no container backend is configured: set container_backend = \"docker\" or \"kubernetes\" \
+    in the service config, or ship a WASM component as lambda.wasm";
+
+/// Checks everything about an upload that does not need the compiler.
+pub fn check_upload(
+    config: &Config,
+    parameters: &Parameters,
+    deploy: &DeployParameters,
+    archive_bytes: &[u8],
+    name_required: bool,
+) -> UploadCheck {
+    let mut problems = parameters.problems(name_required);
+    problems.extend(deploy.problems(&config.sandbox_bounds()));
+    let report = archive::inspect(archive_bytes, &config.limits);
+    problems.extend(report.problems.iter().cloned());
+    let mut no_container_backend = false;
+    match report.runtime {
+        Some(Runtime::Wasm) => {
+            problems.extend(parameters.wasm_problems());
+            if let Some(wasm) = &report.wasm
+                && let Some(p) = wasm::header_problem(wasm)
+            {
+                problems.push(p);
+            }
+        }
+        Some(Runtime::Container) if config.container_backend == ContainerBackend::None => {
+            no_container_backend = true;
+        }
+        _ => {}
+    }
+    UploadCheck {
+        archive: report,
+        problems,
+        no_container_backend,
+    }
+}
+
+/// sha256 as lowercase hex.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Archives on disk, named by content digest so identical uploads share a file.
+#[derive(Debug, Clone)]
+pub struct ArchiveStore {
+    dir: PathBuf,
+}
+
+impl ArchiveStore {
+    /// Uses (and creates) `dir`.
+    pub fn open(dir: &Path) -> Result<Self, BuildError> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.zip"))
+    }
+
+    /// Writes the archive durably (temp file, fsync, rename); returns its digest.
+    pub fn put(&self, bytes: &[u8]) -> Result<String, BuildError> {
+        use std::io::Write;
+        let digest = digest(bytes);
+        let path = self.path(&digest);
+        if path.exists() {
+            return Ok(digest);
+        }
+        let tmp = self
+            .dir
+            .join(format!(".{digest}.{}.tmp", uuid::Uuid::new_v4().simple()));
+        let mut file = std::fs::File::create(&tmp)?;
+        let written = file.write_all(bytes).and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(digest)
+    }
+
+    /// Reads an archive back.
+    pub fn get(&self, digest: &str) -> Result<Vec<u8>, BuildError> {
+        Ok(std::fs::read(self.path(digest))?)
+    }
+
+    /// Removes an archive no lambda references any more.
+    pub fn remove(&self, digest: &str) -> Result<(), BuildError> {
+        match std::fs::remove_file(self.path(digest)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes temp files a crash left behind.
+    pub fn sweep_temp_files(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archives_are_content_addressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArchiveStore::open(dir.path()).unwrap();
+        let a = store.put(b"one").unwrap();
+        assert_eq!(store.put(b"one").unwrap(), a);
+        assert_eq!(store.get(&a).unwrap(), b"one");
+        store.remove(&a).unwrap();
+        assert!(store.get(&a).is_err());
+        store.remove(&a).unwrap();
+    }
+
+    #[test]
+    fn upload_reports_all_problems() {
+        let config = Config::default();
+        let params = Parameters {
+            lambda_name: Some("bad name".into()),
+            ..Default::default()
+        };
+        let check = check_upload(&config, &params, &DeployParameters::default(), b"nope", true);
+        assert_eq!(check.problems.len(), 2, "{:?}", check.problems);
+        let zip = archive::tests::zip_of(&[("lambda_main.py", b"def main(r): pass")]);
+        let ok_params = Parameters {
+            lambda_name: Some("ok".into()),
+            ..Default::default()
+        };
+        let check = check_upload(&config, &ok_params, &DeployParameters::default(), &zip, true);
+        assert!(check.no_container_backend);
+    }
+}

@@ -1,0 +1,89 @@
+//! WASM component checks: binary kind (component vs core module), compilation, every
+//! import the host cannot satisfy (named), and the export the lambda type needs.
+//! Depends on `runtime` (engine, provided interfaces) and `model`.
+
+use wasmtime::component::Component;
+use wasmtime::component::types::ComponentItem;
+
+use crate::runtime::{HTTP_HANDLER_EXPORT, WasmEngine, import_provided, split_version};
+
+const MAGIC: &[u8; 4] = b"\0asm";
+/// Binary header word of a core module (version 1, layer 0).
+const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
+
+/// Checks the bytes' header before spending a compile on them.
+pub fn header_problem(wasm: &[u8]) -> Option<String> {
+    if wasm.len() < 8 || &wasm[..4] != MAGIC {
+        return Some("lambda.wasm is not a WebAssembly binary".to_owned());
+    }
+    if wasm[4..8] == CORE_MODULE_VERSION {
+        return Some(
+            "lambda.wasm is a core WebAssembly module, not a component: build for the \
+             wasm32-wasip2 target (or wrap it with `wasm-tools component new`)"
+                .to_owned(),
+        );
+    }
+    // Layer 1 is the component model; anything else is a future binary format.
+    if wasm[6..8] != [1, 0] {
+        return Some("lambda.wasm uses an unsupported WebAssembly binary format".to_owned());
+    }
+    None
+}
+
+/// Compiles the component (or loads it from the compilation cache) and checks it
+/// against the host. Blocking: call from `spawn_blocking`. Returns every problem.
+pub fn check_component(engine: &WasmEngine, wasm: &[u8]) -> Result<Component, Vec<String>> {
+    if let Some(problem) = header_problem(wasm) {
+        return Err(vec![problem]);
+    }
+    let component = engine
+        .compile(wasm)
+        .map_err(|e| vec![format!("lambda.wasm is not a valid component: {e}")])?;
+    let ty = component.component_type();
+    let mut problems = Vec::new();
+    for (name, item) in ty.imports(engine.engine()) {
+        let provided = match item.ty {
+            ComponentItem::ComponentInstance(_) => import_provided(name),
+            _ => false,
+        };
+        if !provided {
+            problems.push(format!(
+                "lambda.wasm imports '{name}', which the host does not provide"
+            ));
+        }
+    }
+    let exports_handler = ty.exports(engine.engine()).any(|(name, item)| {
+        let (base, version) = split_version(name);
+        base == HTTP_HANDLER_EXPORT
+            && version.is_some_and(|v| v.starts_with("0.2."))
+            && matches!(item.ty, ComponentItem::ComponentInstance(_))
+    });
+    if !exports_handler {
+        problems.push(format!(
+            "lambda.wasm does not export '{HTTP_HANDLER_EXPORT}@0.2.x': it must target the wasi:http/proxy world"
+        ));
+    }
+    if problems.is_empty()
+        && let Err(e) = engine.linker().instantiate_pre(&component)
+    {
+        problems.push(format!("lambda.wasm cannot be linked: {e:#}"));
+    }
+    if problems.is_empty() {
+        Ok(component)
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers() {
+        assert!(header_problem(b"PK\x03\x04....").is_some());
+        assert!(header_problem(b"\0asm\x01\0\0\0").unwrap().contains("core"));
+        assert!(header_problem(b"\0asm\x0d\0\x01\0").is_none());
+        assert!(header_problem(b"\0asm").is_some());
+    }
+}

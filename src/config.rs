@@ -1,0 +1,534 @@
+//! The service configuration: defaults (named constants) < TOML file < `LUNA_LAMBDA_*`
+//! environment < command-line flags, validated once at start. Depends on `model` only.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::SandboxBounds;
+
+/// Default API address: loopback, because the API has no authentication of its own.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5210";
+/// Default data directory (store, archives, compiled artifacts, key).
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Prefix of environment overrides: `LUNA_LAMBDA_<KEY>` or `LUNA_LAMBDA_<SECTION>_<KEY>`.
+pub const ENV_PREFIX: &str = "LUNA_LAMBDA_";
+const MIB: u64 = 1024 * 1024;
+
+/// A bad setting; the message is one line naming the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file '{path}': {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or an override is not valid.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// An environment variable names no setting.
+    #[error("unknown setting '{0}' (no such configuration key)")]
+    UnknownEnv(String),
+}
+
+/// Which backend runs container lambdas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerBackend {
+    /// Container archives are rejected with 42014.
+    None,
+    /// The local Docker engine.
+    Docker,
+    /// A Kubernetes cluster.
+    Kubernetes,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human readable.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// API address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// `pretty` or `json`.
+    pub log_format: LogFormat,
+    /// tracing filter, e.g. `info` or `luna_lambda=debug`.
+    pub log_level: String,
+    /// Base64 of 32 bytes encrypting credentials at rest; generated into the data dir when empty.
+    pub encryption_key: String,
+    /// `none`, `docker` or `kubernetes`.
+    pub container_backend: ContainerBackend,
+    /// Upload and body limits.
+    pub limits: Limits,
+    /// Default and maximum WASM sandbox limits.
+    pub sandbox: Sandbox,
+    /// The wasmtime engine.
+    pub engine: EngineSettings,
+    /// Build jobs.
+    pub builds: Builds,
+    /// Lambda logs kept by the service.
+    pub logs: Logs,
+    /// Seconds to wait for in-flight requests on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+/// Upload and body limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Compressed archive size.
+    pub max_archive_bytes: u64,
+    /// Sum of uncompressed entry sizes.
+    pub max_uncompressed_bytes: u64,
+    /// Entries in an archive.
+    pub max_entries: usize,
+    /// Uncompressed / compressed size of one entry.
+    pub max_compression_ratio: u64,
+    /// Each JSON multipart part and PATCH body.
+    pub max_json_bytes: usize,
+    /// Request body of a proxied call.
+    pub max_proxy_body_bytes: u64,
+}
+
+/// Default and maximum WASM sandbox limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sandbox {
+    /// Default `memory_limit_mb`.
+    pub memory_limit_mb: u32,
+    /// Default `request_timeout_ms`.
+    pub request_timeout_ms: u64,
+    /// Default `max_concurrent_requests`.
+    pub max_concurrent_requests: u32,
+    /// Largest `memory_limit_mb` a lambda may ask for (sizes pool slots).
+    pub max_memory_limit_mb: u32,
+    /// Largest `request_timeout_ms` a lambda may ask for.
+    pub max_request_timeout_ms: u64,
+    /// Largest `max_concurrent_requests` a lambda may ask for.
+    pub max_concurrent_requests_limit: u32,
+}
+
+/// The wasmtime engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Use the pooling allocator (falls back to on-demand if the host cannot reserve it).
+    pub pooling: bool,
+    /// Instances alive at once across all lambdas (pool slots).
+    pub pool_instances: u32,
+    /// Epoch tick period: the granularity of request deadlines.
+    pub epoch_tick_ms: u64,
+}
+
+/// Build jobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Builds {
+    /// Builds running at once.
+    pub max_concurrent: usize,
+    /// A build running longer fails.
+    pub timeout_secs: u64,
+    /// After a job ends its status stays readable this long, then reads `not_found`.
+    pub retention_secs: u64,
+    /// Image log lines kept per job.
+    pub max_log_lines: usize,
+}
+
+/// Lambda logs kept by the service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logs {
+    /// Lines kept per lambda (older lines are dropped).
+    pub max_lines_per_lambda: usize,
+    /// Longer guest lines are cut.
+    pub max_line_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5210))),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            log_format: LogFormat::Pretty,
+            log_level: "info".to_owned(),
+            encryption_key: String::new(),
+            container_backend: ContainerBackend::None,
+            limits: Limits::default(),
+            sandbox: Sandbox::default(),
+            engine: EngineSettings::default(),
+            builds: Builds::default(),
+            logs: Logs::default(),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_archive_bytes: 64 * MIB,
+            max_uncompressed_bytes: 256 * MIB,
+            max_entries: 10_000,
+            max_compression_ratio: 100,
+            max_json_bytes: 1024 * 1024,
+            max_proxy_body_bytes: 64 * MIB,
+        }
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self {
+            memory_limit_mb: 128,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 100,
+            max_memory_limit_mb: 1024,
+            max_request_timeout_ms: 600_000,
+            max_concurrent_requests_limit: 10_000,
+        }
+    }
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            pooling: true,
+            pool_instances: 1000,
+            epoch_tick_ms: 5,
+        }
+    }
+}
+
+impl Default for Builds {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 2,
+            timeout_secs: 300,
+            retention_secs: 3600,
+            max_log_lines: 1000,
+        }
+    }
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Self {
+            max_lines_per_lambda: 10_000,
+            max_line_bytes: 4096,
+        }
+    }
+}
+
+/// Command-line overrides (highest precedence).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Builds the configuration from an optional file, the environment (given as pairs
+    /// so tests need not touch the process environment) and command-line overrides.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut tree = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let from_file: toml::Value = text.parse::<toml::Table>().map(toml::Value::Table).map_err(|e| {
+                ConfigError::Invalid(format!("{}: {}", path.display(), e.message()))
+            })?;
+            merge(&mut tree, from_file);
+        }
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        env.sort();
+        for (key, value) in env {
+            apply_env(&mut tree, &key, &value)?;
+        }
+        let mut config: Config = tree
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.data_dir.clone_from(dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        let s = &self.sandbox;
+        if s.memory_limit_mb == 0 || s.memory_limit_mb > s.max_memory_limit_mb {
+            return bad(format!(
+                "sandbox.memory_limit_mb must be in 1..sandbox.max_memory_limit_mb ({}), got {}",
+                s.max_memory_limit_mb, s.memory_limit_mb
+            ));
+        }
+        if s.request_timeout_ms == 0 || s.request_timeout_ms > s.max_request_timeout_ms {
+            return bad(format!(
+                "sandbox.request_timeout_ms must be in 1..{}, got {}",
+                s.max_request_timeout_ms, s.request_timeout_ms
+            ));
+        }
+        if s.max_concurrent_requests == 0
+            || s.max_concurrent_requests > s.max_concurrent_requests_limit
+        {
+            return bad(format!(
+                "sandbox.max_concurrent_requests must be in 1..{}, got {}",
+                s.max_concurrent_requests_limit, s.max_concurrent_requests
+            ));
+        }
+        if self.engine.epoch_tick_ms == 0 || self.engine.pool_instances == 0 {
+            return bad("engine.epoch_tick_ms and engine.pool_instances must be positive".into());
+        }
+        if self.builds.max_concurrent == 0 || self.builds.timeout_secs == 0 {
+            return bad("builds.max_concurrent and builds.timeout_secs must be positive".into());
+        }
+        if self.limits.max_archive_bytes == 0 || self.limits.max_entries == 0 {
+            return bad("limits.max_archive_bytes and limits.max_entries must be positive".into());
+        }
+        if !self.encryption_key.is_empty() {
+            crate::secrets::parse_key(&self.encryption_key)
+                .map_err(|e| ConfigError::Invalid(format!("encryption_key: {e}")))?;
+        }
+        if self.container_backend != ContainerBackend::None {
+            return bad(format!(
+                "container_backend '{}' is not available in this build: set container_backend = \"none\"",
+                match self.container_backend {
+                    ContainerBackend::Docker => "docker",
+                    _ => "kubernetes",
+                }
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| ConfigError::Invalid(format!("log_level '{}': {e}", self.log_level)))?;
+        Ok(())
+    }
+
+    /// Upper bounds for `deploy_parameters.sandbox`.
+    pub fn sandbox_bounds(&self) -> SandboxBounds {
+        SandboxBounds {
+            max_memory_limit_mb: self.sandbox.max_memory_limit_mb,
+            max_request_timeout_ms: self.sandbox.max_request_timeout_ms,
+            max_concurrent_requests: self.sandbox.max_concurrent_requests_limit,
+        }
+    }
+
+    /// The effective configuration as JSON, with secrets masked.
+    pub fn masked_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        mask_secrets(&mut value);
+        value
+    }
+
+    /// The effective configuration as TOML text, with secrets masked (for `text/plain`).
+    pub fn masked_text(&self) -> String {
+        let value = self.masked_json();
+        toml::to_string_pretty(&value).unwrap_or_default()
+    }
+}
+
+const MASK: &str = "********";
+
+fn mask_secrets(value: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = value {
+        for (key, v) in map.iter_mut() {
+            let lower = key.to_ascii_lowercase();
+            let secret = ["password", "token", "key", "secret"]
+                .iter()
+                .any(|s| lower.contains(s));
+            if secret && v.is_string() {
+                *v = serde_json::Value::String(MASK.to_owned());
+            } else {
+                mask_secrets(v);
+            }
+        }
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(base), toml::Value::Table(over)) => {
+            for (k, v) in over {
+                match base.get_mut(&k) {
+                    Some(existing) if existing.is_table() && v.is_table() => merge(existing, v),
+                    // Unknown keys are kept so deserialisation rejects them by name.
+                    _ => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// Applies `LUNA_LAMBDA_<KEY>` / `LUNA_LAMBDA_<SECTION>_<KEY>` onto the tree, parsing
+/// the value as the type the setting already has.
+fn apply_env(tree: &mut toml::Value, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let name = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+    let toml::Value::Table(root) = tree else {
+        return Err(ConfigError::Invalid("configuration root is not a table".into()));
+    };
+    let mut targets: BTreeMap<String, (Option<String>, String)> = BTreeMap::new();
+    for (key, value) in root.iter() {
+        if let toml::Value::Table(section) = value {
+            for sub in section.keys() {
+                targets.insert(format!("{key}_{sub}"), (Some(key.clone()), sub.clone()));
+            }
+        } else {
+            targets.insert(key.clone(), (None, key.clone()));
+        }
+    }
+    let Some((section, key)) = targets.get(&name).cloned() else {
+        return Err(ConfigError::UnknownEnv(var.to_owned()));
+    };
+    let table = match &section {
+        Some(s) => match root.get_mut(s) {
+            Some(toml::Value::Table(t)) => t,
+            _ => return Err(ConfigError::UnknownEnv(var.to_owned())),
+        },
+        None => root,
+    };
+    let invalid = |what: &str| ConfigError::Invalid(format!("{var}='{raw}' is not {what}"));
+    let parsed = match table.get(&key) {
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| invalid("an integer"))?)
+        }
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(match raw.trim() {
+            "1" | "true" | "yes" => true,
+            "0" | "false" | "no" => false,
+            _ => return Err(invalid("a boolean")),
+        }),
+        Some(toml::Value::Float(_)) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| invalid("a number"))?)
+        }
+        _ => toml::Value::String(raw.to_owned()),
+    };
+    table.insert(key, parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, vec![], &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn env_overrides_by_type() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("LUNA_LAMBDA_SANDBOX_MEMORY_LIMIT_MB", "64"),
+                ("LUNA_LAMBDA_ENGINE_POOLING", "false"),
+                ("LUNA_LAMBDA_LISTEN", "127.0.0.1:0"),
+                ("OTHER", "ignored"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.sandbox.memory_limit_mb, 64);
+        assert!(!c.engine.pooling);
+        assert_eq!(c.listen.port(), 0);
+    }
+
+    #[test]
+    fn bad_settings_are_one_line_errors() {
+        for (pairs, needle) in [
+            (vec![("LUNA_LAMBDA_NOPE", "1")], "LUNA_LAMBDA_NOPE"),
+            (vec![("LUNA_LAMBDA_SANDBOX_MEMORY_LIMIT_MB", "lots")], "integer"),
+            (vec![("LUNA_LAMBDA_LISTEN", "nowhere")], "invalid"),
+            (vec![("LUNA_LAMBDA_SANDBOX_MEMORY_LIMIT_MB", "0")], "memory_limit_mb"),
+            (vec![("LUNA_LAMBDA_ENCRYPTION_KEY", "short")], "encryption_key"),
+        ] {
+            let err = Config::load(None, env(&pairs), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "data_dir = \"/from/file\"\n[sandbox]\nrequest_timeout_ms = 5\n")
+            .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[("LUNA_LAMBDA_DATA_DIR", "/from/env")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(c.sandbox.request_timeout_ms, 5);
+        let c = Config::load(
+            Some(&path),
+            vec![],
+            &Overrides {
+                data_dir: Some("/flag".into()),
+                listen: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/flag"));
+        std::fs::write(&path, "unknown_key = 1\n").unwrap();
+        let err = Config::load(Some(&path), vec![], &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("unknown_key"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let c = Config {
+            encryption_key: "c2VjcmV0".into(),
+            ..Config::default()
+        };
+        let text = c.masked_json().to_string();
+        assert!(!text.contains("c2VjcmV0"));
+        assert!(text.contains(MASK));
+    }
+}

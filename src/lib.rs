@@ -1,0 +1,199 @@
+//! luna-lambda: a luna-lambda compatible serverless host. WASM lambdas run in-process
+//! on wasmtime; the management API follows VisionLabs' luna-lambda. This file wires
+//! the modules together and runs the server (start-up, serving, graceful shutdown).
+
+pub mod api;
+pub mod builder;
+pub mod config;
+pub mod docs;
+pub mod lifecycle;
+pub mod logs;
+pub mod metrics;
+pub mod model;
+pub mod proxy;
+pub mod runtime;
+pub mod secrets;
+pub mod store;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::api::AppState;
+use crate::config::Config;
+
+/// Time a client has to send its request head (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The data directory is unusable.
+    #[error("data directory '{path}': {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    /// The credential key is unusable.
+    #[error("credentials key: {0}")]
+    Secrets(#[from] secrets::SecretsError),
+    /// The wasm engine could not be built.
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    /// Archive storage could not be opened.
+    #[error(transparent)]
+    Build(#[from] builder::BuildError),
+    /// Recovery after restart failed.
+    #[error("recovery: {0}")]
+    Recover(#[from] lifecycle::LifecycleError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A started service, bound and recovered, not yet serving.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    /// Opens the store, builds the engine, recovers lambdas and binds the listener.
+    pub async fn start(config: Config) -> Result<Self, StartupError> {
+        let data = config.data_dir.clone();
+        std::fs::create_dir_all(&data).map_err(|source| StartupError::DataDir {
+            path: data.display().to_string(),
+            source,
+        })?;
+        let config = Arc::new(config);
+        let store = store::Store::open(&data.join("store"))?;
+        let sealer = secrets::Sealer::open(&config.encryption_key, &data)?;
+        let archives = builder::ArchiveStore::open(&data.join("archives"))?;
+        let metrics = metrics::Metrics::new().map_err(StartupError::Metrics)?;
+        let engine = runtime::WasmEngine::new(&config, &data.join("artifacts"))?;
+        let registry = Arc::new(runtime::Registry::default());
+        let logs = logs::LogSink::start(
+            store.clone(),
+            config.logs.max_lines_per_lambda,
+            config.logs.max_line_bytes,
+        );
+        let lifecycle = lifecycle::Lifecycle::new(
+            config.clone(),
+            store,
+            archives,
+            sealer,
+            engine,
+            registry.clone(),
+            logs,
+            metrics.clone(),
+        );
+        lifecycle.recover().await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            state: AppState {
+                config,
+                lifecycle,
+                registry,
+                metrics,
+            },
+        })
+    }
+
+    /// The bound address (port 0 resolved).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests for up to the
+    /// configured grace period and flushes the store.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
+        let Self { listener, state } = self;
+        let router = api::router(state.clone());
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true);
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            // Small responses must not wait for Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
+            let (state, router) = (state.clone(), router.clone());
+            let service = hyper::service::service_fn(move |request| {
+                api::dispatch(state.clone(), router.clone(), request)
+            });
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        tracing::info!("shutting down: draining in-flight requests");
+        let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("grace period over; closing remaining connections");
+        }
+        state.lifecycle.store().flush().await?;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

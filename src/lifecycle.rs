@@ -1,0 +1,781 @@
+//! Lambda lifecycle orchestration: create / recreate / update / patch / delete, the
+//! background build job (pending → in_progress → completed | error), the atomic
+//! version swap, and recovery after a restart. Depends on `builder`, `runtime`,
+//! `store`, `secrets`, `logs`, `metrics`, `config`, `model`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::builder::{self, ArchiveStore, BuildError, UploadCheck};
+use crate::config::Config;
+use crate::logs::LogSink;
+use crate::metrics::Metrics;
+use crate::model::{
+    AccountId, Credentials, DeployParameters, ImageStatus, LambdaId, LambdaName, LambdaStatus,
+    LambdaType, Parameters, Runtime, Version,
+};
+use crate::runtime::{LoadedLambda, Registry, SandboxLimits, WasmEngine};
+use crate::secrets::{Sealer, SecretsError};
+use crate::store::{BuildKind, BuildRecord, LambdaRecord, LambdaSpec, Store, StoreError};
+
+/// A lifecycle operation failed; `api::error` maps each to a LUNA code.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// No such lambda (or it belongs to another account).
+    #[error("Lambda with id '{0}' not found")]
+    NotFound(LambdaId),
+    /// The account already has a lambda with this name.
+    #[error("Lambda with name '{0}' already exists")]
+    NameTaken(String),
+    /// The upload breaks the rules; every problem is listed.
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// A container archive and no container backend.
+    #[error("{}", builder::NO_CONTAINER_BACKEND)]
+    NoContainerBackend,
+    /// A build of the lambda is still running.
+    #[error("Lambda '{0}' is being built; wait until its image status is completed or error")]
+    BuildInProgress(LambdaId),
+    /// Nothing can be rebuilt.
+    #[error("{0}")]
+    NothingToUpdate(String),
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Archive storage failure.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// Credential encryption failure.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    /// A background task failed.
+    #[error("internal task failure: {0}")]
+    Task(String),
+}
+
+type Result<T, E = LifecycleError> = std::result::Result<T, E>;
+
+/// A create or recreate request, parsed at the edge.
+#[derive(Debug)]
+pub struct Upload {
+    /// The zip.
+    pub archive: bytes::Bytes,
+    /// Credentials (required).
+    pub credentials: Credentials,
+    /// Parameters.
+    pub parameters: Parameters,
+    /// Deploy parameters.
+    pub deploy_parameters: DeployParameters,
+}
+
+/// List filters, already validated.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    /// Only this account's lambdas.
+    pub account: Option<AccountId>,
+    /// create_time < this.
+    pub created_before: Option<DateTime<Utc>>,
+    /// create_time >= this.
+    pub created_since: Option<DateTime<Utc>>,
+    /// Lambda type.
+    pub lambda_type: Option<LambdaType>,
+    /// Case-insensitive substring of the name.
+    pub name_contains: Option<String>,
+    /// Any of these namespaces.
+    pub namespaces: Option<Vec<String>>,
+    /// 1-based page.
+    pub page: usize,
+    /// Page size.
+    pub page_size: usize,
+}
+
+/// The image status and logs of a lambda's build job.
+#[derive(Debug)]
+pub struct ImageView {
+    /// Status (`not_found` after the retention).
+    pub status: ImageStatus,
+    /// Build log lines.
+    pub logs: Vec<String>,
+}
+
+/// Owns every lambda's lifecycle.
+#[derive(Debug)]
+pub struct Lifecycle {
+    config: Arc<Config>,
+    store: Store,
+    archives: ArchiveStore,
+    sealer: Sealer,
+    engine: Arc<WasmEngine>,
+    registry: Arc<Registry>,
+    logs: LogSink,
+    metrics: Metrics,
+    build_slots: Arc<Semaphore>,
+    locks: DashMap<LambdaId, Arc<Mutex<()>>>,
+    jobs: DashMap<LambdaId, tokio::task::AbortHandle>,
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+impl Lifecycle {
+    /// Wires the lifecycle.
+    #[expect(clippy::too_many_arguments, reason = "plain wiring of the service's parts")]
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        archives: ArchiveStore,
+        sealer: Sealer,
+        engine: Arc<WasmEngine>,
+        registry: Arc<Registry>,
+        logs: LogSink,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            build_slots: Arc::new(Semaphore::new(config.builds.max_concurrent)),
+            config,
+            store,
+            archives,
+            sealer,
+            engine,
+            registry,
+            logs,
+            metrics,
+            locks: DashMap::new(),
+            jobs: DashMap::new(),
+        })
+    }
+
+    /// The store (health checks, direct reads).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The engine (metrics).
+    pub fn engine(&self) -> &WasmEngine {
+        &self.engine
+    }
+
+    fn lock(&self, id: LambdaId) -> Arc<Mutex<()>> {
+        self.locks.entry(id).or_default().clone()
+    }
+
+    /// Checks an upload without storing anything: every problem, including the
+    /// component's (compiled into the cache, so a later create is a cache hit).
+    pub async fn validate(&self, parameters: Parameters, archive: bytes::Bytes) -> Result<Vec<String>> {
+        let config = self.config.clone();
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let check = builder::check_upload(&config, &parameters, &DeployParameters::default(), &archive, true);
+            let mut problems = check.problems;
+            if check.no_container_backend {
+                return Err(LifecycleError::NoContainerBackend);
+            }
+            if problems.is_empty()
+                && let Some(wasm) = &check.archive.wasm
+                && let Err(more) = builder::wasm::check_component(&engine, wasm)
+            {
+                problems.extend(more);
+            }
+            Ok(problems)
+        })
+        .await
+        .map_err(|e| LifecycleError::Task(e.to_string()))?
+    }
+
+    async fn check(&self, upload: &Upload, name_required: bool) -> Result<UploadCheck> {
+        let config = self.config.clone();
+        let (parameters, deploy, archive) = (
+            upload.parameters.clone(),
+            upload.deploy_parameters.clone(),
+            upload.archive.clone(),
+        );
+        let check = tokio::task::spawn_blocking(move || {
+            builder::check_upload(&config, &parameters, &deploy, &archive, name_required)
+        })
+        .await
+        .map_err(|e| LifecycleError::Task(e.to_string()))?;
+        if check.no_container_backend {
+            return Err(LifecycleError::NoContainerBackend);
+        }
+        if !check.problems.is_empty() {
+            return Err(LifecycleError::Invalid(check.problems));
+        }
+        Ok(check)
+    }
+
+    async fn store_archive(&self, archive: bytes::Bytes) -> Result<String> {
+        let archives = self.archives.clone();
+        Ok(tokio::task::spawn_blocking(move || archives.put(&archive))
+            .await
+            .map_err(|e| LifecycleError::Task(e.to_string()))??)
+    }
+
+    fn spec(&self, version: Version, upload: &Upload, check: &UploadCheck, archive_digest: String) -> Result<LambdaSpec> {
+        Ok(LambdaSpec {
+            version,
+            lambda_type: upload.parameters.lambda_type.unwrap_or_default(),
+            runtime: check.archive.runtime.unwrap_or(Runtime::Wasm),
+            archive_digest,
+            parameters: Parameters {
+                lambda_name: None,
+                description: None,
+                ..upload.parameters.clone()
+            },
+            deploy_parameters: upload.deploy_parameters.clone(),
+            credentials_sealed: self.sealer.seal(&upload.credentials)?,
+            wasm_digest: check.archive.wasm.as_deref().map(builder::digest),
+            openapi: check.archive.openapi.clone(),
+        })
+    }
+
+    /// Accepts a new lambda and starts its build; returns at once.
+    pub async fn create(self: &Arc<Self>, account: AccountId, upload: Upload) -> Result<LambdaId> {
+        let check = self.check(&upload, true).await?;
+        let name = upload
+            .parameters
+            .lambda_name
+            .clone()
+            .unwrap_or_default();
+        let digest = self.store_archive(upload.archive.clone()).await?;
+        let spec = self.spec(Version::FIRST, &upload, &check, digest)?;
+        let id = LambdaId::generate();
+        let record = LambdaRecord {
+            lambda_id: id,
+            account_id: account,
+            lambda_name: name.clone(),
+            description: upload.parameters.description.clone().unwrap_or_default(),
+            create_time: now(),
+            last_update_time: now(),
+            status: LambdaStatus::Waiting,
+            current: spec.clone(),
+            deployed: false,
+        };
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        self.store.save_build(&BuildRecord {
+            lambda_id: id,
+            kind: BuildKind::Create,
+            spec,
+            status: ImageStatus::Pending,
+            created: now(),
+            finished: None,
+            logs: vec![stamp("build queued: lambda created")],
+        })?;
+        if self.store.save_lambda(&record, None)?.is_err() {
+            self.store.delete_lambda(&record)?;
+            return Err(LifecycleError::NameTaken(name));
+        }
+        self.store.flush().await?;
+        tracing::info!(lambda = %id, account = %account, name = %name, "lambda created");
+        self.spawn_build(id);
+        Ok(id)
+    }
+
+    /// Replaces the lambda's archive and parameters: a new version is built while
+    /// the old one keeps serving.
+    pub async fn recreate(
+        self: &Arc<Self>,
+        account: AccountId,
+        id: LambdaId,
+        upload: Upload,
+    ) -> Result<Version> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let mut record = self.owned(id, Some(account))?;
+        let next = self.next_version(&record)?;
+        let check = self.check(&upload, false).await?;
+        let digest = self.store_archive(upload.archive.clone()).await?;
+        let spec = self.spec(next, &upload, &check, digest)?;
+        let old_name = record.lambda_name.clone();
+        if let Some(name) = &upload.parameters.lambda_name {
+            record.lambda_name.clone_from(name);
+        }
+        if let Some(d) = &upload.parameters.description {
+            record.description.clone_from(d);
+        }
+        record.last_update_time = now();
+        if !record.deployed {
+            record.status = LambdaStatus::Waiting;
+        }
+        self.queue_build(&record, BuildKind::Recreate, spec, "build queued: lambda recreated")?;
+        if self.store.save_lambda(&record, Some(&old_name))?.is_err() {
+            return Err(LifecycleError::NameTaken(record.lambda_name));
+        }
+        self.store.flush().await?;
+        tracing::info!(lambda = %id, version = %next, "lambda recreate accepted");
+        self.spawn_build(id);
+        Ok(next)
+    }
+
+    /// Rebuilds the current archive and parameters on the current engine.
+    pub async fn update(self: &Arc<Self>, account: AccountId, id: LambdaId) -> Result<Version> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let mut record = self.owned(id, Some(account))?;
+        let next = self.next_version(&record)?;
+        let mut spec = record.current.clone();
+        spec.version = next;
+        record.last_update_time = now();
+        self.queue_build(&record, BuildKind::Update, spec, "build queued: lambda update")?;
+        let _ = self.store.save_lambda(&record, Some(&record.lambda_name))?;
+        self.store.flush().await?;
+        tracing::info!(lambda = %id, version = %next, "lambda update accepted");
+        self.spawn_build(id);
+        Ok(next)
+    }
+
+    fn next_version(&self, record: &LambdaRecord) -> Result<Version> {
+        let last_built = match self.store.build(record.lambda_id)? {
+            Some(build) if !build.status.is_finished() => {
+                return Err(LifecycleError::BuildInProgress(record.lambda_id));
+            }
+            Some(build) => build.spec.version,
+            None => record.current.version,
+        };
+        Ok(last_built.max(record.current.version).next())
+    }
+
+    fn queue_build(&self, record: &LambdaRecord, kind: BuildKind, spec: LambdaSpec, why: &str) -> Result<()> {
+        self.store.save_build(&BuildRecord {
+            lambda_id: record.lambda_id,
+            kind,
+            spec,
+            status: ImageStatus::Pending,
+            created: now(),
+            finished: None,
+            logs: vec![stamp(why)],
+        })?;
+        Ok(())
+    }
+
+    /// Renames or re-describes a lambda.
+    pub async fn patch(
+        &self,
+        account: AccountId,
+        id: LambdaId,
+        name: Option<LambdaName>,
+        description: Option<String>,
+    ) -> Result<()> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let mut record = self.owned(id, Some(account))?;
+        let old_name = record.lambda_name.clone();
+        if let Some(name) = name {
+            record.lambda_name = name.as_str().to_owned();
+        }
+        if let Some(d) = description {
+            record.description = d;
+        }
+        record.last_update_time = now();
+        if self.store.save_lambda(&record, Some(&old_name))?.is_err() {
+            return Err(LifecycleError::NameTaken(record.lambda_name));
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Stops serving at once and removes everything the lambda owns.
+    pub async fn delete(&self, account: Option<AccountId>, id: LambdaId) -> Result<()> {
+        let lock = self.lock(id);
+        let guard = lock.lock().await;
+        let record = self.owned(id, account)?;
+        self.registry.remove(id);
+        if let Some((_, job)) = self.jobs.remove(&id) {
+            job.abort();
+        }
+        let build = self.store.build(id)?;
+        self.store.delete_lambda(&record)?;
+        self.store.flush().await?;
+        self.metrics.forget_lambda(id);
+        drop(guard);
+        self.locks.remove(&id);
+        let mut digests = vec![record.current.archive_digest.clone()];
+        digests.extend(build.map(|b| b.spec.archive_digest));
+        self.remove_unused_archives(digests)?;
+        tracing::info!(lambda = %id, "lambda deleted");
+        Ok(())
+    }
+
+    fn remove_unused_archives(&self, mut digests: Vec<String>) -> Result<()> {
+        digests.sort();
+        digests.dedup();
+        let mut used = std::collections::HashSet::new();
+        for r in self.store.lambdas()? {
+            used.insert(r.current.archive_digest);
+        }
+        for b in self.store.builds()? {
+            used.insert(b.spec.archive_digest);
+        }
+        for d in digests.iter().filter(|d| !used.contains(*d)) {
+            self.archives.remove(d)?;
+        }
+        Ok(())
+    }
+
+    /// The lambda if `account` (when given) owns it; another account's lambda is
+    /// reported exactly like a missing one.
+    pub fn owned(&self, id: LambdaId, account: Option<AccountId>) -> Result<LambdaRecord> {
+        match self.store.lambda(id)? {
+            Some(r) if account.is_none_or(|a| a == r.account_id) => Ok(r),
+            _ => Err(LifecycleError::NotFound(id)),
+        }
+    }
+
+    /// Lambdas matching the filter, newest first, one page.
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<LambdaRecord>> {
+        let needle = filter.name_contains.as_ref().map(|n| n.to_lowercase());
+        let mut all: Vec<LambdaRecord> = self
+            .store
+            .lambdas()?
+            .into_iter()
+            .filter(|r| filter.account.is_none_or(|a| a == r.account_id))
+            .filter(|r| filter.created_before.is_none_or(|t| r.create_time < t))
+            .filter(|r| filter.created_since.is_none_or(|t| r.create_time >= t))
+            .filter(|r| filter.lambda_type.is_none_or(|t| t == r.current.lambda_type))
+            .filter(|r| {
+                needle
+                    .as_ref()
+                    .is_none_or(|n| r.lambda_name.to_lowercase().contains(n.as_str()))
+            })
+            .filter(|r| {
+                filter.namespaces.as_ref().is_none_or(|ns| {
+                    ns.iter()
+                        .any(|n| n == r.current.deploy_parameters.namespace())
+                })
+            })
+            .collect();
+        all.sort_by(|a, b| {
+            b.create_time
+                .cmp(&a.create_time)
+                .then(b.lambda_id.cmp(&a.lambda_id))
+        });
+        let skip = filter.page.saturating_sub(1).saturating_mul(filter.page_size);
+        Ok(all.into_iter().skip(skip).take(filter.page_size).collect())
+    }
+
+    /// The lambda's image (build job) status and logs.
+    pub fn image(&self, id: LambdaId, account: Option<AccountId>) -> Result<ImageView> {
+        self.owned(id, account)?;
+        let Some(build) = self.store.build(id)? else {
+            return Ok(ImageView {
+                status: ImageStatus::NotFound,
+                logs: vec![],
+            });
+        };
+        let retention = chrono::Duration::seconds(
+            i64::try_from(self.config.builds.retention_secs).unwrap_or(i64::MAX),
+        );
+        let expired = build.finished.is_some_and(|t| now() - t > retention);
+        Ok(ImageView {
+            status: if expired {
+                ImageStatus::NotFound
+            } else {
+                build.status
+            },
+            logs: build.logs,
+        })
+    }
+
+    /// The lambda's log lines (newest `tail`, oldest first).
+    pub fn lambda_logs(&self, id: LambdaId, account: Option<AccountId>, tail: Option<u64>) -> Result<Vec<String>> {
+        self.owned(id, account)?;
+        Ok(self.store.tail_logs(id, tail)?)
+    }
+
+    fn limits_for(&self, deploy: &DeployParameters) -> SandboxLimits {
+        let defaults = &self.config.sandbox;
+        let sandbox = deploy.sandbox.clone().unwrap_or_default();
+        let memory_mb = sandbox.memory_limit_mb.unwrap_or(defaults.memory_limit_mb);
+        SandboxLimits {
+            memory_bytes: usize::try_from(u64::from(memory_mb) * 1024 * 1024).unwrap_or(usize::MAX),
+            timeout: Duration::from_millis(
+                sandbox
+                    .request_timeout_ms
+                    .unwrap_or(defaults.request_timeout_ms),
+            ),
+            max_concurrent: sandbox
+                .max_concurrent_requests
+                .unwrap_or(defaults.max_concurrent_requests),
+            max_request_body: self.config.limits.max_proxy_body_bytes,
+        }
+    }
+
+    fn spawn_build(self: &Arc<Self>, id: LambdaId) {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            this.run_build(id).await;
+            this.jobs.remove(&id);
+        });
+        self.jobs.insert(id, task.abort_handle());
+    }
+
+    /// Appends a line to the build job's log (bounded) and saves the job.
+    fn build_log(&self, build: &mut BuildRecord, line: &str) {
+        tracing::info!(lambda = %build.lambda_id, version = %build.spec.version, "{line}");
+        if build.logs.len() >= self.config.builds.max_log_lines {
+            build.logs.remove(0);
+        }
+        build.logs.push(stamp(line));
+        if let Err(e) = self.store.save_build(build) {
+            tracing::error!(lambda = %build.lambda_id, error = %e, "cannot save build job");
+        }
+    }
+
+    async fn run_build(self: &Arc<Self>, id: LambdaId) {
+        let Ok(slot) = self.build_slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (Ok(Some(mut build)), Ok(Some(record))) = (self.store.build(id), self.store.lambda(id)) else {
+            return;
+        };
+        if build.status != ImageStatus::Pending {
+            return;
+        }
+        let started = Instant::now();
+        build.status = ImageStatus::InProgress;
+        let version = build.spec.version;
+        let started_line = format!("build of version {version} started ({:?})", build.kind);
+        self.build_log(&mut build, &started_line);
+        let timeout = Duration::from_secs(self.config.builds.timeout_secs);
+        let outcome = match tokio::time::timeout(timeout, self.build_wasm(&mut build, record.account_id)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("build timed out after {}s", timeout.as_secs())),
+        };
+        drop(slot);
+        self.metrics.observe_build(outcome.is_ok(), started.elapsed());
+        self.finish_build(id, build, outcome, started).await;
+    }
+
+    async fn build_wasm(&self, build: &mut BuildRecord, record_account: AccountId) -> std::result::Result<Arc<LoadedLambda>, String> {
+        let spec = build.spec.clone();
+        if spec.runtime != Runtime::Wasm {
+            return Err(builder::NO_CONTAINER_BACKEND.to_owned());
+        }
+        let archives = self.archives.clone();
+        let limits_cfg = self.config.limits.clone();
+        let digest = spec.archive_digest.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            archives
+                .get(&digest)
+                .map(|bytes| builder::archive::inspect(&bytes, &limits_cfg))
+        })
+        .await
+        .map_err(|e| format!("internal: {e}"))?
+        .map_err(|e| format!("stored archive {} is unreadable: {e}", spec.archive_digest))?;
+        if !report.problems.is_empty() {
+            return Err(format!("archive check failed: {}", report.problems.join("; ")));
+        }
+        let Some(wasm) = report.wasm else {
+            return Err("archive has no lambda.wasm".to_owned());
+        };
+        let wasm_digest = builder::digest(&wasm);
+        self.build_log(
+            build,
+            &format!(
+                "archive checked: zip structure, paths, sizes and compression ratios ok; lambda.wasm is {} bytes, sha256 {wasm_digest}",
+                wasm.len()
+            ),
+        );
+        let engine = self.engine.clone();
+        let hits_before = engine.cache_hits();
+        let compile_started = Instant::now();
+        let compiled = tokio::task::spawn_blocking(move || {
+            builder::wasm::check_component(&engine, &wasm)
+        })
+        .await
+        .map_err(|e| format!("internal: {e}"))?;
+        let component = compiled.map_err(|problems| {
+            format!("component check failed: {}", problems.join("; "))
+        })?;
+        let cache_hit = self.engine.cache_hits() > hits_before;
+        self.build_log(
+            build,
+            &format!(
+                "component compiled with Cranelift in {} ms ({}); artifact key sha256 {wasm_digest}; imports satisfied, exports wasi:http/incoming-handler",
+                compile_started.elapsed().as_millis(),
+                if cache_hit {
+                    "artifact cache hit, no recompilation"
+                } else {
+                    "artifact cache miss, compiled and stored"
+                },
+            ),
+        );
+        build.spec.wasm_digest = Some(wasm_digest);
+        let limits = self.limits_for(&build.spec.deploy_parameters);
+        let loaded = LoadedLambda::load(
+            &self.engine,
+            &component,
+            build.lambda_id,
+            record_account,
+            build.spec.version,
+            limits,
+            self.logs.clone(),
+            self.metrics.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        self.build_log(
+            build,
+            &format!(
+                "instance pre-linked: memory limit {} MiB, timeout {} ms, max {} concurrent requests",
+                limits.memory_bytes / (1024 * 1024),
+                limits.timeout.as_millis(),
+                limits.max_concurrent
+            ),
+        );
+        Ok(Arc::new(loaded))
+    }
+
+    async fn finish_build(
+        &self,
+        id: LambdaId,
+        mut build: BuildRecord,
+        outcome: std::result::Result<Arc<LoadedLambda>, String>,
+        started: Instant,
+    ) {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let Ok(Some(mut record)) = self.store.lambda(id) else {
+            return; // deleted meanwhile
+        };
+        let version = build.spec.version;
+        match outcome {
+            Ok(loaded) => {
+                self.registry.swap_in(loaded);
+                record.current = build.spec.clone();
+                record.deployed = true;
+                record.status = LambdaStatus::Running;
+                build.status = ImageStatus::Completed;
+                build.finished = Some(now());
+                self.build_log(
+                    &mut build,
+                    &format!(
+                        "build completed in {} ms; version {version} is serving",
+                        started.elapsed().as_millis()
+                    ),
+                );
+                self.logs
+                    .line(id, &format!("version {version} is running"));
+            }
+            Err(reason) => {
+                build.status = ImageStatus::Error;
+                build.finished = Some(now());
+                self.build_log(&mut build, &format!("build failed: {reason}"));
+                if record.deployed {
+                    let serving = record.current.version;
+                    self.build_log(
+                        &mut build,
+                        &format!("version {serving} keeps serving"),
+                    );
+                    self.logs.line(
+                        id,
+                        &format!("build of version {version} failed, version {serving} keeps serving: {reason}"),
+                    );
+                } else {
+                    record.status = LambdaStatus::Failed;
+                    self.logs
+                        .line(id, &format!("build of version {version} failed: {reason}"));
+                }
+            }
+        }
+        if let Err(e) = self.store.save_lambda(&record, Some(&record.lambda_name)) {
+            tracing::error!(lambda = %id, error = %e, "cannot save lambda after build");
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(lambda = %id, error = %e, "cannot flush store after build");
+        }
+    }
+
+    /// After a restart: builds that died with the process end `error`; deployed WASM
+    /// lambdas are loaded again (from the compilation cache, no recompilation).
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        self.archives.sweep_temp_files();
+        for mut build in self.store.builds()? {
+            if build.status.is_finished() {
+                continue;
+            }
+            build.status = ImageStatus::Error;
+            build.finished = Some(now());
+            self.build_log(
+                &mut build,
+                "build failed: the service stopped while this build was running; recreate or update the lambda to build again",
+            );
+            if let Some(mut record) = self.store.lambda(build.lambda_id)?
+                && !record.deployed
+            {
+                record.status = LambdaStatus::Failed;
+                let _ = self.store.save_lambda(&record, Some(&record.lambda_name))?;
+            }
+        }
+        let mut loaded = 0usize;
+        for mut record in self.store.lambdas()? {
+            if !record.deployed || record.current.runtime != Runtime::Wasm {
+                continue;
+            }
+            let id = record.lambda_id;
+            match self.reload(&record).await {
+                Ok(lambda) => {
+                    self.registry.swap_in(lambda);
+                    loaded += 1;
+                    if record.status != LambdaStatus::Running {
+                        record.status = LambdaStatus::Running;
+                        let _ = self.store.save_lambda(&record, Some(&record.lambda_name))?;
+                    }
+                }
+                Err(reason) => {
+                    tracing::error!(lambda = %id, %reason, "cannot reload lambda");
+                    self.logs
+                        .line(id, &format!("reload after restart failed: {reason}"));
+                    record.status = LambdaStatus::Failed;
+                    let _ = self.store.save_lambda(&record, Some(&record.lambda_name))?;
+                }
+            }
+        }
+        self.store.flush().await?;
+        tracing::info!(
+            loaded,
+            cache_hits = self.engine.cache_hits(),
+            cache_misses = self.engine.cache_misses(),
+            "lambdas recovered"
+        );
+        Ok(())
+    }
+
+    async fn reload(&self, record: &LambdaRecord) -> std::result::Result<Arc<LoadedLambda>, String> {
+        let archives = self.archives.clone();
+        let limits_cfg = self.config.limits.clone();
+        let engine = self.engine.clone();
+        let digest = record.current.archive_digest.clone();
+        let component = tokio::task::spawn_blocking(move || {
+            let bytes = archives.get(&digest).map_err(|e| e.to_string())?;
+            let report = builder::archive::inspect(&bytes, &limits_cfg);
+            let wasm = report.wasm.ok_or("stored archive has no lambda.wasm")?;
+            engine.compile(&wasm).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let loaded = LoadedLambda::load(
+            &self.engine,
+            &component,
+            record.lambda_id,
+            record.account_id,
+            record.current.version,
+            self.limits_for(&record.current.deploy_parameters),
+            self.logs.clone(),
+            self.metrics.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Arc::new(loaded))
+    }
+}
+
+fn stamp(line: &str) -> String {
+    format!(
+        "{} {line}",
+        now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
+}

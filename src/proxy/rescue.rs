@@ -1,0 +1,60 @@
+//! The one place proxy failures become responses: each runtime error maps to a LUNA
+//! code and status; details of host-side failures go to the log, not the client.
+
+use crate::api::ApiError;
+use crate::model::LambdaId;
+use crate::runtime::InvokeError;
+
+/// Maps a failed invocation of `lambda` to the response the caller gets.
+pub fn rescue(error: &InvokeError, lambda: LambdaId) -> ApiError {
+    match error {
+        InvokeError::Overloaded => ApiError::overloaded(format!(
+            "Lambda with id '{lambda}' is handling its maximum number of concurrent requests"
+        )),
+        InvokeError::Timeout(after) => ApiError::lambda_timeout(format!(
+            "Lambda with id '{lambda}' did not answer within {} ms",
+            after.as_millis()
+        )),
+        InvokeError::Trap(_) | InvokeError::NoResponse | InvokeError::GuestError(_) => {
+            tracing::info!(%lambda, error = %error, "lambda execution failed");
+            ApiError::execution(format!("Lambda with id '{lambda}' failed: {}", public_reason(error)))
+        }
+        InvokeError::Internal(_) => ApiError::internal(error),
+    }
+}
+
+/// What the caller may learn about a guest failure: the kind, not host internals.
+fn public_reason(error: &InvokeError) -> &'static str {
+    match error {
+        InvokeError::Trap(msg) if msg.contains("memory") || msg.contains("grow") => {
+            "the lambda exceeded its memory limit or trapped on memory growth"
+        }
+        InvokeError::Trap(_) => "the lambda trapped",
+        InvokeError::NoResponse => "the lambda returned without a response",
+        _ => "the lambda answered with an error instead of a response",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn every_runtime_error_has_a_luna_code() {
+        let id = LambdaId::generate();
+        let table = [
+            (InvokeError::Overloaded, 503, 42010),
+            (InvokeError::Timeout(Duration::from_millis(5)), 504, 42008),
+            (InvokeError::Trap("unreachable".into()), 500, 42013),
+            (InvokeError::NoResponse, 500, 42013),
+            (InvokeError::GuestError("x".into()), 500, 42013),
+            (InvokeError::Internal("/secret/path".into()), 500, 1),
+        ];
+        for (err, status, code) in table {
+            let api = rescue(&err, id);
+            assert_eq!((api.status.as_u16(), api.code), (status, code), "{err}");
+            assert!(!api.detail.contains("/secret/path"));
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The process-wide wasmtime engine: pooling allocator (probed, with fallback),
+//! epoch interruption driven by a ticker thread, Cranelift tuned for speed, and the
+//! on-disk content-addressed compilation cache. Also the linker with the whole WASI
+//! 0.2 surface. Depends on `config` and `runtime::host`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use super::RuntimeError;
+use super::host::HostState;
+use crate::config::Config as ServiceConfig;
+
+/// Core instances a component may hold: wasi adapters and language runtimes add a few.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 20;
+/// Memories/tables per component (the adapter brings its own).
+const MEMORIES_PER_COMPONENT: u32 = 4;
+
+/// The engine, its linker and the epoch ticker.
+pub struct WasmEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+    pooling: bool,
+    cache: Cache,
+    epoch_tick: Duration,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for WasmEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmEngine")
+            .field("pooling", &self.pooling)
+            .field("epoch_tick", &self.epoch_tick)
+            .finish_non_exhaustive()
+    }
+}
+
+fn base_config(cache: &Cache) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.cranelift_opt_level(OptLevel::Speed);
+    // Copy-on-write memory images make each fresh instance cheap to create.
+    config.memory_init_cow(true);
+    config.cache(Some(cache.clone()));
+    config
+}
+
+impl WasmEngine {
+    /// Builds the engine. With `engine.pooling` the pooling allocator is tried first
+    /// and the on-demand allocator used if the host cannot reserve the pool.
+    pub fn new(settings: &ServiceConfig, cache_dir: &Path) -> Result<Arc<Self>, RuntimeError> {
+        let mut cache_config = CacheConfig::new();
+        cache_config.with_directory(cache_dir);
+        let cache = Cache::new(cache_config).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let max_memory = u64::from(settings.sandbox.max_memory_limit_mb) * 1024 * 1024;
+        let mut pooling = false;
+        let mut engine = None;
+        if settings.engine.pooling {
+            let n = settings.engine.pool_instances;
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(n)
+                .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+                .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+                .total_tables(n.saturating_mul(MEMORIES_PER_COMPONENT))
+                .total_stacks(n)
+                .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+                .max_memories_per_component(MEMORIES_PER_COMPONENT)
+                .max_tables_per_component(MEMORIES_PER_COMPONENT)
+                .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
+            let mut config = base_config(&cache);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            match Engine::new(&config) {
+                Ok(e) => {
+                    pooling = true;
+                    engine = Some(e);
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "pooling allocator unavailable on this host; using on-demand allocation"
+                ),
+            }
+        }
+        let engine = match engine {
+            Some(e) => e,
+            None => Engine::new(&base_config(&cache))
+                .map_err(|e| RuntimeError::Engine(e.to_string()))?,
+        };
+
+        let mut linker = Linker::new(&engine);
+        // The whole WASI 0.2 surface: toolchains import cli/filesystem/sockets even for
+        // pure HTTP handlers. The context denies what the sandbox does not allow.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+
+        let epoch_tick = Duration::from_millis(settings.engine.epoch_tick_ms);
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.weak(), epoch_tick, ticker_stop.clone())?;
+        tracing::info!(pooling, tick_ms = settings.engine.epoch_tick_ms, "wasm engine ready");
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            pooling,
+            cache,
+            epoch_tick,
+            ticker_stop,
+        }))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker every lambda is instantiated with.
+    pub fn linker(&self) -> &Linker<HostState> {
+        &self.linker
+    }
+
+    /// Whether the pooling allocator is in use.
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Compilations answered from the on-disk cache (no Cranelift run).
+    pub fn cache_hits(&self) -> usize {
+        self.cache.cache_hits()
+    }
+
+    /// Compilations that ran Cranelift.
+    pub fn cache_misses(&self) -> usize {
+        self.cache.cache_misses()
+    }
+
+    /// Epoch ticks for a deadline (at least one).
+    pub fn ticks_for(&self, deadline: Duration) -> u64 {
+        let tick = self.epoch_tick.as_micros().max(1);
+        u64::try_from(deadline.as_micros().div_ceil(tick))
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Compiles (or loads from the compilation cache) a component. Blocking.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Component, RuntimeError> {
+        Component::new(&self.engine, wasm).map_err(|e| RuntimeError::Compile(format!("{e:#}")))
+    }
+}
+
+impl Drop for WasmEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn spawn_epoch_ticker(
+    engine: wasmtime::EngineWeak,
+    tick: Duration,
+    stop: Arc<AtomicBool>,
+) -> Result<(), RuntimeError> {
+    // A plain thread: ticking must go on even when every tokio worker is busy running guests.
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| RuntimeError::Engine(format!("epoch ticker: {e}")))
+}

@@ -1,0 +1,162 @@
+//! Executing lambdas in-process: the wasmtime engine, per-version loaded lambdas, the
+//! registry the proxy reads (lambda id → current version, swapped atomically), and the
+//! host side of the guest world. Depends on `config`, `model`, `logs`, `metrics`.
+
+mod engine;
+mod host;
+mod wasm;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+pub use engine::WasmEngine;
+pub use wasm::{LoadedLambda, SandboxLimits};
+
+use crate::model::LambdaId;
+
+/// Setting up or loading into the runtime failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be built.
+    #[error("wasm engine: {0}")]
+    Engine(String),
+    /// The component does not compile.
+    #[error("{0}")]
+    Compile(String),
+    /// The component cannot be linked against the host.
+    #[error("{0}")]
+    Link(String),
+}
+
+/// One request to a WASM lambda failed; `proxy::rescue` maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// Every concurrency permit of the lambda is taken.
+    #[error("the lambda is handling its maximum number of concurrent requests")]
+    Overloaded,
+    /// The guest ran past its deadline.
+    #[error("the lambda did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The guest trapped (including exhausting its memory limit).
+    #[error("the lambda trapped: {0}")]
+    Trap(String),
+    /// The guest returned without setting a response.
+    #[error("the lambda returned no response")]
+    NoResponse,
+    /// The guest answered with a wasi:http error code instead of a response.
+    #[error("the lambda answered with error {0}")]
+    GuestError(String),
+    /// Host-side failure.
+    #[error("internal runtime failure: {0}")]
+    Internal(String),
+}
+
+/// The lambdas currently served in-process. Readers clone an `Arc` and never block
+/// writers; replacing an entry is the atomic version swap.
+#[derive(Debug, Default)]
+pub struct Registry {
+    loaded: DashMap<LambdaId, Arc<LoadedLambda>>,
+}
+
+impl Registry {
+    /// The version serving `id`.
+    pub fn get(&self, id: LambdaId) -> Option<Arc<LoadedLambda>> {
+        self.loaded.get(&id).map(|e| e.value().clone())
+    }
+
+    /// Serves `lambda` from now on; requests already running finish on the old version.
+    pub fn swap_in(&self, lambda: Arc<LoadedLambda>) {
+        self.loaded.insert(lambda.lambda_id, lambda);
+    }
+
+    /// Stops serving `id` at once.
+    pub fn remove(&self, id: LambdaId) -> Option<Arc<LoadedLambda>> {
+        self.loaded.remove(&id).map(|(_, v)| v)
+    }
+
+    /// Number of lambdas loaded.
+    pub fn len(&self) -> usize {
+        self.loaded.len()
+    }
+
+    /// Whether nothing is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.loaded.is_empty()
+    }
+
+    /// (lambda, in-flight requests, concurrency limit) of every loaded lambda.
+    pub fn occupancy(&self) -> Vec<(LambdaId, usize, u32)> {
+        self.loaded
+            .iter()
+            .map(|e| (*e.key(), e.value().in_flight(), e.value().limits.max_concurrent))
+            .collect()
+    }
+}
+
+/// Interfaces the host links for guests (WASI 0.2.x); used to name each import a
+/// component needs that the host cannot satisfy.
+pub const PROVIDED_INTERFACES: &[&str] = &[
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+    "wasi:http/types",
+    "wasi:http/outgoing-handler",
+];
+
+/// The export every HTTP lambda must have.
+pub const HTTP_HANDLER_EXPORT: &str = "wasi:http/incoming-handler";
+
+/// Splits `ns:pkg/iface@1.2.3` into (`ns:pkg/iface`, `1.2.3`).
+pub fn split_version(name: &str) -> (&str, Option<&str>) {
+    match name.split_once('@') {
+        Some((base, version)) => (base, Some(version)),
+        None => (name, None),
+    }
+}
+
+/// Whether the host provides the import `name` (WASI interfaces at 0.2.x).
+pub fn import_provided(name: &str) -> bool {
+    let (base, version) = split_version(name);
+    PROVIDED_INTERFACES.contains(&base) && version.is_some_and(|v| v.starts_with("0.2."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_names() {
+        assert!(import_provided("wasi:http/types@0.2.0"));
+        assert!(import_provided("wasi:cli/environment@0.2.6"));
+        assert!(!import_provided("wasi:http/types@0.3.0"));
+        assert!(!import_provided("wasi:keyvalue/store@0.2.0-draft"));
+        assert!(!import_provided("wasi:http/types"));
+        assert_eq!(split_version("a:b/c@1"), ("a:b/c", Some("1")));
+    }
+}

@@ -1,0 +1,299 @@
+//! The persistent store: a facade over sled exposing domain operations on lambdas,
+//! build jobs and lambda logs. One tree per entity; records carry a schema byte.
+//! Depends on `model` only. A later Postgres backend replaces this module's insides.
+
+mod records;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+pub use records::{BuildKind, BuildRecord, LambdaRecord, LambdaSpec};
+
+use crate::model::{AccountId, LambdaId};
+
+/// The store failed (I/O, corruption, or an undecodable record).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("store I/O: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record could not be encoded or decoded.
+    #[error("store record codec: {0}")]
+    Codec(String),
+}
+
+/// Another lambda of the account already has the name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameTaken;
+
+/// Handle to the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    lambdas: sled::Tree,
+    names: sled::Tree,
+    builds: sled::Tree,
+    logs: sled::Tree,
+    meta: sled::Tree,
+    log_seq: std::sync::Arc<AtomicU64>,
+}
+
+fn name_key(account: AccountId, name: &str) -> Vec<u8> {
+    let mut key = account.as_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn log_key(id: LambdaId, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(id.as_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    r.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(200))
+            .open()?;
+        // Log keys must grow across restarts; nanoseconds since the epoch do.
+        let start = chrono::Utc::now()
+            .timestamp_nanos_opt()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0);
+        Ok(Self {
+            lambdas: db.open_tree("lambdas")?,
+            names: db.open_tree("names")?,
+            builds: db.open_tree("builds")?,
+            logs: db.open_tree("logs")?,
+            meta: db.open_tree("meta")?,
+            db,
+            log_seq: std::sync::Arc::new(AtomicU64::new(start)),
+        })
+    }
+
+    /// Makes every acknowledged write durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Proves the store can be written and read back (for the healthcheck).
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let stamp = chrono::Utc::now().to_rfc3339();
+        self.meta.insert("health", stamp.as_bytes())?;
+        self.flush().await?;
+        match self.meta.get("health")? {
+            Some(v) if v.as_ref() == stamp.as_bytes() => Ok(()),
+            _ => Err(StoreError::Codec("health probe read back a different value".into())),
+        }
+    }
+
+    /// Stores a lambda (new or changed), keeping names unique per account. `old_name`
+    /// is the name the record had before (None for a new lambda).
+    pub fn save_lambda(
+        &self,
+        record: &LambdaRecord,
+        old_name: Option<&str>,
+    ) -> Result<Result<(), NameTaken>, StoreError> {
+        let value = records::encode(record)?;
+        let id = record.lambda_id;
+        let new_key = name_key(record.account_id, &record.lambda_name);
+        let old_key = old_name.map(|n| name_key(record.account_id, n));
+        let outcome = (&self.lambdas, &self.names).transaction(|(lambdas, names)| {
+            if let Some(owner) = names.get(&new_key)?
+                && owner.as_ref() != id.as_bytes()
+            {
+                return Ok(Err(NameTaken));
+            }
+            if let Some(old) = &old_key
+                && *old != new_key
+            {
+                names.remove(old.as_slice())?;
+            }
+            names.insert(new_key.as_slice(), id.as_bytes())?;
+            lambdas.insert(id.as_bytes(), value.as_slice())?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(Ok(()))
+        });
+        unwrap_tx(outcome)
+    }
+
+    /// One lambda.
+    pub fn lambda(&self, id: LambdaId) -> Result<Option<LambdaRecord>, StoreError> {
+        self.lambdas
+            .get(id.as_bytes())?
+            .map(|v| records::decode(&v))
+            .transpose()
+    }
+
+    /// Every lambda (list filtering and ordering happen above).
+    pub fn lambdas(&self) -> Result<Vec<LambdaRecord>, StoreError> {
+        self.lambdas
+            .iter()
+            .values()
+            .map(|v| records::decode(&v?))
+            .collect()
+    }
+
+    /// Removes the lambda, its name, its build job and its logs.
+    pub fn delete_lambda(&self, record: &LambdaRecord) -> Result<(), StoreError> {
+        let id = record.lambda_id;
+        let name = name_key(record.account_id, &record.lambda_name);
+        unwrap_tx((&self.lambdas, &self.names, &self.builds).transaction(
+            |(lambdas, names, builds)| {
+                lambdas.remove(id.as_bytes())?;
+                if names.get(&name)?.is_some_and(|owner| owner.as_ref() == id.as_bytes()) {
+                    names.remove(name.as_slice())?;
+                }
+                builds.remove(id.as_bytes())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            },
+        ))?;
+        for key in self.logs.scan_prefix(id.as_bytes()).keys() {
+            self.logs.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the lambda's build job.
+    pub fn save_build(&self, build: &BuildRecord) -> Result<(), StoreError> {
+        self.builds
+            .insert(build.lambda_id.as_bytes(), records::encode(build)?)?;
+        Ok(())
+    }
+
+    /// The lambda's latest build job.
+    pub fn build(&self, id: LambdaId) -> Result<Option<BuildRecord>, StoreError> {
+        self.builds
+            .get(id.as_bytes())?
+            .map(|v| records::decode(&v))
+            .transpose()
+    }
+
+    /// Every build job (for recovery at start).
+    pub fn builds(&self) -> Result<Vec<BuildRecord>, StoreError> {
+        self.builds
+            .iter()
+            .values()
+            .map(|v| records::decode(&v?))
+            .collect()
+    }
+
+    /// Appends log lines to a lambda and drops the oldest beyond `keep`.
+    pub fn append_logs(&self, id: LambdaId, lines: &[String], keep: usize) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for line in lines {
+            let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
+            batch.insert(&log_key(id, seq)[..], line.as_bytes());
+        }
+        self.logs.apply_batch(batch)?;
+        let excess = self.logs.scan_prefix(id.as_bytes()).keys().count().saturating_sub(keep);
+        if excess > 0 {
+            for key in self.logs.scan_prefix(id.as_bytes()).keys().take(excess) {
+                self.logs.remove(key?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest `tail` log lines of a lambda, oldest first (all when `tail` is None).
+    pub fn tail_logs(&self, id: LambdaId, tail: Option<u64>) -> Result<Vec<String>, StoreError> {
+        let take = tail.map_or(usize::MAX, |t| usize::try_from(t).unwrap_or(usize::MAX));
+        let mut lines = self
+            .logs
+            .scan_prefix(id.as_bytes())
+            .values()
+            .rev()
+            .take(take)
+            .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .collect::<Result<Vec<_>, _>>()?;
+        lines.reverse();
+        Ok(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        DeployParameters, LambdaStatus, LambdaType, Parameters, Runtime, Version,
+    };
+
+    pub(crate) fn record(account: AccountId, name: &str) -> LambdaRecord {
+        LambdaRecord {
+            lambda_id: LambdaId::generate(),
+            account_id: account,
+            lambda_name: name.into(),
+            description: String::new(),
+            create_time: chrono::Utc::now(),
+            last_update_time: chrono::Utc::now(),
+            status: LambdaStatus::Waiting,
+            deployed: false,
+            current: LambdaSpec {
+                version: Version::FIRST,
+                lambda_type: LambdaType::Standalone,
+                runtime: Runtime::Wasm,
+                archive_digest: "00".into(),
+                parameters: Parameters::default(),
+                deploy_parameters: DeployParameters::default(),
+                credentials_sealed: vec![],
+                wasm_digest: None,
+                openapi: None,
+            },
+        }
+    }
+
+    #[test]
+    fn names_are_unique_per_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (AccountId::generate(), AccountId::generate());
+        let first = record(a, "x");
+        assert_eq!(store.save_lambda(&first, None).unwrap(), Ok(()));
+        assert_eq!(store.save_lambda(&record(a, "x"), None).unwrap(), Err(NameTaken));
+        assert_eq!(store.save_lambda(&record(b, "x"), None).unwrap(), Ok(()));
+        // Renaming frees the old name.
+        let mut renamed = first.clone();
+        renamed.lambda_name = "y".into();
+        assert_eq!(store.save_lambda(&renamed, Some("x")).unwrap(), Ok(()));
+        assert_eq!(store.save_lambda(&record(a, "x"), None).unwrap(), Ok(()));
+        store.delete_lambda(&renamed).unwrap();
+        assert!(store.lambda(renamed.lambda_id).unwrap().is_none());
+        assert_eq!(store.save_lambda(&record(a, "y"), None).unwrap(), Ok(()));
+        assert_eq!(store.lambdas().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn logs_are_bounded_and_tailed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = LambdaId::generate();
+        let lines: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
+        store.append_logs(id, &lines, 5).unwrap();
+        assert_eq!(store.tail_logs(id, None).unwrap(), lines[5..].to_vec());
+        assert_eq!(store.tail_logs(id, Some(2)).unwrap(), lines[8..].to_vec());
+        assert!(store.tail_logs(LambdaId::generate(), None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn records_carry_their_schema() {
+        let rec = record(AccountId::generate(), "z");
+        let bytes = records::encode(&rec).unwrap();
+        assert_eq!(bytes[0], records::SCHEMA_V1);
+        let back: LambdaRecord = records::decode(&bytes).unwrap();
+        assert_eq!(back.lambda_name, "z");
+        assert!(records::decode::<LambdaRecord>(&[9, b'{', b'}']).is_err());
+    }
+}
