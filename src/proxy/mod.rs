@@ -164,6 +164,17 @@ where
         return Err(ApiError::lambda_not_found(&target.lambda_id));
     }
     *lambda_for_metrics = Some(id);
+    // A declared oversize body is refused before the guest runs; an undeclared one is
+    // cut off while streaming (runtime::LimitedBody).
+    let limit = lambda.limits.max_request_body;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::too_large("request body", limit));
+    }
 
     let (mut parts, body) = request.into_parts();
     let path_and_query = match &forwarded_query {

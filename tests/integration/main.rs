@@ -1,1 +1,10 @@
+//! The one integration test binary: every test starts the real `luna-lambda` binary
+//! on 127.0.0.1:0 and speaks HTTP to it.
 
+mod common;
+
+mod api;
+mod lifecycle;
+mod proxy;
+mod restart;
+mod tenancy;

@@ -1,0 +1,278 @@
+//! Test harness: builds the guest fixtures from source, starts the real `luna-lambda`
+//! binary on 127.0.0.1:0 with a private data directory, and offers HTTP helpers.
+
+use std::io::{BufRead, BufReader, Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+
+pub const ACCOUNT: &str = "8950722f-3fd4-4223-b48f-03f95f0e8dfb";
+pub const OTHER_ACCOUNT: &str = "0468ca85-f6ca-4841-b30c-5ccc26b6f397";
+/// Upper bound for anything the tests wait for (builds in a debug binary included).
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+/// The fixture guest (`tests/guests/fixture`), built once per test run.
+pub fn fixture_wasm() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = root.join("target").join("guests");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join("tests/guests/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the guest fixtures failed: is the wasm32-wasip2 target installed? \
+             (rustup target add wasm32-wasip2)"
+        );
+        std::fs::read(target.join("wasm32-wasip2/release/fixture.wasm")).expect("fixture.wasm")
+    })
+}
+
+/// A zip of (name, bytes) entries.
+pub fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    let mut w = zip::ZipWriter::new(&mut out);
+    for (name, data) in entries {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap();
+    out.into_inner()
+}
+
+/// The fixture packed as a lambda archive.
+pub fn fixture_zip() -> Vec<u8> {
+    zip_of(&[("lambda.wasm", fixture_wasm())])
+}
+
+/// A running `luna-lambda serve` child process.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    /// A server with a fresh data directory and the given `LUNA_LAMBDA_*` overrides.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("data");
+        let mut server = Self::start_in(&dir, env);
+        server._temp = Some(temp);
+        server
+    }
+
+    /// A server on an existing data directory (restart tests).
+    pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_luna-lambda"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("LUNA_LAMBDA_LOG_LEVEL", "info")
+            // A small pool keeps many parallel test servers cheap.
+            .env("LUNA_LAMBDA_ENGINE_POOL_INSTANCES", "64")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("luna-lambda starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("luna-lambda listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(PATIENCE) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+                panic!("server did not announce its address; log:\n{log}");
+            }
+        };
+        Self {
+            child,
+            base,
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().unwrap()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.get(path).await;
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST /1/lambdas with the usual parts; returns the raw response.
+    pub async fn create_raw(&self, account: &str, archive: Vec<u8>, parameters: Value, deploy: Option<Value>) -> reqwest::Response {
+        self.http
+            .post(self.url("/1/lambdas"))
+            .header("Luna-Account-Id", account)
+            .multipart(upload_form(archive, parameters, deploy))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a lambda and returns its id (asserting 201).
+    pub async fn create(&self, account: &str, name: &str, archive: Vec<u8>, deploy: Option<Value>) -> String {
+        let r = self
+            .create_raw(account, archive, json!({"lambda_name": name}), deploy)
+            .await;
+        let status = r.status().as_u16();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        let id = body["lambda_id"].as_str().unwrap().to_owned();
+        assert_eq!(location.as_deref(), Some(format!("/1/lambdas/{id}").as_str()));
+        id
+    }
+
+    /// Polls until the lambda's status is `want` (or fails after PATIENCE).
+    pub async fn wait_status(&self, id: &str, want: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (code, body) = self.get_json(&format!("/1/lambdas/{id}/status")).await;
+            assert_eq!(code, 200, "{body}");
+            if body["status"] == want {
+                return body;
+            }
+            let (_, image) = self.get_json(&format!("/1/lambdas/{id}/image/logs")).await;
+            assert!(
+                Instant::now() < deadline,
+                "lambda {id} never reached {want}: {body}; image logs {image}; server log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Polls until the image status is finished; returns it.
+    pub async fn wait_image(&self, id: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (_, body) = self.get_json(&format!("/1/lambdas/{id}/image/status")).await;
+            let status = body["status"].as_str().unwrap_or_default().to_owned();
+            if status == "completed" || status == "error" || status == "not_found" {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "image of {id} never finished");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Creates the fixture lambda and waits until it runs.
+    pub async fn running_fixture(&self, account: &str, name: &str, deploy: Option<Value>) -> String {
+        let id = self.create(account, name, fixture_zip(), deploy).await;
+        self.wait_status(&id, "running").await;
+        id
+    }
+
+    pub async fn proxy(&self, method: reqwest::Method, id: &str, path: &str) -> reqwest::Response {
+        self.http
+            .request(method, self.url(&format!("/1/lambdas/{id}/proxy{path}")))
+            .header("Luna-Account-Id", ACCOUNT)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The value of a metric line starting with `prefix` (summed over matches).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The multipart form of create / recreate.
+pub fn upload_form(archive: Vec<u8>, parameters: Value, deploy: Option<Value>) -> Form {
+    let mut form = Form::new()
+        .part(
+            "archive",
+            Part::bytes(archive)
+                .file_name("lambda.zip")
+                .mime_str("application/zip")
+                .unwrap(),
+        )
+        .part("credentials", json_part(&json!({"login": "user", "password": "hunter2"})))
+        .part("parameters", json_part(&parameters));
+    if let Some(d) = deploy {
+        form = form.part("deploy_parameters", json_part(&d));
+    }
+    form
+}
+
+pub fn json_part(v: &Value) -> Part {
+    Part::text(v.to_string()).mime_str("application/json").unwrap()
+}
+
+/// Asserts a LUNA error response.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: u64) -> Value {
+    let got = response.status().as_u16();
+    assert!(response.headers().contains_key("luna-request-id"), "no request id on an error");
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!((got, body["error_code"].as_u64()), (status, Some(code)), "{body}");
+    assert!(body["desc"].is_string() && body["detail"].is_string(), "{body}");
+    body
+}

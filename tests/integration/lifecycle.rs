@@ -1,0 +1,234 @@
+//! The lambda lifecycle: build job statuses and logs, versions, recreate / update
+//! with the atomic swap, failed rebuilds, delete, and image-job retention.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+fn broken_component() -> Vec<u8> {
+    // Passes the header check at upload, fails in the background compile.
+    zip_of(&[("lambda.wasm", b"\0asm\x0d\0\x01\0this is not a component body")])
+}
+
+async fn recreate(s: &Server, id: &str, archive: Vec<u8>, parameters: Value) -> reqwest::Response {
+    s.http
+        .put(s.url(&format!("/1/lambdas/{id}")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .multipart(upload_form(archive, parameters, None))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn update(s: &Server, id: &str) -> reqwest::Response {
+    s.http
+        .post(s.url(&format!("/1/lambdas/{id}/update")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn serving_version(s: &Server, id: &str) -> u64 {
+    let r = s.proxy(Method::GET, id, "/hello").await;
+    assert_eq!(r.status(), 200);
+    r.headers()["lambda-version"].to_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn full_lifecycle_with_versions() {
+    let s = Server::start(&[]);
+    let id = s.create(ACCOUNT, "life", fixture_zip(), None).await;
+    let (_, image) = s.get_json(&format!("/1/lambdas/{id}/image/status")).await;
+    assert!(
+        ["pending", "in_progress", "completed"].contains(&image["status"].as_str().unwrap()),
+        "{image}"
+    );
+    let status = s.wait_status(&id, "running").await;
+    assert_eq!(status["pod_statuses"]["0"], "running");
+    assert_eq!(s.wait_image(&id).await, "completed");
+    let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/image/logs")).await;
+    let text = logs["logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect::<Vec<_>>().join("\n");
+    for needle in ["archive checked", "sha256", "compiled with Cranelift in", "build completed", "bytes"] {
+        assert!(text.contains(needle), "{needle} not in image logs:\n{text}");
+    }
+    let (_, tail) = s.get_json(&format!("/1/lambdas/{id}/image/logs?tail_lines=1")).await;
+    assert_eq!(tail["logs"].as_array().unwrap().len(), 1);
+
+    // Call it.
+    let r = s.proxy(Method::GET, &id, "/hello").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["lambda-version"], "1");
+    let rid = r.headers()["luna-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(r.text().await.unwrap(), "Hello from luna-lambda\n");
+
+    // Guest stdout/stderr reach the lambda's logs with the request id.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (code, logs) = s.get_json(&format!("/1/lambdas/{id}/logs")).await;
+        assert_eq!(code, 200);
+        let lines = logs["logs"]["0"].as_array().unwrap();
+        let has = |needle: &str| lines.iter().any(|l| l.as_str().unwrap().contains(needle));
+        if has(&format!("[{rid}] stdout: hello called")) && has(&format!("[{rid}] stderr: hello on stderr")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "guest output never reached the logs: {logs}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let (_, tail) = s.get_json(&format!("/1/lambdas/{id}/logs?tail_lines=1")).await;
+    assert_eq!(tail["logs"]["0"].as_array().unwrap().len(), 1);
+    assert_error(s.get(&format!("/1/lambdas/{id}/logs?tail_lines=-1")).await, 400, 12012).await;
+
+    // Recreate: version 2 once it serves.
+    let r = recreate(&s, &id, fixture_zip(), json!({"description": "second"})).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["version"], 2);
+    assert_eq!(s.wait_image(&id).await, "completed");
+    assert_eq!(serving_version(&s, &id).await, 2);
+    let (_, l) = s.get_json(&format!("/1/lambdas/{id}")).await;
+    assert_eq!((l["version"].as_u64(), l["description"].as_str()), (Some(2), Some("second")));
+    let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/image/logs")).await;
+    assert!(logs.to_string().contains("artifact cache hit"), "same component again is a cache hit: {logs}");
+
+    // Update: version 3, same archive.
+    let r = update(&s, &id).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], 3);
+    assert_eq!(s.wait_image(&id).await, "completed");
+    assert_eq!(serving_version(&s, &id).await, 3);
+
+    // Errors of recreate/update.
+    let missing = "e63e2a1f-f505-441c-8e11-b2dcd0385329";
+    assert_error(update(&s, missing).await, 404, 42001).await;
+    assert_error(recreate(&s, missing, fixture_zip(), json!({})).await, 404, 42001).await;
+    let r = s.http.post(s.url(&format!("/1/lambdas/{id}/update"))).send().await.unwrap();
+    assert_error(r, 400, 11066).await;
+    let r = recreate(&s, &id, zip_of(&[("x", b"1")]), json!({})).await;
+    assert_error(r, 400, 42005).await;
+
+    // Delete stops serving at once and removes everything it owns.
+    let archives_before = std::fs::read_dir(s.data_dir.join("archives")).unwrap().count();
+    assert!(archives_before >= 1);
+    let r = s.http.delete(s.url(&format!("/1/lambdas/{id}"))).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_error(s.proxy(Method::GET, &id, "/hello").await, 404, 42001).await;
+    assert_error(s.get(&format!("/1/lambdas/{id}/logs")).await, 404, 42001).await;
+    assert_error(s.get(&format!("/1/lambdas/{id}/image/status")).await, 404, 42001).await;
+    assert_eq!(std::fs::read_dir(s.data_dir.join("archives")).unwrap().count(), 0, "archive removed");
+    let text = s.get("/metrics").await.text().await.unwrap();
+    assert!(!text.contains(&format!("lambda_id=\"{id}\"")), "series of the deleted lambda remain");
+}
+
+#[tokio::test]
+async fn failed_rebuild_keeps_the_old_version_serving() {
+    let s = Server::start(&[]);
+    let id = s.running_fixture(ACCOUNT, "keeper", None).await;
+    let r = recreate(&s, &id, broken_component(), json!({})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.wait_image(&id).await, "error");
+    let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/image/logs")).await;
+    let text = logs.to_string();
+    assert!(text.contains("build failed") && text.contains("version 1 keeps serving"), "{text}");
+    let (_, status) = s.get_json(&format!("/1/lambdas/{id}/status")).await;
+    assert_eq!(status["status"], "running");
+    assert_eq!(serving_version(&s, &id).await, 1);
+    let (_, l) = s.get_json(&format!("/1/lambdas/{id}")).await;
+    assert_eq!(l["version"], 1);
+    // The next attempt gets the next version number.
+    let r = recreate(&s, &id, fixture_zip(), json!({})).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], 3);
+    assert_eq!(s.wait_image(&id).await, "completed");
+    assert_eq!(serving_version(&s, &id).await, 3);
+
+    // A first build that fails leaves the lambda failed, and the proxy says so.
+    let bad = s.create(ACCOUNT, "broken", broken_component(), None).await;
+    s.wait_status(&bad, "failed").await;
+    let body = assert_error(s.proxy(Method::GET, &bad, "/hello").await, 503, 42007).await;
+    assert!(body["detail"].as_str().unwrap().contains("failed"));
+    let (_, logs) = s.get_json(&format!("/1/lambdas/{bad}/logs")).await;
+    assert!(logs.to_string().contains("build of version 1 failed"), "{logs}");
+}
+
+#[tokio::test]
+async fn rebuild_while_building_is_refused() {
+    let s = Server::start(&[("LUNA_LAMBDA_BUILDS_MAX_CONCURRENT", "1")]);
+    // Builds queue behind one slot, so the last of several is still pending or running.
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(s.create(ACCOUNT, &format!("q{i}"), fixture_zip(), None).await);
+    }
+    let last = ids.last().unwrap();
+    let (_, image) = s.get_json(&format!("/1/lambdas/{last}/image/status")).await;
+    if image["status"] == "pending" || image["status"] == "in_progress" {
+        let body = assert_error(update(&s, last).await, 409, 42006).await;
+        assert!(body["detail"].as_str().unwrap().contains("being built"));
+        assert_error(recreate(&s, last, fixture_zip(), json!({})).await, 409, 42006).await;
+    } else {
+        panic!("four queued builds finished before the first status read: {image}");
+    }
+    for id in &ids {
+        assert_eq!(s.wait_image(id).await, "completed");
+    }
+}
+
+#[tokio::test]
+async fn swap_under_load_fails_no_request() {
+    let s = Arc::new(Server::start(&[]));
+    let id = s.running_fixture(ACCOUNT, "swap", None).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (s, id, stop) = (s.clone(), id.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = s.proxy(Method::GET, &id, "/hello").await;
+                assert_eq!(r.status(), 200, "a request failed during the swap");
+                let v: u64 = r.headers()["lambda-version"].to_str().unwrap().parse().unwrap();
+                assert_eq!(r.text().await.unwrap(), "Hello from luna-lambda\n");
+                versions.push(v);
+            }
+            versions
+        }));
+    }
+    let r = recreate(&s, &id, fixture_zip(), json!({})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.wait_image(&id).await, "completed");
+    // Keep calling until every worker has seen the new version at least once.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while serving_version(&s, &id).await != 2 {
+        assert!(std::time::Instant::now() < deadline);
+    }
+    for _ in 0..20 {
+        serving_version(&s, &id).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        let versions = w.await.unwrap();
+        total += versions.len();
+        // Versions never go back once the new one serves.
+        assert!(versions.windows(2).all(|w| w[0] <= w[1]), "{versions:?}");
+    }
+    assert!(total > 0);
+}
+
+#[tokio::test]
+async fn image_job_expires_after_retention() {
+    let s = Server::start(&[("LUNA_LAMBDA_BUILDS_RETENTION_SECS", "0")]);
+    let id = s.running_fixture(ACCOUNT, "expire", None).await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, image) = s.get_json(&format!("/1/lambdas/{id}/image/status")).await;
+        if image["status"] == "not_found" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{image}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

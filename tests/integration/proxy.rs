@@ -1,0 +1,184 @@
+//! The proxy route: all methods, forwarding rules, streaming, limits and guest faults.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn all_methods_reach_the_guest_with_request_metadata() {
+    let s = Server::start(&[]);
+    let id = s.running_fixture(ACCOUNT, "meta", None).await;
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let r = s
+            .http
+            .request(method.parse().unwrap(), s.url(&format!("/1/lambdas/{id}/proxy/meta/x?b=2&account_id={ACCOUNT}&c=%20")))
+            .header("Luna-Account-Id", ACCOUNT)
+            .header("Luna-Request-Id", "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method}: /meta/x is not a fixture route, so the guest says 404");
+        assert_eq!(r.headers()["lambda-version"], "1");
+        let r = s
+            .http
+            .request(method.parse().unwrap(), s.url(&format!("/1/lambdas/{id}/proxy/meta?b=2&account_id={ACCOUNT}&c=%20")))
+            .header("Luna-Account-Id", ACCOUNT)
+            .header("Luna-Request-Id", "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{method}");
+        assert_eq!(r.headers()["luna-request-id"], "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a");
+        assert_eq!(r.headers()["x-guest"], "fixture");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(&format!("method={method}\n")), "{text}");
+        assert!(text.contains("path=/meta\n"), "{text}");
+        assert!(text.contains("query=b=2&c=%20\n"), "account_id is stripped: {text}");
+        assert!(text.contains("request-id=1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a\n"), "{text}");
+    }
+    let r = s.http.head(s.url(&format!("/1/lambdas/{id}/proxy/meta"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("lambda-version"));
+    // A generated request id is visible to the guest too.
+    let r = s.proxy(Method::GET, &id, "/meta").await;
+    let rid = r.headers()["luna-request-id"].to_str().unwrap().to_owned();
+    assert!(r.text().await.unwrap().contains(&format!("request-id={rid}")));
+    // The proxy root is the guest's "/".
+    let r = s.proxy(Method::GET, &id, "").await;
+    assert_eq!(r.text().await.unwrap(), "Hello from luna-lambda\n");
+    // The guest's own status codes pass through.
+    assert_eq!(s.proxy(Method::GET, &id, "/status").await.status(), 418);
+    // POST and PUT require the account header; the others accept account_id.
+    for method in [Method::POST, Method::PUT] {
+        let r = s.http.request(method, s.url(&format!("/1/lambdas/{id}/proxy/hello"))).send().await.unwrap();
+        assert_error(r, 400, 11066).await;
+    }
+    let r = s.get(&format!("/1/lambdas/{id}/proxy/hello?account_id=nope")).await;
+    assert_error(r, 400, 12012).await;
+    let r = s.http.request(Method::TRACE, s.url(&format!("/1/lambdas/{id}/proxy/hello"))).send().await.unwrap();
+    assert_error(r, 405, 12005).await;
+    let r = s.get("/1/lambdas/e63e2a1f-f505-441c-8e11-b2dcd0385329/proxy/hello").await;
+    assert_error(r, 404, 42001).await;
+    let text = s.get("/metrics").await.text().await.unwrap();
+    assert!(text.contains(r#"request_count_total{path="GET:/1/lambdas/{lambda_id}/proxy",status_code="200"}"#));
+    assert!(text.contains(&format!(r#"lambda_requests_total{{lambda_id="{id}"}}"#)));
+    assert!(text.contains(&format!(r#"lambda_instantiate_seconds_bucket{{lambda_id="{id}""#)));
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways() {
+    let s = Server::start(&[("LUNA_LAMBDA_LIMITS_MAX_PROXY_BODY_BYTES", "8388608")]);
+    let id = s.running_fixture(ACCOUNT, "echo", None).await;
+    let payload: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let r = s
+        .http
+        .post(s.url(&format!("/1/lambdas/{id}/proxy/echo")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), payload.as_slice());
+    // Chunks arrive as the guest produces them.
+    let mut r = s.proxy(Method::GET, &id, "/stream").await;
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b"chunk 0"));
+    let mut rest = Vec::new();
+    while let Some(c) = r.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    assert!(String::from_utf8(rest).unwrap().ends_with("chunk 4\n"));
+    // Over the body limit.
+    let r = s
+        .http
+        .post(s.url(&format!("/1/lambdas/{id}/proxy/echo")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .body(vec![0u8; 9 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 413, 12047).await;
+}
+
+#[tokio::test]
+async fn guest_faults_cost_only_their_request() {
+    let s = Server::start(&[]);
+    let id = s
+        .running_fixture(
+            ACCOUNT,
+            "faulty",
+            Some(json!({"sandbox": {"memory_limit_mb": 32, "request_timeout_ms": 400}})),
+        )
+        .await;
+    for _ in 0..2 {
+        let body = assert_error(s.proxy(Method::GET, &id, "/trap").await, 500, 42013).await;
+        assert!(body["detail"].as_str().unwrap().contains("trapped"), "{body}");
+        assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
+
+        let started = std::time::Instant::now();
+        assert_error(s.proxy(Method::GET, &id, "/loop").await, 504, 42008).await;
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
+
+        assert_error(s.proxy(Method::GET, &id, "/memhog").await, 500, 42013).await;
+        assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
+
+        // Waiting on I/O past the deadline is ended by the host timer.
+        assert_error(s.proxy(Method::GET, &id, "/sleep").await, 504, 42008).await;
+        assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
+    }
+    let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/logs")).await;
+    assert!(logs.to_string().contains("request failed"), "{logs}");
+    let text = s.get("/metrics").await.text().await.unwrap();
+    assert!(text.contains(&format!(r#"lambda_errors_total{{error_code="42013",lambda_id="{id}"}} 4"#)), "{text}");
+}
+
+#[tokio::test]
+async fn concurrency_limit_sheds_load() {
+    let s = std::sync::Arc::new(Server::start(&[]));
+    let id = s
+        .running_fixture(
+            ACCOUNT,
+            "narrow",
+            Some(json!({"sandbox": {"max_concurrent_requests": 1, "request_timeout_ms": 3000}})),
+        )
+        .await;
+    let (s2, id2) = (s.clone(), id.clone());
+    let slow = tokio::spawn(async move { s2.proxy(Method::GET, &id2, "/sleep").await.status() });
+    // Until the slow request holds the only permit, requests may still succeed.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let r = s.proxy(Method::GET, &id, "/hello").await;
+        if r.status() == 503 {
+            let body = assert_error(r, 503, 42010).await;
+            assert!(body["detail"].as_str().unwrap().contains("concurrent"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the limit never applied");
+    }
+    assert_eq!(slow.await.unwrap(), 504);
+    assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
+}
+
+#[tokio::test]
+async fn lambda_docs_from_archive_or_default() {
+    let s = Server::start(&[]);
+    let spec = "openapi: 3.0.3\ninfo:\n  title: mine\n  version: '2'\npaths: {}\n";
+    let id = s
+        .create(ACCOUNT, "documented", zip_of(&[("lambda.wasm", fixture_wasm()), ("openapi.yaml", spec.as_bytes())]), None)
+        .await;
+    let plain = s.create(ACCOUNT, "plain", fixture_zip(), None).await;
+    let get = |id: &str, accept: &str| s.http.get(s.url(&format!("/1/lambdas/{id}/docs"))).header("Accept", accept).send();
+    assert_eq!(get(&id, "application/x-yaml").await.unwrap().text().await.unwrap(), spec);
+    let html = get(&id, "text/html").await.unwrap().text().await.unwrap();
+    assert!(html.contains("mine") && !html.contains("<script"));
+    let default = get(&plain, "application/x-yaml").await.unwrap().text().await.unwrap();
+    assert!(default.contains("openapi:") && default.contains("plain"));
+    assert_error(get(&id, "application/json").await.unwrap(), 415, 12024).await;
+    let r = s.get(&format!("/1/lambdas/{id}/docs")).await;
+    assert_error(r, 415, 12024).await;
+}

@@ -1,0 +1,75 @@
+//! Durability: after SIGKILL and restart every acknowledged lambda is listed, running
+//! WASM lambdas serve again from the compilation cache, and builds that died with the
+//! process end `error` with a log line saying so.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn kill_9_loses_nothing_acknowledged() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let env = [("LUNA_LAMBDA_BUILDS_MAX_CONCURRENT", "1")];
+    let s = Server::start_in(&dir, &env);
+    let running = s.running_fixture(ACCOUNT, "survivor", None).await;
+    let rid_before = s.proxy(Method::GET, &running, "/hello").await;
+    assert_eq!(rid_before.status(), 200);
+    // Queue builds behind one slot (a distinct component each: cache misses), then
+    // kill while they are pending or compiling.
+    let mut queued = Vec::new();
+    for i in 0..4u8 {
+        let mut wasm = fixture_wasm().to_vec();
+        // A custom section makes each component distinct without changing behaviour.
+        wasm.extend_from_slice(&[0, 7, 5, b'p', b'a', b'd', b'-', b'x', i]);
+        queued.push(s.create(ACCOUNT, &format!("queued{i}"), zip_of(&[("lambda.wasm", &wasm)]), None).await);
+    }
+    s.kill();
+
+    let s = Server::start_in(&dir, &env);
+    let (_, list) = s.get_json("/1/lambdas?page_size=100").await;
+    let listed: Vec<&str> = list["lambdas"].as_array().unwrap().iter().map(|l| l["lambda_id"].as_str().unwrap()).collect();
+    assert_eq!(listed.len(), 5, "{list}");
+    assert!(listed.contains(&running.as_str()));
+    // The running lambda serves again without recompiling.
+    let (_, status) = s.get_json(&format!("/1/lambdas/{running}/status")).await;
+    assert_eq!(status["status"], "running");
+    let r = s.proxy(Method::GET, &running, "/hello").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "Hello from luna-lambda\n");
+    assert!(s.metric("wasm_engine{item=\"compile_cache_hits\"}").await >= 1.0);
+    assert_eq!(s.metric("wasm_engine{item=\"compile_cache_misses\"}").await, 0.0);
+    // Builds that died with the process ended `error`, saying why.
+    let mut interrupted = 0;
+    for id in &queued {
+        let (_, image) = s.get_json(&format!("/1/lambdas/{id}/image/status")).await;
+        let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/image/logs")).await;
+        let (_, status) = s.get_json(&format!("/1/lambdas/{id}/status")).await;
+        match image["status"].as_str().unwrap() {
+            "error" => {
+                interrupted += 1;
+                assert!(logs.to_string().contains("the service stopped while this build was running"), "{logs}");
+                assert_eq!(status["status"], "failed");
+            }
+            "completed" => assert_eq!(status["status"], "running"),
+            other => panic!("unexpected image status {other}: {logs}"),
+        }
+    }
+    assert!(interrupted >= 1, "no build was interrupted by the kill");
+    // An interrupted lambda can be rebuilt.
+    let last = queued.last().unwrap();
+    let r = s
+        .http
+        .post(s.url(&format!("/1/lambdas/{last}/update")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], 2);
+    s.wait_status(last, "running").await;
+
+    // Graceful shutdown exits 0.
+    assert!(s.terminate().success());
+}
