@@ -105,7 +105,17 @@ async fn create_rejects_bad_input_with_luna_codes() {
     let r = post().header("Luna-Account-Id", ACCOUNT).multipart(form).send().await.unwrap();
     assert_error(r, 400, 12022).await;
     // Over the archive limit.
-    let big = zip_of(&[("lambda.wasm", &vec![7u8; 64 * 1024])]);
+    // Incompressible bytes, so the zip itself is over the limit.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let big = zip_of(&[("lambda.wasm", &noise)]);
     let r = s.create_raw(ACCOUNT, big, params.clone(), None).await;
     assert_error(r, 413, 12047).await;
     // Every problem of an invalid upload at once.
