@@ -163,7 +163,9 @@ pub struct Logs {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5210))),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5210))),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log_format: LogFormat::Pretty,
             log_level: "info".to_owned(),
@@ -259,9 +261,12 @@ impl Config {
                 path: path.to_owned(),
                 source,
             })?;
-            let from_file: toml::Value = text.parse::<toml::Table>().map(toml::Value::Table).map_err(|e| {
-                ConfigError::Invalid(format!("{}: {}", path.display(), e.message()))
-            })?;
+            let from_file: toml::Value = text
+                .parse::<toml::Table>()
+                .map(toml::Value::Table)
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("{}: {}", path.display(), e.message()))
+                })?;
             merge(&mut tree, from_file);
         }
         let mut env: Vec<(String, String)> = env
@@ -398,7 +403,9 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
 fn apply_env(tree: &mut toml::Value, var: &str, raw: &str) -> Result<(), ConfigError> {
     let name = var[ENV_PREFIX.len()..].to_ascii_lowercase();
     let toml::Value::Table(root) = tree else {
-        return Err(ConfigError::Invalid("configuration root is not a table".into()));
+        return Err(ConfigError::Invalid(
+            "configuration root is not a table".into(),
+        ));
     };
     let mut targets: BTreeMap<String, (Option<String>, String)> = BTreeMap::new();
     for (key, value) in root.iter() {
@@ -479,10 +486,19 @@ mod tests {
     fn bad_settings_are_one_line_errors() {
         for (pairs, needle) in [
             (vec![("LUNA_LAMBDA_NOPE", "1")], "LUNA_LAMBDA_NOPE"),
-            (vec![("LUNA_LAMBDA_SANDBOX_MEMORY_LIMIT_MB", "lots")], "integer"),
+            (
+                vec![("LUNA_LAMBDA_SANDBOX_MEMORY_LIMIT_MB", "lots")],
+                "integer",
+            ),
             (vec![("LUNA_LAMBDA_LISTEN", "nowhere")], "invalid"),
-            (vec![("LUNA_LAMBDA_SANDBOX_MEMORY_LIMIT_MB", "0")], "memory_limit_mb"),
-            (vec![("LUNA_LAMBDA_ENCRYPTION_KEY", "short")], "encryption_key"),
+            (
+                vec![("LUNA_LAMBDA_SANDBOX_MEMORY_LIMIT_MB", "0")],
+                "memory_limit_mb",
+            ),
+            (
+                vec![("LUNA_LAMBDA_ENCRYPTION_KEY", "short")],
+                "encryption_key",
+            ),
         ] {
             let err = Config::load(None, env(&pairs), &Overrides::default())
                 .unwrap_err()
@@ -496,8 +512,11 @@ mod tests {
     fn file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "data_dir = \"/from/file\"\n[sandbox]\nrequest_timeout_ms = 5\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\n[sandbox]\nrequest_timeout_ms = 5\n",
+        )
+        .unwrap();
         let c = Config::load(
             Some(&path),
             env(&[("LUNA_LAMBDA_DATA_DIR", "/from/env")]),

@@ -109,9 +109,13 @@ pub fn openapi_html(spec_text: &str) -> String {
     if let Some(paths) = spec.get("paths").and_then(serde_json::Value::as_object) {
         body.push_str("<h2>Routes</h2>");
         for (path, item) in paths {
-            let Some(ops) = item.as_object() else { continue };
+            let Some(ops) = item.as_object() else {
+                continue;
+            };
             for (method, op) in ops {
-                if !["get", "put", "post", "delete", "options", "head", "patch"].contains(&method.as_str()) {
+                if !["get", "put", "post", "delete", "options", "head", "patch"]
+                    .contains(&method.as_str())
+                {
                     continue;
                 }
                 let _ = write!(
@@ -132,13 +136,16 @@ pub fn openapi_html(spec_text: &str) -> String {
                             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                             escape(&str_at(p, "name")),
                             escape(&str_at(p, "in")),
-                            p.get("required").and_then(serde_json::Value::as_bool).unwrap_or(false),
+                            p.get("required")
+                                .and_then(serde_json::Value::as_bool)
+                                .unwrap_or(false),
                             escape(&str_at(p, "description")),
                         );
                     }
                     body.push_str("</table>");
                 }
-                if let Some(responses) = op.get("responses").and_then(serde_json::Value::as_object) {
+                if let Some(responses) = op.get("responses").and_then(serde_json::Value::as_object)
+                {
                     body.push_str("<p>Responses: ");
                     for (code, r) in responses {
                         let _ = write!(

@@ -107,12 +107,13 @@ impl Server {
             metrics.clone(),
         );
         lifecycle.recover().await?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         Ok(Self {
             listener,
             state: AppState {
@@ -168,7 +169,10 @@ impl Server {
         }
         tracing::info!("shutting down: draining in-flight requests");
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over; closing remaining connections");
         }
         state.lifecycle.store().flush().await?;

@@ -124,7 +124,10 @@ fn now() -> DateTime<Utc> {
 
 impl Lifecycle {
     /// Wires the lifecycle.
-    #[expect(clippy::too_many_arguments, reason = "plain wiring of the service's parts")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "plain wiring of the service's parts"
+    )]
     pub fn new(
         config: Arc<Config>,
         store: Store,
@@ -166,11 +169,21 @@ impl Lifecycle {
 
     /// Checks an upload without storing anything: every problem, including the
     /// component's (compiled into the cache, so a later create is a cache hit).
-    pub async fn validate(&self, parameters: Parameters, archive: bytes::Bytes) -> Result<Vec<String>> {
+    pub async fn validate(
+        &self,
+        parameters: Parameters,
+        archive: bytes::Bytes,
+    ) -> Result<Vec<String>> {
         let config = self.config.clone();
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || {
-            let check = builder::check_upload(&config, &parameters, &DeployParameters::default(), &archive, true);
+            let check = builder::check_upload(
+                &config,
+                &parameters,
+                &DeployParameters::default(),
+                &archive,
+                true,
+            );
             let mut problems = check.problems;
             if check.no_container_backend {
                 return Err(LifecycleError::NoContainerBackend);
@@ -215,7 +228,13 @@ impl Lifecycle {
             .map_err(|e| LifecycleError::Task(e.to_string()))??)
     }
 
-    fn spec(&self, version: Version, upload: &Upload, check: &UploadCheck, archive_digest: String) -> Result<LambdaSpec> {
+    fn spec(
+        &self,
+        version: Version,
+        upload: &Upload,
+        check: &UploadCheck,
+        archive_digest: String,
+    ) -> Result<LambdaSpec> {
         Ok(LambdaSpec {
             version,
             lambda_type: upload.parameters.lambda_type.unwrap_or_default(),
@@ -236,11 +255,7 @@ impl Lifecycle {
     /// Accepts a new lambda and starts its build; returns at once.
     pub async fn create(self: &Arc<Self>, account: AccountId, upload: Upload) -> Result<LambdaId> {
         let check = self.check(&upload, true).await?;
-        let name = upload
-            .parameters
-            .lambda_name
-            .clone()
-            .unwrap_or_default();
+        let name = upload.parameters.lambda_name.clone().unwrap_or_default();
         let digest = self.store_archive(upload.archive.clone()).await?;
         let spec = self.spec(Version::FIRST, &upload, &check, digest)?;
         let id = LambdaId::generate();
@@ -302,7 +317,12 @@ impl Lifecycle {
         if !record.deployed {
             record.status = LambdaStatus::Waiting;
         }
-        self.queue_build(&record, BuildKind::Recreate, spec, "build queued: lambda recreated")?;
+        self.queue_build(
+            &record,
+            BuildKind::Recreate,
+            spec,
+            "build queued: lambda recreated",
+        )?;
         if self.store.save_lambda(&record, Some(&old_name))?.is_err() {
             return Err(LifecycleError::NameTaken(record.lambda_name));
         }
@@ -321,7 +341,12 @@ impl Lifecycle {
         let mut spec = record.current.clone();
         spec.version = next;
         record.last_update_time = now();
-        self.queue_build(&record, BuildKind::Update, spec, "build queued: lambda update")?;
+        self.queue_build(
+            &record,
+            BuildKind::Update,
+            spec,
+            "build queued: lambda update",
+        )?;
         let _ = self.store.save_lambda(&record, Some(&record.lambda_name))?;
         self.store.flush().await?;
         tracing::info!(lambda = %id, version = %next, "lambda update accepted");
@@ -340,7 +365,13 @@ impl Lifecycle {
         Ok(last_built.max(record.current.version).next())
     }
 
-    fn queue_build(&self, record: &LambdaRecord, kind: BuildKind, spec: LambdaSpec, why: &str) -> Result<()> {
+    fn queue_build(
+        &self,
+        record: &LambdaRecord,
+        kind: BuildKind,
+        spec: LambdaSpec,
+        why: &str,
+    ) -> Result<()> {
         self.store.save_build(&BuildRecord {
             lambda_id: record.lambda_id,
             kind,
@@ -436,7 +467,11 @@ impl Lifecycle {
             .filter(|r| filter.account.is_none_or(|a| a == r.account_id))
             .filter(|r| filter.created_before.is_none_or(|t| r.create_time < t))
             .filter(|r| filter.created_since.is_none_or(|t| r.create_time >= t))
-            .filter(|r| filter.lambda_type.is_none_or(|t| t == r.current.lambda_type))
+            .filter(|r| {
+                filter
+                    .lambda_type
+                    .is_none_or(|t| t == r.current.lambda_type)
+            })
             .filter(|r| {
                 needle
                     .as_ref()
@@ -454,7 +489,10 @@ impl Lifecycle {
                 .cmp(&a.create_time)
                 .then(b.lambda_id.cmp(&a.lambda_id))
         });
-        let skip = filter.page.saturating_sub(1).saturating_mul(filter.page_size);
+        let skip = filter
+            .page
+            .saturating_sub(1)
+            .saturating_mul(filter.page_size);
         Ok(all.into_iter().skip(skip).take(filter.page_size).collect())
     }
 
@@ -482,7 +520,12 @@ impl Lifecycle {
     }
 
     /// The lambda's log lines (newest `tail`, oldest first).
-    pub fn lambda_logs(&self, id: LambdaId, account: Option<AccountId>, tail: Option<u64>) -> Result<Vec<String>> {
+    pub fn lambda_logs(
+        &self,
+        id: LambdaId,
+        account: Option<AccountId>,
+        tail: Option<u64>,
+    ) -> Result<Vec<String>> {
         self.owned(id, account)?;
         Ok(self.store.tail_logs(id, tail)?)
     }
@@ -530,7 +573,8 @@ impl Lifecycle {
         let Ok(slot) = self.build_slots.clone().acquire_owned().await else {
             return;
         };
-        let (Ok(Some(mut build)), Ok(Some(record))) = (self.store.build(id), self.store.lambda(id)) else {
+        let (Ok(Some(mut build)), Ok(Some(record))) = (self.store.build(id), self.store.lambda(id))
+        else {
             return;
         };
         if build.status != ImageStatus::Pending {
@@ -542,16 +586,24 @@ impl Lifecycle {
         let started_line = format!("build of version {version} started ({:?})", build.kind);
         self.build_log(&mut build, &started_line);
         let timeout = Duration::from_secs(self.config.builds.timeout_secs);
-        let outcome = match tokio::time::timeout(timeout, self.build_wasm(&mut build, record.account_id)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(format!("build timed out after {}s", timeout.as_secs())),
-        };
+        let outcome =
+            match tokio::time::timeout(timeout, self.build_wasm(&mut build, record.account_id))
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("build timed out after {}s", timeout.as_secs())),
+            };
         drop(slot);
-        self.metrics.observe_build(outcome.is_ok(), started.elapsed());
+        self.metrics
+            .observe_build(outcome.is_ok(), started.elapsed());
         self.finish_build(id, build, outcome, started).await;
     }
 
-    async fn build_wasm(&self, build: &mut BuildRecord, record_account: AccountId) -> std::result::Result<Arc<LoadedLambda>, String> {
+    async fn build_wasm(
+        &self,
+        build: &mut BuildRecord,
+        record_account: AccountId,
+    ) -> std::result::Result<Arc<LoadedLambda>, String> {
         let spec = build.spec.clone();
         if spec.runtime != Runtime::Wasm {
             return Err(builder::NO_CONTAINER_BACKEND.to_owned());
@@ -568,7 +620,10 @@ impl Lifecycle {
         .map_err(|e| format!("internal: {e}"))?
         .map_err(|e| format!("stored archive {} is unreadable: {e}", spec.archive_digest))?;
         if !report.problems.is_empty() {
-            return Err(format!("archive check failed: {}", report.problems.join("; ")));
+            return Err(format!(
+                "archive check failed: {}",
+                report.problems.join("; ")
+            ));
         }
         let Some(wasm) = report.wasm else {
             return Err("archive has no lambda.wasm".to_owned());
@@ -584,14 +639,12 @@ impl Lifecycle {
         let engine = self.engine.clone();
         let hits_before = engine.cache_hits();
         let compile_started = Instant::now();
-        let compiled = tokio::task::spawn_blocking(move || {
-            builder::wasm::check_component(&engine, &wasm)
-        })
-        .await
-        .map_err(|e| format!("internal: {e}"))?;
-        let component = compiled.map_err(|problems| {
-            format!("component check failed: {}", problems.join("; "))
-        })?;
+        let compiled =
+            tokio::task::spawn_blocking(move || builder::wasm::check_component(&engine, &wasm))
+                .await
+                .map_err(|e| format!("internal: {e}"))?;
+        let component = compiled
+            .map_err(|problems| format!("component check failed: {}", problems.join("; ")))?;
         let cache_hit = self.engine.cache_hits() > hits_before;
         self.build_log(
             build,
@@ -658,8 +711,7 @@ impl Lifecycle {
                         started.elapsed().as_millis()
                     ),
                 );
-                self.logs
-                    .line(id, &format!("version {version} is running"));
+                self.logs.line(id, &format!("version {version} is running"));
             }
             Err(reason) => {
                 build.status = ImageStatus::Error;
@@ -667,10 +719,7 @@ impl Lifecycle {
                 self.build_log(&mut build, &format!("build failed: {reason}"));
                 if record.deployed {
                     let serving = record.current.version;
-                    self.build_log(
-                        &mut build,
-                        &format!("version {serving} keeps serving"),
-                    );
+                    self.build_log(&mut build, &format!("version {serving} keeps serving"));
                     self.logs.line(
                         id,
                         &format!("build of version {version} failed, version {serving} keeps serving: {reason}"),
@@ -745,7 +794,10 @@ impl Lifecycle {
         Ok(())
     }
 
-    async fn reload(&self, record: &LambdaRecord) -> std::result::Result<Arc<LoadedLambda>, String> {
+    async fn reload(
+        &self,
+        record: &LambdaRecord,
+    ) -> std::result::Result<Arc<LoadedLambda>, String> {
         let archives = self.archives.clone();
         let limits_cfg = self.config.limits.clone();
         let engine = self.engine.clone();

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use luna_lambda::config::{Config, Overrides};
 
 #[derive(Parser)]
-#[command(name = "luna-lambda", version, about = "A luna-lambda compatible serverless host")]
+#[command(
+    name = "luna-lambda",
+    version,
+    about = "A luna-lambda compatible serverless host"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -196,7 +196,9 @@ impl Metrics {
         let _ = i.concurrency_limit.remove_label_values(&[&id]);
         let _ = i.lambda_requests.remove_label_values(&[&id]);
         for code in LAMBDA_ERROR_CODES {
-            let _ = i.lambda_errors.remove_label_values(&[&id, &code.to_string()]);
+            let _ = i
+                .lambda_errors
+                .remove_label_values(&[&id, &code.to_string()]);
         }
     }
 

@@ -88,7 +88,11 @@ impl RequestId {
 impl FromStr for RequestId {
     type Err = InvalidValue;
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        let bad = || InvalidValue(format!("Luna-Request-Id '{raw}' does not match '^[0-9]{{10}},<uuid>$'"));
+        let bad = || {
+            InvalidValue(format!(
+                "Luna-Request-Id '{raw}' does not match '^[0-9]{{10}},<uuid>$'"
+            ))
+        };
         let (secs, id) = raw.split_once(',').ok_or_else(bad)?;
         if secs.len() != 10 || !secs.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
@@ -623,9 +627,21 @@ mod tests {
 
     #[test]
     fn uuid_ids_are_canonical() {
-        assert!("8950722f-3fd4-4223-b48f-03f95f0e8dfb".parse::<AccountId>().is_ok());
-        assert!("8950722F-3FD4-4223-B48F-03F95F0E8DFB".parse::<AccountId>().is_err());
-        assert!("8950722f3fd44223b48f03f95f0e8dfb".parse::<AccountId>().is_err());
+        assert!(
+            "8950722f-3fd4-4223-b48f-03f95f0e8dfb"
+                .parse::<AccountId>()
+                .is_ok()
+        );
+        assert!(
+            "8950722F-3FD4-4223-B48F-03F95F0E8DFB"
+                .parse::<AccountId>()
+                .is_err()
+        );
+        assert!(
+            "8950722f3fd44223b48f03f95f0e8dfb"
+                .parse::<AccountId>()
+                .is_err()
+        );
         assert!("nope".parse::<LambdaId>().is_err());
     }
 

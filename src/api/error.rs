@@ -58,17 +58,32 @@ impl ApiError {
 
     /// 11037: Luna-Account-Id is not a uuid.
     pub fn bad_account_header() -> Self {
-        Self::new(StatusCode::BAD_REQUEST, 11037, BAD_INPUT, "Luna-Account-Id header is not a valid uuid")
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            11037,
+            BAD_INPUT,
+            "Luna-Account-Id header is not a valid uuid",
+        )
     }
 
     /// 11066: Luna-Account-Id is missing.
     pub fn missing_account_header() -> Self {
-        Self::new(StatusCode::BAD_REQUEST, 11066, BAD_INPUT, "Luna-Account-Id header not found")
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            11066,
+            BAD_INPUT,
+            "Luna-Account-Id header not found",
+        )
     }
 
     /// 12001: no such route.
     pub fn no_route(path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, 12001, "Resource not found", format!("Page '{path}' not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            12001,
+            "Resource not found",
+            format!("Page '{path}' not found"),
+        )
     }
 
     /// 12005: the route exists, the method does not.
@@ -83,22 +98,42 @@ impl ApiError {
 
     /// 12002: a JSON body is required.
     pub fn no_json() -> Self {
-        Self::new(StatusCode::BAD_REQUEST, 12002, BAD_INPUT, "Request does not contain json")
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            12002,
+            BAD_INPUT,
+            "Request does not contain json",
+        )
     }
 
     /// 12012: a query parameter is unknown or malformed.
     pub fn bad_query(name: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, 12012, BAD_INPUT, format!("Bad query parameters '{name}'"))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            12012,
+            BAD_INPUT,
+            format!("Bad query parameters '{name}'"),
+        )
     }
 
     /// 12014: a required part or parameter is missing.
     pub fn missing(name: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, 12014, BAD_INPUT, format!("Required parameters '{name}' not found"))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            12014,
+            BAD_INPUT,
+            format!("Required parameters '{name}' not found"),
+        )
     }
 
     /// 12017: the body's content type is wrong.
     pub fn bad_content_type(expected: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, 12017, BAD_INPUT, format!("Bad content type: expected '{expected}'"))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            12017,
+            BAD_INPUT,
+            format!("Bad content type: expected '{expected}'"),
+        )
     }
 
     /// 12022: the JSON does not match its schema.
@@ -123,7 +158,12 @@ impl ApiError {
 
     /// 12030: the body is empty.
     pub fn no_data() -> Self {
-        Self::new(StatusCode::BAD_REQUEST, 12030, BAD_INPUT, "Request does not contain data")
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            12030,
+            BAD_INPUT,
+            "Request does not contain data",
+        )
     }
 
     /// 12031: a malformed header.
@@ -143,7 +183,12 @@ impl ApiError {
 
     /// 12046: the request is malformed.
     pub fn invalid_request(reason: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, 12046, BAD_INPUT, format!("Invalid http request: {reason}"))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            12046,
+            BAD_INPUT,
+            format!("Invalid http request: {reason}"),
+        )
     }
 
     /// 12047: over a size limit.
@@ -158,7 +203,12 @@ impl ApiError {
 
     /// 42001: no such lambda (or another account's).
     pub fn lambda_not_found(id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, 42001, "Object not found", format!("Lambda with id '{id}' not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            42001,
+            "Object not found",
+            format!("Lambda with id '{id}' not found"),
+        )
     }
 
     /// 42007: the lambda is not running.
@@ -173,17 +223,32 @@ impl ApiError {
 
     /// 42008: the lambda did not answer in time.
     pub fn lambda_timeout(detail: String) -> Self {
-        Self::new(StatusCode::GATEWAY_TIMEOUT, 42008, "Lambda request timeout", detail)
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            42008,
+            "Lambda request timeout",
+            detail,
+        )
     }
 
     /// 42010: the lambda's concurrency limit is reached.
     pub fn overloaded(detail: String) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, 42010, "Lambda overloaded", detail)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            42010,
+            "Lambda overloaded",
+            detail,
+        )
     }
 
     /// 42013: the WASM lambda trapped or gave no response.
     pub fn execution(detail: String) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, 42013, "Lambda execution error", detail)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            42013,
+            "Lambda execution error",
+            detail,
+        )
     }
 }
 
@@ -191,21 +256,30 @@ impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
         match &e {
             LifecycleError::NotFound(id) => Self::lambda_not_found(&id.to_string()),
-            LifecycleError::NameTaken(_) => {
-                Self::new(StatusCode::CONFLICT, 42003, "Unique constraint error", e.to_string())
-            }
+            LifecycleError::NameTaken(_) => Self::new(
+                StatusCode::CONFLICT,
+                42003,
+                "Unique constraint error",
+                e.to_string(),
+            ),
             LifecycleError::Invalid(problems) => Self::new(
                 StatusCode::BAD_REQUEST,
                 42005,
                 "Lambda validation exception",
                 problems.join("; "),
             ),
-            LifecycleError::NoContainerBackend => {
-                Self::new(StatusCode::BAD_REQUEST, 42014, "No runtime for lambda", e.to_string())
-            }
-            LifecycleError::BuildInProgress(_) | LifecycleError::NothingToUpdate(_) => {
-                Self::new(StatusCode::CONFLICT, 42006, "Lambda update exception", e.to_string())
-            }
+            LifecycleError::NoContainerBackend => Self::new(
+                StatusCode::BAD_REQUEST,
+                42014,
+                "No runtime for lambda",
+                e.to_string(),
+            ),
+            LifecycleError::BuildInProgress(_) | LifecycleError::NothingToUpdate(_) => Self::new(
+                StatusCode::CONFLICT,
+                42006,
+                "Lambda update exception",
+                e.to_string(),
+            ),
             LifecycleError::Store(_)
             | LifecycleError::Build(_)
             | LifecycleError::Secrets(_)
@@ -238,7 +312,11 @@ mod tests {
         let table = [
             (LifecycleError::NotFound(id), 404, 42001),
             (LifecycleError::NameTaken("x".into()), 409, 42003),
-            (LifecycleError::Invalid(vec!["a".into(), "b".into()]), 400, 42005),
+            (
+                LifecycleError::Invalid(vec!["a".into(), "b".into()]),
+                400,
+                42005,
+            ),
             (LifecycleError::NoContainerBackend, 400, 42014),
             (LifecycleError::BuildInProgress(id), 409, 42006),
             (LifecycleError::Task("secret/path".into()), 500, 1),

@@ -62,7 +62,11 @@ impl Query {
     }
 
     /// An integer parameter within `range`.
-    pub fn int_in(&self, name: &str, range: std::ops::RangeInclusive<u64>) -> Result<Option<u64>, ApiError> {
+    pub fn int_in(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Option<u64>, ApiError> {
         match self.get::<u64>(name)? {
             Some(v) if !range.contains(&v) => Err(ApiError::bad_query(name)),
             other => Ok(other),
@@ -159,7 +163,11 @@ fn multipart_error(e: &MultipartError, limits: &Limits) -> ApiError {
 
 /// Reads the multipart body part by part, chunk by chunk, enforcing each part's
 /// Content-Type and size limit as the bytes arrive.
-pub async fn read_upload(mut multipart: Multipart, allowed: &[&str], limits: &Limits) -> Result<UploadParts, ApiError> {
+pub async fn read_upload(
+    mut multipart: Multipart,
+    allowed: &[&str],
+    limits: &Limits,
+) -> Result<UploadParts, ApiError> {
     let mut parts = UploadParts::default();
     loop {
         let field = match multipart.next_field().await {
@@ -214,7 +222,11 @@ pub async fn read_upload(mut multipart: Multipart, allowed: &[&str], limits: &Li
 }
 
 /// What the client accepts, among what a route can give.
-pub fn negotiate(headers: &HeaderMap, supported: &[&'static str], default: Option<&'static str>) -> Result<&'static str, ApiError> {
+pub fn negotiate(
+    headers: &HeaderMap,
+    supported: &[&'static str],
+    default: Option<&'static str>,
+) -> Result<&'static str, ApiError> {
     let accept = headers
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -244,17 +256,29 @@ mod tests {
     fn strict_queries() {
         let q = Query::parse(Some("page=2&page_size=5"), &["page", "page_size"]).unwrap();
         assert_eq!(q.int_in("page", 1..=u64::MAX).unwrap(), Some(2));
-        assert_eq!(Query::parse(Some("nope=1"), &["page"]).unwrap_err().code, 12012);
-        assert_eq!(Query::parse(Some("page=1&page=2"), &["page"]).unwrap_err().code, 12012);
+        assert_eq!(
+            Query::parse(Some("nope=1"), &["page"]).unwrap_err().code,
+            12012
+        );
+        assert_eq!(
+            Query::parse(Some("page=1&page=2"), &["page"])
+                .unwrap_err()
+                .code,
+            12012
+        );
         let q = Query::parse(Some("page=0"), &["page"]).unwrap();
-        assert_eq!(q.int_in("page", 1..=10).unwrap_err().detail, "Bad query parameters 'page'");
+        assert_eq!(
+            q.int_in("page", 1..=10).unwrap_err().detail,
+            "Bad query parameters 'page'"
+        );
         let q = Query::parse(Some("account_id=zzz"), &["account_id"]).unwrap();
         assert_eq!(q.account().unwrap_err().code, 12012);
     }
 
     #[test]
     fn json_paths() {
-        let err = json::<crate::model::Parameters>(br#"{"workers": "x"}"#, "parameters").unwrap_err();
+        let err =
+            json::<crate::model::Parameters>(br#"{"workers": "x"}"#, "parameters").unwrap_err();
         assert_eq!(err.code, 12022);
         assert!(err.detail.contains("parameters.workers"), "{}", err.detail);
         let err = json::<crate::model::Parameters>(br#"{"nope": 1}"#, "parameters").unwrap_err();
@@ -269,8 +293,14 @@ mod tests {
         let yaml = "application/x-yaml";
         assert!(negotiate(&h, &[yaml], None).is_err());
         assert_eq!(negotiate(&h, &[yaml], Some(yaml)).unwrap(), yaml);
-        h.insert(http::header::ACCEPT, "text/html, application/x-yaml;q=0.9".parse().unwrap());
-        assert_eq!(negotiate(&h, &[yaml, "text/html"], None).unwrap(), "text/html");
+        h.insert(
+            http::header::ACCEPT,
+            "text/html, application/x-yaml;q=0.9".parse().unwrap(),
+        );
+        assert_eq!(
+            negotiate(&h, &[yaml, "text/html"], None).unwrap(),
+            "text/html"
+        );
         h.insert(http::header::ACCEPT, "image/png".parse().unwrap());
         assert_eq!(negotiate(&h, &[yaml], Some(yaml)).unwrap_err().code, 12024);
     }
@@ -281,7 +311,10 @@ mod tests {
         assert_eq!(account_required(&h).unwrap_err().code, 11066);
         h.insert(ACCOUNT_HEADER, "nope".parse().unwrap());
         assert_eq!(account_required(&h).unwrap_err().code, 11037);
-        h.insert(ACCOUNT_HEADER, "8950722f-3fd4-4223-b48f-03f95f0e8dfb".parse().unwrap());
+        h.insert(
+            ACCOUNT_HEADER,
+            "8950722f-3fd4-4223-b48f-03f95f0e8dfb".parse().unwrap(),
+        );
         assert!(account_required(&h).is_ok());
     }
 }

@@ -69,7 +69,9 @@ async fn fallback(request: Request) -> Response {
 async fn method_not_allowed(request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let response = next.run(request).await;
-    if response.status() == http::StatusCode::METHOD_NOT_ALLOWED && response.extensions().get::<error::ErrorCode>().is_none() {
+    if response.status() == http::StatusCode::METHOD_NOT_ALLOWED
+        && response.extensions().get::<error::ErrorCode>().is_none()
+    {
         return ApiError::method_not_allowed(method.as_str(), &path).into_response();
     }
     response
@@ -98,7 +100,10 @@ pub fn router(state: AppState) -> Router {
         .route("/1/lambdas/{lambda_id}/status", get(routes::status))
         .route("/1/lambdas/{lambda_id}/logs", get(routes::logs))
         .route("/1/lambdas/{lambda_id}/update", post(routes::update))
-        .route("/1/lambdas/{lambda_id}/image/status", get(routes::image_status))
+        .route(
+            "/1/lambdas/{lambda_id}/image/status",
+            get(routes::image_status),
+        )
         .route("/1/lambdas/{lambda_id}/image/logs", get(routes::image_logs))
         .route("/1/lambdas/{lambda_id}/docs", get(routes::lambda_docs))
         .route("/1/docs/spec", get(routes::spec))
@@ -117,7 +122,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves one request: request id, span, proxy fast path or router, metrics.
-pub async fn dispatch<B>(state: AppState, router: Router, request: http::Request<B>) -> Result<Response, Infallible>
+pub async fn dispatch<B>(
+    state: AppState,
+    router: Router,
+    request: http::Request<B>,
+) -> Result<Response, Infallible>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<axum::BoxError> + std::fmt::Display,

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Multipart, Path, RawQuery, State};
 use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, Path, RawQuery, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -42,7 +42,10 @@ fn no_query(raw: Option<&str>) -> ApiResult<()> {
 }
 
 /// The account a read route is scoped to: `account_id` query or Luna-Account-Id header.
-fn reader_account(headers: &HeaderMap, query: &Query) -> ApiResult<Option<crate::model::AccountId>> {
+fn reader_account(
+    headers: &HeaderMap,
+    query: &Query,
+) -> ApiResult<Option<crate::model::AccountId>> {
     let from_query = query.account()?;
     let from_header = input::account_optional(headers)?;
     match (from_query, from_header) {
@@ -100,14 +103,22 @@ impl LambdaDto {
         let mut deploy = spec.deploy_parameters;
         deploy.gpu_enabled.get_or_insert(0);
         deploy.pod_count.get_or_insert(1);
-        deploy.namespace.get_or_insert_with(|| crate::model::DEFAULT_NAMESPACE.to_owned());
+        deploy
+            .namespace
+            .get_or_insert_with(|| crate::model::DEFAULT_NAMESPACE.to_owned());
         deploy.resources.get_or_insert_with(Default::default);
         deploy.selector.get_or_insert_with(Default::default);
         if spec.runtime == Runtime::Wasm {
             let defaults = &state.config.sandbox;
-            let sandbox = deploy.sandbox.get_or_insert_with(SandboxParameters::default);
-            sandbox.memory_limit_mb.get_or_insert(defaults.memory_limit_mb);
-            sandbox.request_timeout_ms.get_or_insert(defaults.request_timeout_ms);
+            let sandbox = deploy
+                .sandbox
+                .get_or_insert_with(SandboxParameters::default);
+            sandbox
+                .memory_limit_mb
+                .get_or_insert(defaults.memory_limit_mb);
+            sandbox
+                .request_timeout_ms
+                .get_or_insert(defaults.request_timeout_ms);
             sandbox
                 .max_concurrent_requests
                 .get_or_insert(defaults.max_concurrent_requests);
@@ -193,7 +204,11 @@ pub(super) async fn create(
     let upload = parse_upload(parts, true)?;
     let id = state.lifecycle.create(account, upload).await?;
     let location = format!("/1/lambdas/{id}");
-    let mut response = (StatusCode::CREATED, Json(json!({ "lambda_id": id.to_string() }))).into_response();
+    let mut response = (
+        StatusCode::CREATED,
+        Json(json!({ "lambda_id": id.to_string() })),
+    )
+        .into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, v);
     }
@@ -261,7 +276,10 @@ pub(super) async fn patch(
         return Err(ApiError::no_json());
     }
     if body.len() > state.config.limits.max_json_bytes {
-        return Err(ApiError::too_large("request body", state.config.limits.max_json_bytes as u64));
+        return Err(ApiError::too_large(
+            "request body",
+            state.config.limits.max_json_bytes as u64,
+        ));
     }
     let patch: PatchBody = input::json(&body, "body")?;
     let name = patch
@@ -274,10 +292,16 @@ pub(super) async fn patch(
     {
         return Err(ApiError::bad_json(
             "body.description",
-            &format!("must be at most {} characters", crate::model::MAX_DESCRIPTION_LEN),
+            &format!(
+                "must be at most {} characters",
+                crate::model::MAX_DESCRIPTION_LEN
+            ),
         ));
     }
-    state.lifecycle.patch(account, id, name, patch.description).await?;
+    state
+        .lifecycle
+        .patch(account, id, name, patch.description)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -314,7 +338,10 @@ pub(super) async fn list(
         None => None,
         Some(raw) => {
             let list: Vec<String> = raw.split(',').map(str::to_owned).collect();
-            if list.iter().any(|n| crate::model::namespace_problem(n).is_some()) {
+            if list
+                .iter()
+                .any(|n| crate::model::namespace_problem(n).is_some())
+            {
                 return Err(ApiError::bad_query("namespace"));
             }
             Some(list)
@@ -327,7 +354,8 @@ pub(super) async fn list(
         lambda_type: query.get("lambda_type")?,
         name_contains: query.raw("lambda_name").map(str::to_owned),
         namespaces,
-        page: usize::try_from(query.int_in("page", 1..=u64::from(u32::MAX))?.unwrap_or(1)).unwrap_or(1),
+        page: usize::try_from(query.int_in("page", 1..=u64::from(u32::MAX))?.unwrap_or(1))
+            .unwrap_or(1),
         page_size: usize::try_from(query.int_in("page_size", 1..=100)?.unwrap_or(10)).unwrap_or(10),
     };
     let lambdas: Vec<LambdaDto> = state
@@ -339,7 +367,13 @@ pub(super) async fn list(
     Ok(Json(json!({ "lambdas": lambdas })).into_response())
 }
 
-fn scoped(state: &AppState, raw_id: &str, q: Option<&str>, headers: &HeaderMap, extra: &[&str]) -> ApiResult<(LambdaRecord, Query)> {
+fn scoped(
+    state: &AppState,
+    raw_id: &str,
+    q: Option<&str>,
+    headers: &HeaderMap,
+    extra: &[&str],
+) -> ApiResult<(LambdaRecord, Query)> {
     let mut allowed = vec!["account_id"];
     allowed.extend_from_slice(extra);
     let query = Query::parse(q, &allowed)?;
@@ -484,7 +518,10 @@ pub(super) async fn spec(RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult
     no_query(q.as_deref())?;
     let kind = input::negotiate(&headers, &[YAML, HTML], None)?;
     Ok(if kind == HTML {
-        typed("text/html; charset=utf-8", crate::docs::openapi_html(crate::docs::SERVICE_SPEC_YAML))
+        typed(
+            "text/html; charset=utf-8",
+            crate::docs::openapi_html(crate::docs::SERVICE_SPEC_YAML),
+        )
     } else {
         typed(YAML, crate::docs::SERVICE_SPEC_YAML.to_owned())
     })
@@ -505,7 +542,11 @@ pub(super) async fn manual(Path(page): Path<String>, RawQuery(q): RawQuery) -> A
 }
 
 /// `GET /1/config`.
-pub(super) async fn config(State(state): State<AppState>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
+pub(super) async fn config(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult {
     no_query(q.as_deref())?;
     let kind = input::negotiate(&headers, &[JSON, TEXT], Some(JSON))?;
     Ok(if kind == TEXT {
@@ -550,7 +591,12 @@ pub(super) async fn healthcheck(State(state): State<AppState>, RawQuery(q): RawQ
     let started = Instant::now();
     let mut errors = Vec::new();
     let probe = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        state.lifecycle.store().probe().await.map_err(|e| e.to_string())?;
+        state
+            .lifecycle
+            .store()
+            .probe()
+            .await
+            .map_err(|e| e.to_string())?;
         probe_data_dir(&state.config.data_dir).await
     })
     .await;
@@ -560,7 +606,8 @@ pub(super) async fn healthcheck(State(state): State<AppState>, RawQuery(q): RawQ
             tracing::error!(%cause, "healthcheck: store unusable");
             errors.push(json!({"component": "store", "error": "the store cannot be written"}));
         }
-        Err(_) => errors.push(json!({"component": "store", "error": "the store did not answer within 5 s"})),
+        Err(_) => errors
+            .push(json!({"component": "store", "error": "the store did not answer within 5 s"})),
     }
     let execution_time = started.elapsed().as_secs_f64();
     Ok(if errors.is_empty() {

@@ -46,7 +46,9 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> ArchiveReport {
     let mut zip = match zip::ZipArchive::new(Cursor::new(bytes)) {
         Ok(zip) => zip,
         Err(e) => {
-            report.problems.push(format!("archive is not a valid zip file: {e}"));
+            report
+                .problems
+                .push(format!("archive is not a valid zip file: {e}"));
             return report;
         }
     };
@@ -66,7 +68,9 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> ArchiveReport {
         let entry = match zip.by_index_raw(index) {
             Ok(entry) => entry,
             Err(e) => {
-                report.problems.push(format!("entry #{index} is unreadable: {e}"));
+                report
+                    .problems
+                    .push(format!("entry #{index} is unreadable: {e}"));
                 continue;
             }
         };
@@ -84,9 +88,9 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> ArchiveReport {
             .unix_mode()
             .is_some_and(|mode| mode & S_IFMT == S_IFLNK)
         {
-            report
-                .problems
-                .push(format!("entry '{name}' is a symbolic link, which is not allowed"));
+            report.problems.push(format!(
+                "entry '{name}' is a symbolic link, which is not allowed"
+            ));
         }
         if entry.encrypted() {
             report
@@ -112,7 +116,9 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> ArchiveReport {
                 .push(format!("entry '{name}' declares content but stores none"));
         }
         total_declared = total_declared.saturating_add(size);
-        if !entry.is_dir() && (normalized == WASM_ENTRY || OPENAPI_ENTRIES.contains(&normalized.as_str())) {
+        if !entry.is_dir()
+            && (normalized == WASM_ENTRY || OPENAPI_ENTRIES.contains(&normalized.as_str()))
+        {
             wanted.push((index, normalized));
         }
     }
@@ -232,7 +238,10 @@ pub(crate) mod tests {
 
     #[test]
     fn container_archive_detected() {
-        let report = inspect(&zip_of(&[(PYTHON_ENTRY, b"def main(r): pass")]), &Limits::default());
+        let report = inspect(
+            &zip_of(&[(PYTHON_ENTRY, b"def main(r): pass")]),
+            &Limits::default(),
+        );
         assert_eq!(report.runtime, Some(Runtime::Container));
     }
 
@@ -256,13 +265,17 @@ pub(crate) mod tests {
         let zeros = vec![0u8; 2 * 1024 * 1024];
         let mut out = Cursor::new(Vec::new());
         let mut w = zip::ZipWriter::new(&mut out);
-        let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let opts =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         w.start_file(WASM_ENTRY, opts).unwrap();
         w.write_all(&zeros).unwrap();
         w.finish().unwrap();
         let report = inspect(&out.into_inner(), &Limits::default());
         assert!(
-            report.problems.iter().any(|p| p.contains("compression ratio")),
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains("compression ratio")),
             "{:?}",
             report.problems
         );
@@ -289,11 +302,16 @@ pub(crate) mod tests {
         let mut w = zip::ZipWriter::new(&mut out);
         w.add_symlink("link", "/etc/passwd", SimpleFileOptions::default())
             .unwrap();
-        w.start_file(WASM_ENTRY, SimpleFileOptions::default()).unwrap();
+        w.start_file(WASM_ENTRY, SimpleFileOptions::default())
+            .unwrap();
         w.write_all(COMPONENT).unwrap();
         w.finish().unwrap();
         let report = inspect(&out.into_inner(), &Limits::default());
-        assert!(report.problems.iter().any(|p| p.contains("symbolic link")), "{:?}", report.problems);
+        assert!(
+            report.problems.iter().any(|p| p.contains("symbolic link")),
+            "{:?}",
+            report.problems
+        );
     }
 
     #[test]

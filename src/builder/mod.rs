@@ -165,14 +165,26 @@ mod tests {
             lambda_name: Some("bad name".into()),
             ..Default::default()
         };
-        let check = check_upload(&config, &params, &DeployParameters::default(), b"nope", true);
+        let check = check_upload(
+            &config,
+            &params,
+            &DeployParameters::default(),
+            b"nope",
+            true,
+        );
         assert_eq!(check.problems.len(), 2, "{:?}", check.problems);
         let zip = archive::tests::zip_of(&[("lambda_main.py", b"def main(r): pass")]);
         let ok_params = Parameters {
             lambda_name: Some("ok".into()),
             ..Default::default()
         };
-        let check = check_upload(&config, &ok_params, &DeployParameters::default(), &zip, true);
+        let check = check_upload(
+            &config,
+            &ok_params,
+            &DeployParameters::default(),
+            &zip,
+            true,
+        );
         assert!(check.no_container_backend);
     }
 }

@@ -98,17 +98,23 @@ fn split_account(query: Option<&str>) -> Result<(Option<AccountId>, Option<Strin
 }
 
 /// Serves a proxy request end to end; never fails (errors become LUNA responses).
-pub async fn handle<B>(state: &AppState, request: Request<B>, target: ProxyTarget<'static>, request_id: &RequestId) -> Response
+pub async fn handle<B>(
+    state: &AppState,
+    request: Request<B>,
+    target: ProxyTarget<'static>,
+    request_id: &RequestId,
+) -> Response
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
     let template = format!("{}{TEMPLATE_SUFFIX}", request.method());
     let mut lambda_for_metrics = None;
-    let mut response = match forward(state, request, &target, request_id, &mut lambda_for_metrics).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    };
+    let mut response =
+        match forward(state, request, &target, request_id, &mut lambda_for_metrics).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        };
     if let Some(id) = lambda_for_metrics {
         let code = response
             .extensions()
@@ -134,10 +140,21 @@ where
     let method = request.method().clone();
     let account = if method == Method::POST || method == Method::PUT {
         Some(crate::api::account_required(request.headers())?)
-    } else if [Method::GET, Method::HEAD, Method::PATCH, Method::DELETE, Method::OPTIONS].contains(&method) {
+    } else if [
+        Method::GET,
+        Method::HEAD,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ]
+    .contains(&method)
+    {
         account_optional(request.headers())?
     } else {
-        return Err(ApiError::method_not_allowed(method.as_str(), request.uri().path()));
+        return Err(ApiError::method_not_allowed(
+            method.as_str(),
+            request.uri().path(),
+        ));
     };
     let (query_account, forwarded_query) = split_account(request.uri().query())?;
     let account = match (account, query_account) {
@@ -152,11 +169,13 @@ where
     let Some(lambda) = state.registry.get(id) else {
         // Not served in-process: say why, without leaking other accounts' lambdas.
         let record = state.lifecycle.owned(id, account)?;
-        let mut response = ApiError::not_running(&target.lambda_id, record.status.as_str()).into_response();
+        let mut response =
+            ApiError::not_running(&target.lambda_id, record.status.as_str()).into_response();
         if record.status == LambdaStatus::Waiting {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
         }
         return Ok(response);
     };
@@ -192,7 +211,9 @@ where
         parts.headers.insert(REQUEST_ID_HEADER, v);
     }
     if !parts.headers.contains_key(header::HOST) {
-        parts.headers.insert(header::HOST, HeaderValue::from_static("localhost"));
+        parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_static("localhost"));
     }
     let response = lambda
         .invoke(Request::from_parts(parts, body), request_id.as_str())
@@ -230,8 +251,14 @@ mod tests {
         let (acc, rest) = split_account(Some(&format!("x=1&account_id={a}&y=%20"))).unwrap();
         assert_eq!(acc.unwrap().to_string(), a);
         assert_eq!(rest.as_deref(), Some("x=1&y=%20"));
-        assert_eq!(split_account(Some("account_id=bad")).unwrap_err().code, 12012);
+        assert_eq!(
+            split_account(Some("account_id=bad")).unwrap_err().code,
+            12012
+        );
         assert_eq!(split_account(None).unwrap(), (None, None));
-        assert_eq!(split_account(Some(&format!("account_id={a}"))).unwrap().1, None);
+        assert_eq!(
+            split_account(Some(&format!("account_id={a}"))).unwrap().1,
+            None
+        );
     }
 }

@@ -17,7 +17,10 @@ pub fn rescue(error: &InvokeError, lambda: LambdaId) -> ApiError {
         )),
         InvokeError::Trap(_) | InvokeError::NoResponse | InvokeError::GuestError(_) => {
             tracing::info!(%lambda, error = %error, "lambda execution failed");
-            ApiError::execution(format!("Lambda with id '{lambda}' failed: {}", public_reason(error)))
+            ApiError::execution(format!(
+                "Lambda with id '{lambda}' failed: {}",
+                public_reason(error)
+            ))
         }
         InvokeError::Internal(_) => ApiError::internal(error),
     }

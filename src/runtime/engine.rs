@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, OptLevel,
+    PoolingAllocationConfig,
+};
 
 use super::RuntimeError;
 use super::host::HostState;
@@ -102,7 +105,11 @@ impl WasmEngine {
         let epoch_tick = Duration::from_millis(settings.engine.epoch_tick_ms);
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.weak(), epoch_tick, ticker_stop.clone())?;
-        tracing::info!(pooling, tick_ms = settings.engine.epoch_tick_ms, "wasm engine ready");
+        tracing::info!(
+            pooling,
+            tick_ms = settings.engine.epoch_tick_ms,
+            "wasm engine ready"
+        );
         Ok(Arc::new(Self {
             engine,
             linker,

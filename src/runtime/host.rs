@@ -34,7 +34,12 @@ pub struct HostState {
 
 impl HostState {
     /// Store data for one request of `lambda`.
-    pub fn new(lambda: LambdaId, request_id: &str, memory_limit_bytes: usize, logs: &LogSink) -> Self {
+    pub fn new(
+        lambda: LambdaId,
+        request_id: &str,
+        memory_limit_bytes: usize,
+        logs: &LogSink,
+    ) -> Self {
         let request_id: Arc<str> = Arc::from(request_id);
         let stdout = GuestLog::new(lambda, request_id.clone(), "stdout", logs.clone());
         let stderr = GuestLog::new(lambda, request_id, "stderr", logs.clone());
@@ -235,7 +240,10 @@ impl tokio::io::AsyncWrite for AsyncLineWriter {
 }
 
 /// Keeps `StreamError` in the public vocabulary of this module for callers matching on it.
-#[allow(dead_code, reason = "documents the error type guests see on a closed log stream")]
+#[allow(
+    dead_code,
+    reason = "documents the error type guests see on a closed log stream"
+)]
 fn closed() -> StreamError {
     StreamError::Closed
 }

@@ -90,7 +90,13 @@ impl Registry {
     pub fn occupancy(&self) -> Vec<(LambdaId, usize, u32)> {
         self.loaded
             .iter()
-            .map(|e| (*e.key(), e.value().in_flight(), e.value().limits.max_concurrent))
+            .map(|e| {
+                (
+                    *e.key(),
+                    e.value().in_flight(),
+                    e.value().limits.max_concurrent,
+                )
+            })
             .collect()
     }
 }

@@ -66,7 +66,10 @@ impl std::fmt::Debug for LoadedLambda {
 
 impl LoadedLambda {
     /// Links a compiled component; fails naming what the host cannot satisfy.
-    #[expect(clippy::too_many_arguments, reason = "plain wiring of a version's parts")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "plain wiring of a version's parts"
+    )]
     pub fn load(
         engine: &Arc<WasmEngine>,
         component: &Component,
@@ -139,7 +142,7 @@ impl LoadedLambda {
         store.epoch_deadline_trap();
 
         let max_body = self.limits.max_request_body;
-        let request = request.map(|body| LimitedBody::new(body, max_body));
+        let request = request.map(|body| LimitedBody::boxed(body, max_body));
         let incoming = store
             .data_mut()
             .http()
@@ -153,9 +156,8 @@ impl LoadedLambda {
             .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
 
         let this = self.clone();
-        let guest = tokio::spawn(async move {
-            this.run_guest(store, incoming, outparam, permit).await
-        });
+        let guest =
+            tokio::spawn(async move { this.run_guest(store, incoming, outparam, permit).await });
 
         let deadline = self.limits.timeout;
         match tokio::time::timeout(deadline, rx).await {
@@ -181,7 +183,9 @@ impl LoadedLambda {
         &self,
         mut store: Store<HostState>,
         incoming: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
-        outparam: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
+        outparam: wasmtime::component::Resource<
+            wasmtime_wasi_http::p2::types::HostResponseOutparam,
+        >,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), InvokeError> {
         let started = Instant::now();
@@ -191,13 +195,16 @@ impl LoadedLambda {
             .await
             .map_err(|e| classify_trap(&e, self.limits.timeout))?;
         let instantiated = started.elapsed();
-        self.metrics.observe_instantiate(self.lambda_id, instantiated);
+        self.metrics
+            .observe_instantiate(self.lambda_id, instantiated);
         let result = proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, incoming, outparam)
             .await;
-        self.metrics
-            .observe_execute(self.lambda_id, started.elapsed().saturating_sub(instantiated));
+        self.metrics.observe_execute(
+            self.lambda_id,
+            started.elapsed().saturating_sub(instantiated),
+        );
         drop(permit);
         result.map_err(|e| {
             let err = classify_trap(&e, self.limits.timeout);
@@ -225,7 +232,7 @@ struct LimitedBody<B> {
 }
 
 impl<B> LimitedBody<B> {
-    fn new(inner: B, limit: u64) -> http_body_util::combinators::UnsyncBoxBody<Bytes, ErrorCode>
+    fn boxed(inner: B, limit: u64) -> http_body_util::combinators::UnsyncBoxBody<Bytes, ErrorCode>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display,
@@ -263,7 +270,9 @@ where
         if let Some(data) = frame.data_ref() {
             let len = data.len() as u64;
             if len > self.remaining {
-                return std::task::Poll::Ready(Some(Err(ErrorCode::HttpRequestBodySize(Some(len)))));
+                return std::task::Poll::Ready(Some(Err(ErrorCode::HttpRequestBodySize(Some(
+                    len,
+                )))));
             }
             self.remaining -= len;
         }

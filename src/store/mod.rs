@@ -97,7 +97,9 @@ impl Store {
         self.flush().await?;
         match self.meta.get("health")? {
             Some(v) if v.as_ref() == stamp.as_bytes() => Ok(()),
-            _ => Err(StoreError::Codec("health probe read back a different value".into())),
+            _ => Err(StoreError::Codec(
+                "health probe read back a different value".into(),
+            )),
         }
     }
 
@@ -154,7 +156,10 @@ impl Store {
         unwrap_tx((&self.lambdas, &self.names, &self.builds).transaction(
             |(lambdas, names, builds)| {
                 lambdas.remove(id.as_bytes())?;
-                if names.get(&name)?.is_some_and(|owner| owner.as_ref() == id.as_bytes()) {
+                if names
+                    .get(&name)?
+                    .is_some_and(|owner| owner.as_ref() == id.as_bytes())
+                {
                     names.remove(name.as_slice())?;
                 }
                 builds.remove(id.as_bytes())?;
@@ -192,14 +197,24 @@ impl Store {
     }
 
     /// Appends log lines to a lambda and drops the oldest beyond `keep`.
-    pub fn append_logs(&self, id: LambdaId, lines: &[String], keep: usize) -> Result<(), StoreError> {
+    pub fn append_logs(
+        &self,
+        id: LambdaId,
+        lines: &[String],
+        keep: usize,
+    ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for line in lines {
             let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
             batch.insert(&log_key(id, seq)[..], line.as_bytes());
         }
         self.logs.apply_batch(batch)?;
-        let excess = self.logs.scan_prefix(id.as_bytes()).keys().count().saturating_sub(keep);
+        let excess = self
+            .logs
+            .scan_prefix(id.as_bytes())
+            .keys()
+            .count()
+            .saturating_sub(keep);
         if excess > 0 {
             for key in self.logs.scan_prefix(id.as_bytes()).keys().take(excess) {
                 self.logs.remove(key?)?;
@@ -227,9 +242,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{
-        DeployParameters, LambdaStatus, LambdaType, Parameters, Runtime, Version,
-    };
+    use crate::model::{DeployParameters, LambdaStatus, LambdaType, Parameters, Runtime, Version};
 
     pub(crate) fn record(account: AccountId, name: &str) -> LambdaRecord {
         LambdaRecord {
@@ -262,10 +275,13 @@ mod tests {
         let (a, b) = (AccountId::generate(), AccountId::generate());
         let first = record(a, "x");
         assert_eq!(store.save_lambda(&first, None).unwrap(), Ok(()));
-        assert_eq!(store.save_lambda(&record(a, "x"), None).unwrap(), Err(NameTaken));
+        assert_eq!(
+            store.save_lambda(&record(a, "x"), None).unwrap(),
+            Err(NameTaken)
+        );
         assert_eq!(store.save_lambda(&record(b, "x"), None).unwrap(), Ok(()));
         // Renaming frees the old name.
-        let mut renamed = first.clone();
+        let mut renamed = first;
         renamed.lambda_name = "y".into();
         assert_eq!(store.save_lambda(&renamed, Some("x")).unwrap(), Ok(()));
         assert_eq!(store.save_lambda(&record(a, "x"), None).unwrap(), Ok(()));
@@ -284,7 +300,12 @@ mod tests {
         store.append_logs(id, &lines, 5).unwrap();
         assert_eq!(store.tail_logs(id, None).unwrap(), lines[5..].to_vec());
         assert_eq!(store.tail_logs(id, Some(2)).unwrap(), lines[8..].to_vec());
-        assert!(store.tail_logs(LambdaId::generate(), None).unwrap().is_empty());
+        assert!(
+            store
+                .tail_logs(LambdaId::generate(), None)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! apart from the API's wire types so a storage change never changes the wire.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{
     AccountId, DeployParameters, ImageStatus, LambdaId, LambdaStatus, LambdaType, Parameters,

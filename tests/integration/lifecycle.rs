@@ -11,7 +11,10 @@ use crate::common::*;
 
 fn broken_component() -> Vec<u8> {
     // Passes the header check at upload, fails in the background compile.
-    zip_of(&[("lambda.wasm", b"\0asm\x0d\0\x01\0this is not a component body")])
+    zip_of(&[(
+        "lambda.wasm",
+        b"\0asm\x0d\0\x01\0this is not a component body",
+    )])
 }
 
 async fn recreate(s: &Server, id: &str, archive: Vec<u8>, parameters: Value) -> reqwest::Response {
@@ -36,7 +39,11 @@ async fn update(s: &Server, id: &str) -> reqwest::Response {
 async fn serving_version(s: &Server, id: &str) -> u64 {
     let r = s.proxy(Method::GET, id, "/hello").await;
     assert_eq!(r.status(), 200);
-    r.headers()["lambda-version"].to_str().unwrap().parse().unwrap()
+    r.headers()["lambda-version"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -52,11 +59,25 @@ async fn full_lifecycle_with_versions() {
     assert_eq!(status["pod_statuses"]["0"], "running");
     assert_eq!(s.wait_image(&id).await, "completed");
     let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/image/logs")).await;
-    let text = logs["logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect::<Vec<_>>().join("\n");
-    for needle in ["archive checked", "sha256", "compiled with Cranelift in", "build completed", "bytes"] {
+    let text = logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in [
+        "archive checked",
+        "sha256",
+        "compiled with Cranelift in",
+        "build completed",
+        "bytes",
+    ] {
         assert!(text.contains(needle), "{needle} not in image logs:\n{text}");
     }
-    let (_, tail) = s.get_json(&format!("/1/lambdas/{id}/image/logs?tail_lines=1")).await;
+    let (_, tail) = s
+        .get_json(&format!("/1/lambdas/{id}/image/logs?tail_lines=1"))
+        .await;
     assert_eq!(tail["logs"].as_array().unwrap().len(), 1);
 
     // Call it.
@@ -73,15 +94,27 @@ async fn full_lifecycle_with_versions() {
         assert_eq!(code, 200);
         let lines = logs["logs"]["0"].as_array().unwrap();
         let has = |needle: &str| lines.iter().any(|l| l.as_str().unwrap().contains(needle));
-        if has(&format!("[{rid}] stdout: hello called")) && has(&format!("[{rid}] stderr: hello on stderr")) {
+        if has(&format!("[{rid}] stdout: hello called"))
+            && has(&format!("[{rid}] stderr: hello on stderr"))
+        {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "guest output never reached the logs: {logs}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "guest output never reached the logs: {logs}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    let (_, tail) = s.get_json(&format!("/1/lambdas/{id}/logs?tail_lines=1")).await;
+    let (_, tail) = s
+        .get_json(&format!("/1/lambdas/{id}/logs?tail_lines=1"))
+        .await;
     assert_eq!(tail["logs"]["0"].as_array().unwrap().len(), 1);
-    assert_error(s.get(&format!("/1/lambdas/{id}/logs?tail_lines=-1")).await, 400, 12012).await;
+    assert_error(
+        s.get(&format!("/1/lambdas/{id}/logs?tail_lines=-1")).await,
+        400,
+        12012,
+    )
+    .await;
 
     // Recreate: version 2 once it serves.
     let r = recreate(&s, &id, fixture_zip(), json!({"description": "second"})).await;
@@ -91,9 +124,15 @@ async fn full_lifecycle_with_versions() {
     assert_eq!(s.wait_image(&id).await, "completed");
     assert_eq!(serving_version(&s, &id).await, 2);
     let (_, l) = s.get_json(&format!("/1/lambdas/{id}")).await;
-    assert_eq!((l["version"].as_u64(), l["description"].as_str()), (Some(2), Some("second")));
+    assert_eq!(
+        (l["version"].as_u64(), l["description"].as_str()),
+        (Some(2), Some("second"))
+    );
     let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/image/logs")).await;
-    assert!(logs.to_string().contains("artifact cache hit"), "same component again is a cache hit: {logs}");
+    assert!(
+        logs.to_string().contains("artifact cache hit"),
+        "same component again is a cache hit: {logs}"
+    );
 
     // Update: version 3, same archive.
     let r = update(&s, &id).await;
@@ -105,23 +144,54 @@ async fn full_lifecycle_with_versions() {
     // Errors of recreate/update.
     let missing = "e63e2a1f-f505-441c-8e11-b2dcd0385329";
     assert_error(update(&s, missing).await, 404, 42001).await;
-    assert_error(recreate(&s, missing, fixture_zip(), json!({})).await, 404, 42001).await;
-    let r = s.http.post(s.url(&format!("/1/lambdas/{id}/update"))).send().await.unwrap();
+    assert_error(
+        recreate(&s, missing, fixture_zip(), json!({})).await,
+        404,
+        42001,
+    )
+    .await;
+    let r = s
+        .http
+        .post(s.url(&format!("/1/lambdas/{id}/update")))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 400, 11066).await;
     let r = recreate(&s, &id, zip_of(&[("x", b"1")]), json!({})).await;
     assert_error(r, 400, 42005).await;
 
     // Delete stops serving at once and removes everything it owns.
-    let archives_before = std::fs::read_dir(s.data_dir.join("archives")).unwrap().count();
+    let archives_before = std::fs::read_dir(s.data_dir.join("archives"))
+        .unwrap()
+        .count();
     assert!(archives_before >= 1);
-    let r = s.http.delete(s.url(&format!("/1/lambdas/{id}"))).send().await.unwrap();
+    let r = s
+        .http
+        .delete(s.url(&format!("/1/lambdas/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_error(s.proxy(Method::GET, &id, "/hello").await, 404, 42001).await;
     assert_error(s.get(&format!("/1/lambdas/{id}/logs")).await, 404, 42001).await;
-    assert_error(s.get(&format!("/1/lambdas/{id}/image/status")).await, 404, 42001).await;
-    assert_eq!(std::fs::read_dir(s.data_dir.join("archives")).unwrap().count(), 0, "archive removed");
+    assert_error(
+        s.get(&format!("/1/lambdas/{id}/image/status")).await,
+        404,
+        42001,
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_dir(s.data_dir.join("archives"))
+            .unwrap()
+            .count(),
+        0,
+        "archive removed"
+    );
     let text = s.get("/metrics").await.text().await.unwrap();
-    assert!(!text.contains(&format!("lambda_id=\"{id}\"")), "series of the deleted lambda remain");
+    assert!(
+        !text.contains(&format!("lambda_id=\"{id}\"")),
+        "series of the deleted lambda remain"
+    );
 }
 
 #[tokio::test]
@@ -133,7 +203,10 @@ async fn failed_rebuild_keeps_the_old_version_serving() {
     assert_eq!(s.wait_image(&id).await, "error");
     let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/image/logs")).await;
     let text = logs.to_string();
-    assert!(text.contains("build failed") && text.contains("version 1 keeps serving"), "{text}");
+    assert!(
+        text.contains("build failed") && text.contains("version 1 keeps serving"),
+        "{text}"
+    );
     let (_, status) = s.get_json(&format!("/1/lambdas/{id}/status")).await;
     assert_eq!(status["status"], "running");
     assert_eq!(serving_version(&s, &id).await, 1);
@@ -151,7 +224,10 @@ async fn failed_rebuild_keeps_the_old_version_serving() {
     let body = assert_error(s.proxy(Method::GET, &bad, "/hello").await, 503, 42007).await;
     assert!(body["detail"].as_str().unwrap().contains("failed"));
     let (_, logs) = s.get_json(&format!("/1/lambdas/{bad}/logs")).await;
-    assert!(logs.to_string().contains("build of version 1 failed"), "{logs}");
+    assert!(
+        logs.to_string().contains("build of version 1 failed"),
+        "{logs}"
+    );
 }
 
 #[tokio::test]
@@ -160,14 +236,22 @@ async fn rebuild_while_building_is_refused() {
     // Builds queue behind one slot, so the last of several is still pending or running.
     let mut ids = Vec::new();
     for i in 0..4 {
-        ids.push(s.create(ACCOUNT, &format!("q{i}"), fixture_zip(), None).await);
+        ids.push(
+            s.create(ACCOUNT, &format!("q{i}"), fixture_zip(), None)
+                .await,
+        );
     }
     let last = ids.last().unwrap();
     let (_, image) = s.get_json(&format!("/1/lambdas/{last}/image/status")).await;
     if image["status"] == "pending" || image["status"] == "in_progress" {
         let body = assert_error(update(&s, last).await, 409, 42006).await;
         assert!(body["detail"].as_str().unwrap().contains("being built"));
-        assert_error(recreate(&s, last, fixture_zip(), json!({})).await, 409, 42006).await;
+        assert_error(
+            recreate(&s, last, fixture_zip(), json!({})).await,
+            409,
+            42006,
+        )
+        .await;
     } else {
         panic!("four queued builds finished before the first status read: {image}");
     }
@@ -189,7 +273,11 @@ async fn swap_under_load_fails_no_request() {
             while !stop.load(Ordering::Relaxed) {
                 let r = s.proxy(Method::GET, &id, "/hello").await;
                 assert_eq!(r.status(), 200, "a request failed during the swap");
-                let v: u64 = r.headers()["lambda-version"].to_str().unwrap().parse().unwrap();
+                let v: u64 = r.headers()["lambda-version"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 assert_eq!(r.text().await.unwrap(), "Hello from luna-lambda\n");
                 versions.push(v);
             }

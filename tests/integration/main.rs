@@ -1,6 +1,8 @@
 //! The one integration test binary: every test starts the real `luna-lambda` binary
 //! on 127.0.0.1:0 and speaks HTTP to it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
 mod common;
 
 mod api;

@@ -14,38 +14,77 @@ async fn all_methods_reach_the_guest_with_request_metadata() {
     for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
         let r = s
             .http
-            .request(method.parse().unwrap(), s.url(&format!("/1/lambdas/{id}/proxy/meta/x?b=2&account_id={ACCOUNT}&c=%20")))
+            .request(
+                method.parse().unwrap(),
+                s.url(&format!(
+                    "/1/lambdas/{id}/proxy/meta/x?b=2&account_id={ACCOUNT}&c=%20"
+                )),
+            )
             .header("Luna-Account-Id", ACCOUNT)
-            .header("Luna-Request-Id", "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a")
+            .header(
+                "Luna-Request-Id",
+                "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a",
+            )
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 404, "{method}: /meta/x is not a fixture route, so the guest says 404");
+        assert_eq!(
+            r.status(),
+            404,
+            "{method}: /meta/x is not a fixture route, so the guest says 404"
+        );
         assert_eq!(r.headers()["lambda-version"], "1");
         let r = s
             .http
-            .request(method.parse().unwrap(), s.url(&format!("/1/lambdas/{id}/proxy/meta?b=2&account_id={ACCOUNT}&c=%20")))
+            .request(
+                method.parse().unwrap(),
+                s.url(&format!(
+                    "/1/lambdas/{id}/proxy/meta?b=2&account_id={ACCOUNT}&c=%20"
+                )),
+            )
             .header("Luna-Account-Id", ACCOUNT)
-            .header("Luna-Request-Id", "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a")
+            .header(
+                "Luna-Request-Id",
+                "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a",
+            )
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{method}");
-        assert_eq!(r.headers()["luna-request-id"], "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a");
+        assert_eq!(
+            r.headers()["luna-request-id"],
+            "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a"
+        );
         assert_eq!(r.headers()["x-guest"], "fixture");
         let text = r.text().await.unwrap();
         assert!(text.contains(&format!("method={method}\n")), "{text}");
         assert!(text.contains("path=/meta\n"), "{text}");
-        assert!(text.contains("query=b=2&c=%20\n"), "account_id is stripped: {text}");
-        assert!(text.contains("request-id=1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a\n"), "{text}");
+        assert!(
+            text.contains("query=b=2&c=%20\n"),
+            "account_id is stripped: {text}"
+        );
+        assert!(
+            text.contains("request-id=1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a\n"),
+            "{text}"
+        );
     }
-    let r = s.http.head(s.url(&format!("/1/lambdas/{id}/proxy/meta"))).send().await.unwrap();
+    let r = s
+        .http
+        .head(s.url(&format!("/1/lambdas/{id}/proxy/meta")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("lambda-version"));
     // A generated request id is visible to the guest too.
     let r = s.proxy(Method::GET, &id, "/meta").await;
     let rid = r.headers()["luna-request-id"].to_str().unwrap().to_owned();
-    assert!(r.text().await.unwrap().contains(&format!("request-id={rid}")));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains(&format!("request-id={rid}"))
+    );
     // The proxy root is the guest's "/".
     let r = s.proxy(Method::GET, &id, "").await;
     assert_eq!(r.text().await.unwrap(), "Hello from luna-lambda\n");
@@ -53,19 +92,40 @@ async fn all_methods_reach_the_guest_with_request_metadata() {
     assert_eq!(s.proxy(Method::GET, &id, "/status").await.status(), 418);
     // POST and PUT require the account header; the others accept account_id.
     for method in [Method::POST, Method::PUT] {
-        let r = s.http.request(method, s.url(&format!("/1/lambdas/{id}/proxy/hello"))).send().await.unwrap();
+        let r = s
+            .http
+            .request(method, s.url(&format!("/1/lambdas/{id}/proxy/hello")))
+            .send()
+            .await
+            .unwrap();
         assert_error(r, 400, 11066).await;
     }
-    let r = s.get(&format!("/1/lambdas/{id}/proxy/hello?account_id=nope")).await;
+    let r = s
+        .get(&format!("/1/lambdas/{id}/proxy/hello?account_id=nope"))
+        .await;
     assert_error(r, 400, 12012).await;
-    let r = s.http.request(Method::TRACE, s.url(&format!("/1/lambdas/{id}/proxy/hello"))).send().await.unwrap();
+    let r = s
+        .http
+        .request(
+            Method::TRACE,
+            s.url(&format!("/1/lambdas/{id}/proxy/hello")),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 405, 12005).await;
-    let r = s.get("/1/lambdas/e63e2a1f-f505-441c-8e11-b2dcd0385329/proxy/hello").await;
+    let r = s
+        .get("/1/lambdas/e63e2a1f-f505-441c-8e11-b2dcd0385329/proxy/hello")
+        .await;
     assert_error(r, 404, 42001).await;
     let text = s.get("/metrics").await.text().await.unwrap();
-    assert!(text.contains(r#"request_count_total{path="GET:/1/lambdas/{lambda_id}/proxy",status_code="200"}"#));
+    assert!(text.contains(
+        r#"request_count_total{path="GET:/1/lambdas/{lambda_id}/proxy",status_code="200"}"#
+    ));
     assert!(text.contains(&format!(r#"lambda_requests_total{{lambda_id="{id}"}}"#)));
-    assert!(text.contains(&format!(r#"lambda_instantiate_seconds_bucket{{lambda_id="{id}""#)));
+    assert!(text.contains(&format!(
+        r#"lambda_instantiate_seconds_bucket{{lambda_id="{id}""#
+    )));
 }
 
 #[tokio::test]
@@ -105,10 +165,20 @@ async fn request_body_limit() {
             .body(body)
             .send()
     };
-    assert_eq!(post(vec![1u8; 65536]).await.unwrap().bytes().await.unwrap().len(), 65536);
+    assert_eq!(
+        post(vec![1u8; 65536])
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len(),
+        65536
+    );
     assert_error(post(vec![1u8; 65537]).await.unwrap(), 413, 12047).await;
     // A body without a declared length is cut off while streaming.
-    let stream = futures::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![2u8; 32 * 1024])));
+    let stream =
+        futures::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![2u8; 32 * 1024])));
     let r = s
         .http
         .post(s.url(&format!("/1/lambdas/{id}/proxy/echo")))
@@ -120,7 +190,10 @@ async fn request_body_limit() {
         Ok(r) => r.bytes().await.map(|b| b.len()).unwrap_or(0),
         Err(_) => 0,
     };
-    assert!(echoed < 4 * 32 * 1024, "the whole oversize body went through");
+    assert!(
+        echoed < 4 * 32 * 1024,
+        "the whole oversize body went through"
+    );
     assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
 }
 
@@ -136,7 +209,10 @@ async fn guest_faults_cost_only_their_request() {
         .await;
     for _ in 0..2 {
         let body = assert_error(s.proxy(Method::GET, &id, "/trap").await, 500, 42013).await;
-        assert!(body["detail"].as_str().unwrap().contains("trapped"), "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("trapped"),
+            "{body}"
+        );
         assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
 
         let started = std::time::Instant::now();
@@ -154,7 +230,12 @@ async fn guest_faults_cost_only_their_request() {
     let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/logs")).await;
     assert!(logs.to_string().contains("request failed"), "{logs}");
     let text = s.get("/metrics").await.text().await.unwrap();
-    assert!(text.contains(&format!(r#"lambda_errors_total{{error_code="42013",lambda_id="{id}"}} 4"#)), "{text}");
+    assert!(
+        text.contains(&format!(
+            r#"lambda_errors_total{{error_code="42013",lambda_id="{id}"}} 4"#
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -186,7 +267,10 @@ async fn concurrency_limit_sheds_load() {
             assert!(body["detail"].as_str().unwrap().contains("concurrent"));
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the limit never applied");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the limit never applied"
+        );
     }
     assert_eq!(slow.await.unwrap(), 504);
     assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
@@ -197,14 +281,40 @@ async fn lambda_docs_from_archive_or_default() {
     let s = Server::start(&[]);
     let spec = "openapi: 3.0.3\ninfo:\n  title: mine\n  version: '2'\npaths: {}\n";
     let id = s
-        .create(ACCOUNT, "documented", zip_of(&[("lambda.wasm", fixture_wasm()), ("openapi.yaml", spec.as_bytes())]), None)
+        .create(
+            ACCOUNT,
+            "documented",
+            zip_of(&[
+                ("lambda.wasm", fixture_wasm()),
+                ("openapi.yaml", spec.as_bytes()),
+            ]),
+            None,
+        )
         .await;
     let plain = s.create(ACCOUNT, "plain", fixture_zip(), None).await;
-    let get = |id: &str, accept: &str| s.http.get(s.url(&format!("/1/lambdas/{id}/docs"))).header("Accept", accept).send();
-    assert_eq!(get(&id, "application/x-yaml").await.unwrap().text().await.unwrap(), spec);
+    let get = |id: &str, accept: &str| {
+        s.http
+            .get(s.url(&format!("/1/lambdas/{id}/docs")))
+            .header("Accept", accept)
+            .send()
+    };
+    assert_eq!(
+        get(&id, "application/x-yaml")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        spec
+    );
     let html = get(&id, "text/html").await.unwrap().text().await.unwrap();
     assert!(html.contains("mine") && !html.contains("<script"));
-    let default = get(&plain, "application/x-yaml").await.unwrap().text().await.unwrap();
+    let default = get(&plain, "application/x-yaml")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(default.contains("openapi:") && default.contains("plain"));
     assert_error(get(&id, "application/json").await.unwrap(), 415, 12024).await;
     let r = s.get(&format!("/1/lambdas/{id}/docs")).await;

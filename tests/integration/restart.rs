@@ -23,13 +23,26 @@ async fn kill_9_loses_nothing_acknowledged() {
         let mut wasm = fixture_wasm().to_vec();
         // A custom section makes each component distinct without changing behaviour.
         wasm.extend_from_slice(&[0, 7, 5, b'p', b'a', b'd', b'-', b'x', i]);
-        queued.push(s.create(ACCOUNT, &format!("queued{i}"), zip_of(&[("lambda.wasm", &wasm)]), None).await);
+        queued.push(
+            s.create(
+                ACCOUNT,
+                &format!("queued{i}"),
+                zip_of(&[("lambda.wasm", &wasm)]),
+                None,
+            )
+            .await,
+        );
     }
     s.kill();
 
     let s = Server::start_in(&dir, &env);
     let (_, list) = s.get_json("/1/lambdas?page_size=100").await;
-    let listed: Vec<&str> = list["lambdas"].as_array().unwrap().iter().map(|l| l["lambda_id"].as_str().unwrap()).collect();
+    let listed: Vec<&str> = list["lambdas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lambda_id"].as_str().unwrap())
+        .collect();
     assert_eq!(listed.len(), 5, "{list}");
     assert!(listed.contains(&running.as_str()));
     // The running lambda serves again without recompiling.
@@ -39,7 +52,10 @@ async fn kill_9_loses_nothing_acknowledged() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "Hello from luna-lambda\n");
     assert!(s.metric("wasm_engine{item=\"compile_cache_hits\"}").await >= 1.0);
-    assert_eq!(s.metric("wasm_engine{item=\"compile_cache_misses\"}").await, 0.0);
+    assert_eq!(
+        s.metric("wasm_engine{item=\"compile_cache_misses\"}").await,
+        0.0
+    );
     // Builds that died with the process ended `error`, saying why.
     let mut interrupted = 0;
     for id in &queued {
@@ -49,7 +65,11 @@ async fn kill_9_loses_nothing_acknowledged() {
         match image["status"].as_str().unwrap() {
             "error" => {
                 interrupted += 1;
-                assert!(logs.to_string().contains("the service stopped while this build was running"), "{logs}");
+                assert!(
+                    logs.to_string()
+                        .contains("the service stopped while this build was running"),
+                    "{logs}"
+                );
                 assert_eq!(status["status"], "failed");
             }
             "completed" => assert_eq!(status["status"], "running"),

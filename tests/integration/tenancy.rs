@@ -35,15 +35,32 @@ async fn another_accounts_lambda_is_invisible_everywhere() {
         for (method, path) in cases {
             let r = as_other(method.clone(), &path).send().await.unwrap();
             let body = assert_error(r, 404, 42001).await;
-            assert_eq!(body["detail"], format!("Lambda with id '{target}' not found"), "{method} {path}");
+            assert_eq!(
+                body["detail"],
+                format!("Lambda with id '{target}' not found"),
+                "{method} {path}"
+            );
         }
-        for method in [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS] {
-            let r = as_other(method.clone(), &format!("/1/lambdas/{target}/proxy/hello")).send().await.unwrap();
+        for method in [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ] {
+            let r = as_other(method.clone(), &format!("/1/lambdas/{target}/proxy/hello"))
+                .send()
+                .await
+                .unwrap();
             assert_error(r, 404, 42001).await;
         }
         let r = s.get(&format!("/1/lambdas/{target}/proxy/hello?{q}")).await;
         assert_error(r, 404, 42001).await;
-        let r = as_other(Method::HEAD, &format!("/1/lambdas/{target}?{q}")).send().await.unwrap();
+        let r = as_other(Method::HEAD, &format!("/1/lambdas/{target}?{q}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404);
         let r = as_other(Method::PATCH, &format!("/1/lambdas/{target}"))
             .json(&json!({"lambda_name": "stolen"}))
@@ -61,9 +78,17 @@ async fn another_accounts_lambda_is_invisible_everywhere() {
     let (_, list) = s.get_json(&format!("/1/lambdas?{q}")).await;
     assert_eq!(list["lambdas"], Value::Array(vec![]));
     let r = as_other(Method::GET, "/1/lambdas").send().await.unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap()["lambdas"], Value::Array(vec![]));
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["lambdas"],
+        Value::Array(vec![])
+    );
     // Untouched for its owner.
-    let (_, l) = s.get_json(&format!("/1/lambdas/{id}?account_id={ACCOUNT}")).await;
-    assert_eq!((l["lambda_name"].as_str(), l["version"].as_u64()), (Some("private"), Some(1)));
+    let (_, l) = s
+        .get_json(&format!("/1/lambdas/{id}?account_id={ACCOUNT}"))
+        .await;
+    assert_eq!(
+        (l["lambda_name"].as_str(), l["version"].as_u64()),
+        (Some("private"), Some(1))
+    );
     assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
 }

@@ -22,7 +22,13 @@ pub fn fixture_wasm() -> &'static [u8] {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let target = root.join("target").join("guests");
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(root.join("tests/guests/Cargo.toml"))
             .env("CARGO_TARGET_DIR", &target)
             .status()
@@ -102,13 +108,10 @@ impl Server {
                 }
             }
         });
-        let base = match rx.recv_timeout(PATIENCE) {
-            Ok(base) => base,
-            Err(_) => {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
-                panic!("server did not announce its address; log:\n{log}");
-            }
+        let Ok(base) = rx.recv_timeout(PATIENCE) else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+            panic!("server did not announce its address; log:\n{log}");
         };
         Self {
             child,
@@ -152,7 +155,13 @@ impl Server {
     }
 
     /// POST /1/lambdas with the usual parts; returns the raw response.
-    pub async fn create_raw(&self, account: &str, archive: Vec<u8>, parameters: Value, deploy: Option<Value>) -> reqwest::Response {
+    pub async fn create_raw(
+        &self,
+        account: &str,
+        archive: Vec<u8>,
+        parameters: Value,
+        deploy: Option<Value>,
+    ) -> reqwest::Response {
         self.http
             .post(self.url("/1/lambdas"))
             .header("Luna-Account-Id", account)
@@ -163,7 +172,13 @@ impl Server {
     }
 
     /// Creates a lambda and returns its id (asserting 201).
-    pub async fn create(&self, account: &str, name: &str, archive: Vec<u8>, deploy: Option<Value>) -> String {
+    pub async fn create(
+        &self,
+        account: &str,
+        name: &str,
+        archive: Vec<u8>,
+        deploy: Option<Value>,
+    ) -> String {
         let r = self
             .create_raw(account, archive, json!({"lambda_name": name}), deploy)
             .await;
@@ -175,7 +190,10 @@ impl Server {
         let body: Value = r.json().await.unwrap();
         assert_eq!(status, 201, "{body}");
         let id = body["lambda_id"].as_str().unwrap().to_owned();
-        assert_eq!(location.as_deref(), Some(format!("/1/lambdas/{id}").as_str()));
+        assert_eq!(
+            location.as_deref(),
+            Some(format!("/1/lambdas/{id}").as_str())
+        );
         id
     }
 
@@ -202,7 +220,9 @@ impl Server {
     pub async fn wait_image(&self, id: &str) -> String {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let (_, body) = self.get_json(&format!("/1/lambdas/{id}/image/status")).await;
+            let (_, body) = self
+                .get_json(&format!("/1/lambdas/{id}/image/status"))
+                .await;
             let status = body["status"].as_str().unwrap_or_default().to_owned();
             if status == "completed" || status == "error" || status == "not_found" {
                 return status;
@@ -213,7 +233,12 @@ impl Server {
     }
 
     /// Creates the fixture lambda and waits until it runs.
-    pub async fn running_fixture(&self, account: &str, name: &str, deploy: Option<Value>) -> String {
+    pub async fn running_fixture(
+        &self,
+        account: &str,
+        name: &str,
+        deploy: Option<Value>,
+    ) -> String {
         let id = self.create(account, name, fixture_zip(), deploy).await;
         self.wait_status(&id, "running").await;
         id
@@ -255,7 +280,10 @@ pub fn upload_form(archive: Vec<u8>, parameters: Value, deploy: Option<Value>) -
                 .mime_str("application/zip")
                 .unwrap(),
         )
-        .part("credentials", json_part(&json!({"login": "user", "password": "hunter2"})))
+        .part(
+            "credentials",
+            json_part(&json!({"login": "user", "password": "hunter2"})),
+        )
         .part("parameters", json_part(&parameters));
     if let Some(d) = deploy {
         form = form.part("deploy_parameters", json_part(&d));
@@ -264,15 +292,27 @@ pub fn upload_form(archive: Vec<u8>, parameters: Value, deploy: Option<Value>) -
 }
 
 pub fn json_part(v: &Value) -> Part {
-    Part::text(v.to_string()).mime_str("application/json").unwrap()
+    Part::text(v.to_string())
+        .mime_str("application/json")
+        .unwrap()
 }
 
 /// Asserts a LUNA error response.
 pub async fn assert_error(response: reqwest::Response, status: u16, code: u64) -> Value {
     let got = response.status().as_u16();
-    assert!(response.headers().contains_key("luna-request-id"), "no request id on an error");
+    assert!(
+        response.headers().contains_key("luna-request-id"),
+        "no request id on an error"
+    );
     let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert_eq!((got, body["error_code"].as_u64()), (status, Some(code)), "{body}");
-    assert!(body["desc"].is_string() && body["detail"].is_string(), "{body}");
+    assert_eq!(
+        (got, body["error_code"].as_u64()),
+        (status, Some(code)),
+        "{body}"
+    );
+    assert!(
+        body["desc"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
     body
 }
