@@ -277,9 +277,11 @@ impl Config {
         for (key, value) in env {
             apply_env(&mut tree, &key, &value)?;
         }
-        let mut config: Config = tree
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        let mut config: Config = serde_path_to_error::deserialize(tree).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| {
+                ConfigError::Invalid(format!("{}: {}", e.path(), e.inner().message()))
+            },
+        )?;
         if let Some(listen) = overrides.listen {
             config.listen = listen;
         }

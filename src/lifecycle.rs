@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::runtime::Component;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use tokio::sync::{Mutex, Semaphore};
@@ -115,6 +116,12 @@ pub struct Lifecycle {
     metrics: Metrics,
     build_slots: Arc<Semaphore>,
     locks: DashMap<LambdaId, Arc<Mutex<()>>>,
+    /// Uploads hold it shared from storing an archive until a record references it;
+    /// garbage collection holds it exclusively.
+    gc_lock: tokio::sync::RwLock<()>,
+    /// Compiled components by wasm digest: lambdas shipping the same component share
+    /// its code in memory.
+    components: DashMap<String, Component>,
     jobs: DashMap<LambdaId, tokio::task::AbortHandle>,
 }
 
@@ -149,6 +156,8 @@ impl Lifecycle {
             logs,
             metrics,
             locks: DashMap::new(),
+            gc_lock: tokio::sync::RwLock::new(()),
+            components: DashMap::new(),
             jobs: DashMap::new(),
         })
     }
@@ -176,6 +185,7 @@ impl Lifecycle {
     ) -> Result<Vec<String>> {
         let config = self.config.clone();
         let engine = self.engine.clone();
+        let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let check = builder::check_upload(
                 &config,
@@ -190,9 +200,14 @@ impl Lifecycle {
             }
             if problems.is_empty()
                 && let Some(wasm) = &check.archive.wasm
-                && let Err(more) = builder::wasm::check_component(&engine, wasm)
             {
-                problems.extend(more);
+                let component = builder::wasm::check_component(&engine, wasm);
+                // Compiled now, so a create of the same component is a cache hit; an
+                // artifact no lambda adopts is collected at the next start.
+                if let Some(compiled) = &component.compiled {
+                    store.add_artifacts(&builder::digest(wasm), &compiled.artifacts)?;
+                }
+                problems.extend(component.problems);
             }
             Ok(problems)
         })
@@ -256,6 +271,7 @@ impl Lifecycle {
     pub async fn create(self: &Arc<Self>, account: AccountId, upload: Upload) -> Result<LambdaId> {
         let check = self.check(&upload, true).await?;
         let name = upload.parameters.lambda_name.clone().unwrap_or_default();
+        let _no_gc = self.gc_lock.read().await;
         let digest = self.store_archive(upload.archive.clone()).await?;
         let spec = self.spec(Version::FIRST, &upload, &check, digest)?;
         let id = LambdaId::generate();
@@ -304,6 +320,7 @@ impl Lifecycle {
         let mut record = self.owned(id, Some(account))?;
         let next = self.next_version(&record)?;
         let check = self.check(&upload, false).await?;
+        let _no_gc = self.gc_lock.read().await;
         let digest = self.store_archive(upload.archive.clone()).await?;
         let spec = self.spec(next, &upload, &check, digest)?;
         let old_name = record.lambda_name.clone();
@@ -317,15 +334,15 @@ impl Lifecycle {
         if !record.deployed {
             record.status = LambdaStatus::Waiting;
         }
+        if self.store.save_lambda(&record, Some(&old_name))?.is_err() {
+            return Err(LifecycleError::NameTaken(record.lambda_name));
+        }
         self.queue_build(
             &record,
             BuildKind::Recreate,
             spec,
             "build queued: lambda recreated",
         )?;
-        if self.store.save_lambda(&record, Some(&old_name))?.is_err() {
-            return Err(LifecycleError::NameTaken(record.lambda_name));
-        }
         self.store.flush().await?;
         tracing::info!(lambda = %id, version = %next, "lambda recreate accepted");
         self.spawn_build(id);
@@ -425,25 +442,42 @@ impl Lifecycle {
         self.metrics.forget_lambda(id);
         drop(guard);
         self.locks.remove(&id);
-        let mut digests = vec![record.current.archive_digest.clone()];
-        digests.extend(build.map(|b| b.spec.archive_digest));
-        self.remove_unused_archives(digests)?;
+        let mut archives = vec![record.current.archive_digest.clone()];
+        let mut components: Vec<String> = record.current.wasm_digest.clone().into_iter().collect();
+        if let Some(build) = build {
+            archives.push(build.spec.archive_digest);
+            components.extend(build.spec.wasm_digest);
+        }
+        self.collect_garbage(&archives, &components).await?;
         tracing::info!(lambda = %id, "lambda deleted");
         Ok(())
     }
 
-    fn remove_unused_archives(&self, mut digests: Vec<String>) -> Result<()> {
-        digests.sort();
-        digests.dedup();
-        let mut used = std::collections::HashSet::new();
-        for r in self.store.lambdas()? {
-            used.insert(r.current.archive_digest);
+    /// Removes the archives and compiled artifacts among the candidates that no
+    /// lambda (serving or building) references any more.
+    async fn collect_garbage(&self, archives: &[String], components: &[String]) -> Result<()> {
+        let _exclusive = self.gc_lock.write().await;
+        let mut used_archives = std::collections::HashSet::new();
+        let mut used_components = std::collections::HashSet::new();
+        for spec in self
+            .store
+            .lambdas()?
+            .into_iter()
+            .map(|r| r.current)
+            .chain(self.store.builds()?.into_iter().map(|b| b.spec))
+        {
+            used_archives.insert(spec.archive_digest);
+            used_components.extend(spec.wasm_digest);
         }
-        for b in self.store.builds()? {
-            used.insert(b.spec.archive_digest);
+        for digest in archives.iter().filter(|d| !used_archives.contains(*d)) {
+            self.archives.remove(digest)?;
         }
-        for d in digests.iter().filter(|d| !used.contains(*d)) {
-            self.archives.remove(d)?;
+        for digest in components.iter().filter(|d| !used_components.contains(*d)) {
+            let files = self.store.artifacts(digest)?;
+            self.engine.remove_artifacts(&files);
+            self.components.remove(digest);
+            self.store.remove_artifact_record(digest)?;
+            tracing::info!(component = %digest, files = files.len(), "compiled artifact removed");
         }
         Ok(())
     }
@@ -636,33 +670,70 @@ impl Lifecycle {
                 wasm.len()
             ),
         );
+        if let Some(shared) = self.components.get(&wasm_digest).map(|c| c.clone()) {
+            self.build_log(
+                build,
+                &format!("component sha256 {wasm_digest} is already loaded in memory (artifact cache hit): shared, no compile"),
+            );
+            build.spec.wasm_digest = Some(wasm_digest);
+            return self.link(build, &shared, record_account);
+        }
         let engine = self.engine.clone();
-        let hits_before = engine.cache_hits();
         let compile_started = Instant::now();
-        let compiled =
+        let check =
             tokio::task::spawn_blocking(move || builder::wasm::check_component(&engine, &wasm))
                 .await
                 .map_err(|e| format!("internal: {e}"))?;
-        let component = compiled
-            .map_err(|problems| format!("component check failed: {}", problems.join("; ")))?;
-        let cache_hit = self.engine.cache_hits() > hits_before;
+        if let Some(compiled) = &check.compiled
+            && let Err(e) = self.store.add_artifacts(&wasm_digest, &compiled.artifacts)
+        {
+            return Err(format!("cannot record the compiled artifact: {e}"));
+        }
+        let compiled = match check.compiled {
+            Some(c) if check.problems.is_empty() => c,
+            _ => {
+                return Err(format!(
+                    "component check failed: {}",
+                    check.problems.join("; ")
+                ));
+            }
+        };
+        let artifacts = self.store.artifacts(&wasm_digest).unwrap_or_default();
+        let artifact_bytes: u64 = artifacts
+            .iter()
+            .filter_map(|a| self.engine.artifact_size(a))
+            .sum();
         self.build_log(
             build,
             &format!(
-                "component compiled with Cranelift in {} ms ({}); artifact key sha256 {wasm_digest}; imports satisfied, exports wasi:http/incoming-handler",
-                compile_started.elapsed().as_millis(),
-                if cache_hit {
-                    "artifact cache hit, no recompilation"
+                "component {} in {} ms; artifact sha256 {wasm_digest}: {artifact_bytes} bytes of native code ({}); imports satisfied, exports wasi:http/incoming-handler",
+                if compiled.cache_hit {
+                    "loaded from the artifact cache (cache hit, no recompilation)"
                 } else {
-                    "artifact cache miss, compiled and stored"
+                    "compiled with Cranelift (cache miss)"
                 },
+                compile_started.elapsed().as_millis(),
+                artifacts.join(", "),
             ),
         );
+        let component = compiled.component;
+        self.components
+            .insert(wasm_digest.clone(), component.clone());
         build.spec.wasm_digest = Some(wasm_digest);
+        self.link(build, &component, record_account)
+    }
+
+    /// Links a compiled component into a loaded lambda version.
+    fn link(
+        &self,
+        build: &mut BuildRecord,
+        component: &Component,
+        record_account: AccountId,
+    ) -> std::result::Result<Arc<LoadedLambda>, String> {
         let limits = self.limits_for(&build.spec.deploy_parameters);
         let loaded = LoadedLambda::load(
             &self.engine,
-            &component,
+            component,
             build.lambda_id,
             record_account,
             build.spec.version,
@@ -743,6 +814,11 @@ impl Lifecycle {
     /// lambdas are loaded again (from the compilation cache, no recompilation).
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
         self.archives.sweep_temp_files();
+        // Archives and artifacts no record adopted (a crash between writing the file
+        // and the record, a name clash, validate-only compiles) are removed.
+        let archives = self.archives.digests()?;
+        let components = self.store.artifact_digests()?;
+        self.collect_garbage(&archives, &components).await?;
         for mut build in self.store.builds()? {
             if build.status.is_finished() {
                 continue;
@@ -802,17 +878,39 @@ impl Lifecycle {
         let limits_cfg = self.config.limits.clone();
         let engine = self.engine.clone();
         let digest = record.current.archive_digest.clone();
-        let component = tokio::task::spawn_blocking(move || {
+        if let Some(wasm_digest) = &record.current.wasm_digest
+            && let Some(shared) = self.components.get(wasm_digest).map(|c| c.clone())
+        {
+            return self.load_version(record, &shared);
+        }
+        let (wasm_digest, compiled) = tokio::task::spawn_blocking(move || {
             let bytes = archives.get(&digest).map_err(|e| e.to_string())?;
             let report = builder::archive::inspect(&bytes, &limits_cfg);
             let wasm = report.wasm.ok_or("stored archive has no lambda.wasm")?;
-            engine.compile(&wasm).map_err(|e| e.to_string())
+            let compiled = engine.compile(&wasm).map_err(|e| e.to_string())?;
+            Ok::<_, String>((builder::digest(&wasm), compiled))
         })
         .await
         .map_err(|e| e.to_string())??;
+        if !compiled.cache_hit {
+            tracing::warn!(lambda = %record.lambda_id, "artifact missing from the cache: recompiled");
+        }
+        self.store
+            .add_artifacts(&wasm_digest, &compiled.artifacts)
+            .map_err(|e| e.to_string())?;
+        self.components
+            .insert(wasm_digest, compiled.component.clone());
+        self.load_version(record, &compiled.component)
+    }
+
+    fn load_version(
+        &self,
+        record: &LambdaRecord,
+        component: &Component,
+    ) -> std::result::Result<Arc<LoadedLambda>, String> {
         let loaded = LoadedLambda::load(
             &self.engine,
-            &component,
+            component,
             record.lambda_id,
             record.account_id,
             record.current.version,

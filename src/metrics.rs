@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::model::LambdaId;
@@ -21,6 +22,38 @@ const REQUEST_BUCKETS: &[f64] = &[
 /// Error codes a proxied request can end with (for dropping a lambda's series).
 const LAMBDA_ERROR_CODES: &[u32] = &[1, 12047, 42007, 42008, 42009, 42010, 42013];
 const BUILD_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
+
+/// Resolved per-lambda series (see [`Metrics::for_lambda`]).
+#[derive(Clone, Debug)]
+pub struct LambdaMetrics {
+    id: String,
+    requests: IntCounter,
+    errors: IntCounterVec,
+    instantiate: Histogram,
+    execute: Histogram,
+}
+
+impl LambdaMetrics {
+    /// Counts a proxied request, and its LUNA error code if it failed.
+    pub fn request(&self, error_code: Option<u32>) {
+        self.requests.inc();
+        if let Some(code) = error_code {
+            self.errors
+                .with_label_values(&[self.id.as_str(), &code.to_string()])
+                .inc();
+        }
+    }
+
+    /// Records an instantiation.
+    pub fn observe_instantiate(&self, took: Duration) {
+        self.instantiate.observe(took.as_secs_f64());
+    }
+
+    /// Records a guest execution.
+    pub fn observe_execute(&self, took: Duration) {
+        self.execute.observe(took.as_secs_f64());
+    }
+}
 
 /// Cheap-to-clone handle to every metric.
 #[derive(Clone, Debug)]
@@ -150,32 +183,17 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts a proxied request of a lambda.
-    pub fn lambda_request(&self, lambda: LambdaId, error_code: Option<u32>) {
+    /// The per-request series of one lambda, resolved once so the hot path does no
+    /// label lookups.
+    pub fn for_lambda(&self, lambda: LambdaId) -> LambdaMetrics {
         let id = lambda.to_string();
-        self.0.lambda_requests.with_label_values(&[&id]).inc();
-        if let Some(code) = error_code {
-            self.0
-                .lambda_errors
-                .with_label_values(&[&id, &code.to_string()])
-                .inc();
+        LambdaMetrics {
+            requests: self.0.lambda_requests.with_label_values(&[&id]),
+            errors: self.0.lambda_errors.clone(),
+            instantiate: self.0.instantiate.with_label_values(&[&id]),
+            execute: self.0.execute.with_label_values(&[&id]),
+            id,
         }
-    }
-
-    /// Records an instantiation.
-    pub fn observe_instantiate(&self, lambda: LambdaId, took: Duration) {
-        self.0
-            .instantiate
-            .with_label_values(&[&lambda.to_string()])
-            .observe(took.as_secs_f64());
-    }
-
-    /// Records a guest execution.
-    pub fn observe_execute(&self, lambda: LambdaId, took: Duration) {
-        self.0
-            .execute
-            .with_label_values(&[&lambda.to_string()])
-            .observe(took.as_secs_f64());
     }
 
     /// Records a finished build.

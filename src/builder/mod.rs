@@ -130,6 +130,20 @@ impl ArchiveStore {
         }
     }
 
+    /// Digests of every stored archive.
+    pub fn digests(&self) -> Result<Vec<String>, BuildError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(digest) = name.strip_suffix(".zip")
+                && !digest.starts_with('.')
+            {
+                out.push(digest.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes temp files a crash left behind.
     pub fn sweep_temp_files(&self) {
         if let Ok(entries) = std::fs::read_dir(&self.dir) {

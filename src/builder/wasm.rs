@@ -2,10 +2,9 @@
 //! import the host cannot satisfy (named), and the export the lambda type needs.
 //! Depends on `runtime` (engine, provided interfaces) and `model`.
 
-use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
-use crate::runtime::{HTTP_HANDLER_EXPORT, WasmEngine, import_provided, split_version};
+use crate::runtime::{Compiled, HTTP_HANDLER_EXPORT, WasmEngine, import_provided, split_version};
 
 const MAGIC: &[u8; 4] = b"\0asm";
 /// Binary header word of a core module (version 1, layer 0).
@@ -30,16 +29,31 @@ pub fn header_problem(wasm: &[u8]) -> Option<String> {
     None
 }
 
+/// The outcome of [`check_component`].
+#[derive(Debug)]
+pub struct ComponentCheck {
+    /// The compiled component, when it compiled (even if other checks failed: its
+    /// cache files must still be accounted for).
+    pub compiled: Option<Compiled>,
+    /// Every problem; empty when the component can serve.
+    pub problems: Vec<String>,
+}
+
 /// Compiles the component (or loads it from the compilation cache) and checks it
 /// against the host. Blocking: call from `spawn_blocking`. Returns every problem.
-pub fn check_component(engine: &WasmEngine, wasm: &[u8]) -> Result<Component, Vec<String>> {
+pub fn check_component(engine: &WasmEngine, wasm: &[u8]) -> ComponentCheck {
+    let fail = |problems| ComponentCheck {
+        compiled: None,
+        problems,
+    };
     if let Some(problem) = header_problem(wasm) {
-        return Err(vec![problem]);
+        return fail(vec![problem]);
     }
-    let component = engine
-        .compile(wasm)
-        .map_err(|e| vec![format!("lambda.wasm is not a valid component: {e}")])?;
-    let ty = component.component_type();
+    let compiled = match engine.compile(wasm) {
+        Ok(c) => c,
+        Err(e) => return fail(vec![format!("lambda.wasm is not a valid component: {e}")]),
+    };
+    let ty = compiled.component.component_type();
     let mut problems = Vec::new();
     for (name, item) in ty.imports(engine.engine()) {
         let provided = match item.ty {
@@ -64,14 +78,13 @@ pub fn check_component(engine: &WasmEngine, wasm: &[u8]) -> Result<Component, Ve
         ));
     }
     if problems.is_empty()
-        && let Err(e) = engine.linker().instantiate_pre(&component)
+        && let Err(e) = engine.linker().instantiate_pre(&compiled.component)
     {
         problems.push(format!("lambda.wasm cannot be linked: {e:#}"));
     }
-    if problems.is_empty() {
-        Ok(component)
-    } else {
-        Err(problems)
+    ComponentCheck {
+        compiled: Some(compiled),
+        problems,
     }
 }
 

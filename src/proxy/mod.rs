@@ -7,6 +7,7 @@
 mod rescue;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +17,7 @@ use http_body_util::BodyExt as _;
 use crate::api::{ApiError, AppState, REQUEST_ID_HEADER, RouteTemplate, account_optional};
 
 use crate::model::{AccountId, LambdaId, LambdaStatus, RequestId};
+use crate::runtime::LoadedLambda;
 
 pub use rescue::rescue;
 
@@ -115,12 +117,12 @@ where
             Ok(response) => response,
             Err(error) => error.into_response(),
         };
-    if let Some(id) = lambda_for_metrics {
+    if let Some(lambda) = lambda_for_metrics {
         let code = response
             .extensions()
             .get::<crate::api::error::ErrorCode>()
             .map(|c| c.0);
-        state.metrics.lambda_request(id, code);
+        lambda.count_request(code);
     }
     response.extensions_mut().insert(RouteTemplate(template));
     response
@@ -131,7 +133,7 @@ async fn forward<B>(
     request: Request<B>,
     target: &ProxyTarget<'static>,
     request_id: &RequestId,
-    lambda_for_metrics: &mut Option<LambdaId>,
+    lambda_for_metrics: &mut Option<Arc<LoadedLambda>>,
 ) -> Result<Response, ApiError>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
@@ -182,7 +184,7 @@ where
     if account.is_some_and(|a| a != lambda.account_id) {
         return Err(ApiError::lambda_not_found(&target.lambda_id));
     }
-    *lambda_for_metrics = Some(id);
+    *lambda_for_metrics = Some(lambda.clone());
     // A declared oversize body is refused before the guest runs; an undeclared one is
     // cut off while streaming (runtime::LimitedBody).
     let limit = lambda.limits.max_request_body;

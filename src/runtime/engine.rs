@@ -3,9 +3,10 @@
 //! on-disk content-addressed compilation cache. Also the linker with the whole WASI
 //! 0.2 surface. Depends on `config` and `runtime::host`.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
@@ -29,6 +30,10 @@ pub struct WasmEngine {
     linker: Linker<HostState>,
     pooling: bool,
     cache: Cache,
+    cache_dir: PathBuf,
+    /// Compiles run one at a time (Cranelift already uses every core) so that the
+    /// cache files a compile creates can be attributed to its component.
+    compile_lock: Mutex<()>,
     epoch_tick: Duration,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -115,6 +120,8 @@ impl WasmEngine {
             linker,
             pooling,
             cache,
+            cache_dir: cache_dir.to_owned(),
+            compile_lock: Mutex::new(()),
             epoch_tick,
             ticker_stop,
         }))
@@ -153,10 +160,86 @@ impl WasmEngine {
             .max(1)
     }
 
-    /// Compiles (or loads from the compilation cache) a component. Blocking.
-    pub fn compile(&self, wasm: &[u8]) -> Result<Component, RuntimeError> {
-        Component::new(&self.engine, wasm).map_err(|e| RuntimeError::Compile(format!("{e:#}")))
+    /// Compiles a component, or loads it from the on-disk cache. Blocking. Reports
+    /// whether it was a cache hit and which cache files the compile created.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, RuntimeError> {
+        let _one_at_a_time = self
+            .compile_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = self.cache_files();
+        let hits = self.cache.cache_hits();
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
+        let cache_hit = self.cache.cache_hits() > hits;
+        let mut artifacts: Vec<String> = self.cache_files().difference(&before).cloned().collect();
+        artifacts.sort();
+        Ok(Compiled {
+            component,
+            cache_hit,
+            artifacts,
+        })
     }
+
+    /// Cache entries (paths relative to the cache directory), without worker stats files.
+    fn cache_files(&self) -> HashSet<String> {
+        let mut files = HashSet::new();
+        let modules = self.cache_dir.join("modules");
+        let Ok(dirs) = std::fs::read_dir(&modules) else {
+            return files;
+        };
+        for dir in dirs.flatten() {
+            let Ok(entries) = std::fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.ends_with(".stats") && !name.starts_with('.') {
+                    files.insert(format!(
+                        "modules/{}/{name}",
+                        dir.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        files
+    }
+
+    /// Size of a cache entry, if present.
+    pub fn artifact_size(&self, relative: &str) -> Option<u64> {
+        self.artifact_path(relative)
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+    }
+
+    /// Deletes cache entries (and their stats files) no lambda uses any more.
+    pub fn remove_artifacts(&self, relative: &[String]) {
+        for rel in relative {
+            if let Some(path) = self.artifact_path(rel) {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(path.with_extension("stats"));
+            }
+        }
+    }
+
+    /// Only plain paths inside the cache directory are ever touched.
+    fn artifact_path(&self, relative: &str) -> Option<PathBuf> {
+        let plain = Path::new(relative)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        plain.then(|| self.cache_dir.join(relative))
+    }
+}
+
+/// The outcome of [`WasmEngine::compile`].
+#[derive(Debug)]
+pub struct Compiled {
+    /// The component, ready to link.
+    pub component: Component,
+    /// Loaded from the on-disk cache: no Cranelift run.
+    pub cache_hit: bool,
+    /// Cache files this compile created (relative to the cache directory).
+    pub artifacts: Vec<String>,
 }
 
 impl Drop for WasmEngine {

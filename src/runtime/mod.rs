@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-pub use engine::WasmEngine;
+pub use engine::{Compiled, WasmEngine};
 pub use wasm::{LoadedLambda, SandboxLimits};
+pub use wasmtime::component::Component;
 
 use crate::model::LambdaId;
 

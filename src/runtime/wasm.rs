@@ -19,7 +19,7 @@ use super::engine::WasmEngine;
 use super::host::HostState;
 use super::{InvokeError, RuntimeError};
 use crate::logs::LogSink;
-use crate::metrics::Metrics;
+use crate::metrics::{LambdaMetrics, Metrics};
 use crate::model::{AccountId, LambdaId, Version};
 
 /// Resolved limits of one lambda version.
@@ -51,7 +51,7 @@ pub struct LoadedLambda {
     engine: Arc<WasmEngine>,
     permits: Arc<Semaphore>,
     logs: LogSink,
-    metrics: Metrics,
+    metrics: LambdaMetrics,
 }
 
 impl std::fmt::Debug for LoadedLambda {
@@ -100,8 +100,13 @@ impl LoadedLambda {
             engine: engine.clone(),
             permits: Arc::new(Semaphore::new(max_concurrent)),
             logs,
-            metrics,
+            metrics: metrics.for_lambda(lambda_id),
         })
+    }
+
+    /// Counts a proxied request of this lambda (and its error code, if any).
+    pub fn count_request(&self, error_code: Option<u32>) {
+        self.metrics.request(error_code);
     }
 
     /// Requests executing now.
@@ -156,10 +161,16 @@ impl LoadedLambda {
             .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
 
         let this = self.clone();
-        let guest =
-            tokio::spawn(async move { this.run_guest(store, incoming, outparam, permit).await });
-
         let deadline = self.limits.timeout;
+        // The deadline covers the whole request, body included: a guest still
+        // streaming (or stuck) after it is dropped, which ends the body and frees
+        // its permit.
+        let guest = tokio::spawn(async move {
+            tokio::time::timeout(deadline, this.run_guest(store, incoming, outparam, permit))
+                .await
+                .unwrap_or(Err(InvokeError::Timeout(deadline)))
+        });
+
         match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(code))) => Err(InvokeError::GuestError(format!("{code:?}"))),
@@ -195,16 +206,13 @@ impl LoadedLambda {
             .await
             .map_err(|e| classify_trap(&e, self.limits.timeout))?;
         let instantiated = started.elapsed();
-        self.metrics
-            .observe_instantiate(self.lambda_id, instantiated);
+        self.metrics.observe_instantiate(instantiated);
         let result = proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, incoming, outparam)
             .await;
-        self.metrics.observe_execute(
-            self.lambda_id,
-            started.elapsed().saturating_sub(instantiated),
-        );
+        self.metrics
+            .observe_execute(started.elapsed().saturating_sub(instantiated));
         drop(permit);
         result.map_err(|e| {
             let err = classify_trap(&e, self.limits.timeout);

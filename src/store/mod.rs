@@ -38,6 +38,7 @@ pub struct Store {
     builds: sled::Tree,
     logs: sled::Tree,
     meta: sled::Tree,
+    artifacts: sled::Tree,
     log_seq: std::sync::Arc<AtomicU64>,
 }
 
@@ -79,6 +80,7 @@ impl Store {
             builds: db.open_tree("builds")?,
             logs: db.open_tree("logs")?,
             meta: db.open_tree("meta")?,
+            artifacts: db.open_tree("artifacts")?,
             db,
             log_seq: std::sync::Arc::new(AtomicU64::new(start)),
         })
@@ -194,6 +196,43 @@ impl Store {
             .values()
             .map(|v| records::decode(&v?))
             .collect()
+    }
+
+    /// Records compiled-cache files created for the component with `digest`.
+    pub fn add_artifacts(&self, digest: &str, files: &[String]) -> Result<(), StoreError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut all = self.artifacts(digest)?;
+        all.extend(files.iter().cloned());
+        all.sort();
+        all.dedup();
+        self.artifacts.insert(digest, records::encode(&all)?)?;
+        Ok(())
+    }
+
+    /// The compiled-cache files of a component.
+    pub fn artifacts(&self, digest: &str) -> Result<Vec<String>, StoreError> {
+        self.artifacts
+            .get(digest)?
+            .map(|v| records::decode(&v))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Every component digest with recorded artifacts.
+    pub fn artifact_digests(&self) -> Result<Vec<String>, StoreError> {
+        self.artifacts
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
+    /// Forgets a component's artifacts (after their files are deleted).
+    pub fn remove_artifact_record(&self, digest: &str) -> Result<(), StoreError> {
+        self.artifacts.remove(digest)?;
+        Ok(())
     }
 
     /// Appends log lines to a lambda and drops the oldest beyond `keep`.

@@ -727,3 +727,46 @@ async fn healthcheck_reports_an_unusable_store() {
     );
     assert!(body["execution_time"].is_f64());
 }
+
+#[test]
+fn a_bad_setting_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value, needle) in [
+        (
+            "LUNA_LAMBDA_SANDBOX_MEMORY_LIMIT_MB",
+            "lots",
+            "LUNA_LAMBDA_SANDBOX_MEMORY_LIMIT_MB",
+        ),
+        (
+            "LUNA_LAMBDA_NO_SUCH_SETTING",
+            "1",
+            "LUNA_LAMBDA_NO_SUCH_SETTING",
+        ),
+        (
+            "LUNA_LAMBDA_CONTAINER_BACKEND",
+            "podman",
+            "container_backend",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_luna-lambda"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_luna-lambda"))
+        .args(["serve", "--config", "/nonexistent/luna.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("/nonexistent/luna.toml")
+    );
+}

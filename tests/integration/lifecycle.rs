@@ -36,6 +36,19 @@ async fn update(s: &Server, id: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// Native-code files in the compilation cache.
+fn compiled_artifacts(data_dir: &std::path::Path) -> usize {
+    let modules = data_dir.join("artifacts/modules");
+    std::fs::read_dir(&modules)
+        .map(|dirs| {
+            dirs.flatten()
+                .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+                .filter(|f| !f.file_name().to_string_lossy().ends_with(".stats"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 async fn serving_version(s: &Server, id: &str) -> u64 {
     let r = s.proxy(Method::GET, id, "/hello").await;
     assert_eq!(r.status(), 200);
@@ -69,7 +82,7 @@ async fn full_lifecycle_with_versions() {
     for needle in [
         "archive checked",
         "sha256",
-        "compiled with Cranelift in",
+        "compiled with Cranelift",
         "build completed",
         "bytes",
     ] {
@@ -130,7 +143,7 @@ async fn full_lifecycle_with_versions() {
     );
     let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/image/logs")).await;
     assert!(
-        logs.to_string().contains("artifact cache hit"),
+        logs.to_string().contains("cache hit"),
         "same component again is a cache hit: {logs}"
     );
 
@@ -161,6 +174,7 @@ async fn full_lifecycle_with_versions() {
     assert_error(r, 400, 42005).await;
 
     // Delete stops serving at once and removes everything it owns.
+    assert_eq!(compiled_artifacts(&s.data_dir), 1);
     let archives_before = std::fs::read_dir(s.data_dir.join("archives"))
         .unwrap()
         .count();
@@ -186,6 +200,11 @@ async fn full_lifecycle_with_versions() {
             .count(),
         0,
         "archive removed"
+    );
+    assert_eq!(
+        compiled_artifacts(&s.data_dir),
+        0,
+        "compiled artifact removed"
     );
     let text = s.get("/metrics").await.text().await.unwrap();
     assert!(

@@ -21,6 +21,12 @@ pub fn fixture_wasm() -> &'static [u8] {
     WASM.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let target = root.join("target").join("guests");
+        // A fresh machine may lack the target; rustup adds it in seconds.
+        let _ = Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let status = Command::new(env!("CARGO"))
             .args([
                 "build",
