@@ -41,9 +41,6 @@ pub enum LifecycleError {
     /// A build of the lambda is still running.
     #[error("Lambda '{0}' is being built; wait until its image status is completed or error")]
     BuildInProgress(LambdaId),
-    /// Nothing can be rebuilt.
-    #[error("{0}")]
-    NothingToUpdate(String),
     /// Store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -358,6 +355,9 @@ impl Lifecycle {
         let mut spec = record.current.clone();
         spec.version = next;
         record.last_update_time = now();
+        if !record.deployed {
+            record.status = LambdaStatus::Waiting;
+        }
         self.queue_build(
             &record,
             BuildKind::Update,

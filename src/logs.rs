@@ -63,26 +63,45 @@ impl LogSink {
 
 async fn write_loop(store: Store, mut rx: mpsc::Receiver<LogLine>, keep: usize) {
     let mut buf = Vec::with_capacity(BATCH_LINES);
+    // Lines stored per lambda, counted once, then tracked here: trimming must not
+    // rescan a lambda's whole log on every batch.
+    let mut counts: HashMap<LambdaId, usize> = HashMap::new();
     while rx.recv_many(&mut buf, BATCH_LINES).await > 0 {
         let mut by_lambda: HashMap<LambdaId, Vec<String>> = HashMap::new();
         for line in buf.drain(..) {
             by_lambda.entry(line.lambda).or_default().push(line.text);
         }
         let store = store.clone();
+        let mut batch_counts = std::mem::take(&mut counts);
         let written = tokio::task::spawn_blocking(move || {
             for (lambda, lines) in by_lambda {
                 // Lines of a lambda deleted meanwhile must not outlive it.
-                if !matches!(store.lambda(lambda), Ok(Some(_))) {
+                if !matches!(store.lambda_exists(lambda), Ok(true)) {
+                    batch_counts.remove(&lambda);
                     continue;
                 }
-                if let Err(e) = store.append_logs(lambda, &lines, keep) {
+                let count = batch_counts
+                    .entry(lambda)
+                    .or_insert_with(|| store.count_logs(lambda));
+                if let Err(e) = store.append_logs(lambda, &lines) {
                     tracing::error!(%lambda, error = %e, "cannot store lambda log lines");
+                    continue;
+                }
+                *count += lines.len();
+                // Trim in steps (keep + 1/8) so a busy lambda does not trim every batch.
+                if *count > keep + keep / 8 {
+                    match store.trim_logs(lambda, *count - keep) {
+                        Ok(()) => *count = keep,
+                        Err(e) => tracing::error!(%lambda, error = %e, "cannot trim lambda logs"),
+                    }
                 }
             }
+            batch_counts
         })
         .await;
-        if let Err(e) = written {
-            tracing::error!(error = %e, "lambda log writer failed");
+        match written {
+            Ok(c) => counts = c,
+            Err(e) => tracing::error!(error = %e, "lambda log writer failed"),
         }
     }
 }

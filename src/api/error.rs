@@ -274,7 +274,7 @@ impl From<LifecycleError> for ApiError {
                 "No runtime for lambda",
                 e.to_string(),
             ),
-            LifecycleError::BuildInProgress(_) | LifecycleError::NothingToUpdate(_) => Self::new(
+            LifecycleError::BuildInProgress(_) => Self::new(
                 StatusCode::CONFLICT,
                 42006,
                 "Lambda update exception",

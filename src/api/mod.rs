@@ -176,7 +176,9 @@ where
         state
             .metrics
             .request(&template, status.as_u16(), code, started.elapsed());
-        if status.is_server_error() {
+        // Lambda-caused 5xx (not running, timeout, overload, trap) are the lambda's
+        // business and already in its logs; only the service's own failures warn.
+        if status.is_server_error() && code.is_none_or(|c| c == 1) {
             tracing::warn!(status = status.as_u16(), error_code = code, route = %template, "request failed");
         } else {
             tracing::debug!(status = status.as_u16(), route = %template, "request done");

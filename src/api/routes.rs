@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Multipart, Path, RawQuery, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use bytes::Bytes;
@@ -266,12 +267,19 @@ pub(super) async fn patch(
     Path(raw_id): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     no_query(q.as_deref())?;
     let account = input::account_required(&headers)?;
     let id = lambda_id(&raw_id)?;
     input::require_json_content(&headers)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large("request body", state.config.limits.max_json_bytes as u64)
+        } else {
+            ApiError::invalid_request(&e.body_text())
+        }
+    })?;
     if body.is_empty() {
         return Err(ApiError::no_json());
     }

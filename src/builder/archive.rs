@@ -52,13 +52,25 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> ArchiveReport {
             return report;
         }
     };
-    if zip.len() > limits.max_entries {
+    // The reader keeps one entry per name, so entries are counted, and duplicate
+    // names found, from the central directory itself.
+    let raw_names = central_directory_names(bytes, &zip, limits.max_entries + 1);
+    let entries = raw_names.len().max(zip.len());
+    if entries > limits.max_entries {
         report.problems.push(format!(
-            "archive has {} entries, over the limit of {}",
-            zip.len(),
+            "archive has {entries} entries or more, over the limit of {}",
             limits.max_entries
         ));
         return report;
+    }
+    let mut distinct = HashSet::new();
+    for name in &raw_names {
+        if !distinct.insert(*name) {
+            report.problems.push(format!(
+                "entry '{}' appears more than once",
+                String::from_utf8_lossy(name)
+            ));
+        }
     }
 
     let mut seen = HashSet::new();
@@ -167,6 +179,43 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> ArchiveReport {
         }
     }
     report
+}
+
+/// Names of the central directory's records, read directly (at most `cap`).
+fn central_directory_names<'a>(
+    bytes: &'a [u8],
+    zip: &zip::ZipArchive<Cursor<&[u8]>>,
+    cap: usize,
+) -> Vec<&'a [u8]> {
+    const SIGNATURE: [u8; 4] = [0x50, 0x4b, 0x01, 0x02];
+    const FIXED: usize = 46;
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+    };
+    let candidates = [
+        zip.central_directory_start(),
+        zip.central_directory_start().saturating_add(zip.offset()),
+    ];
+    let Some(mut at) = candidates
+        .iter()
+        .filter_map(|c| usize::try_from(*c).ok())
+        .find(|c| bytes.get(*c..*c + 4) == Some(&SIGNATURE[..]))
+    else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    while names.len() < cap && bytes.get(at..at + 4) == Some(&SIGNATURE[..]) {
+        let (name_len, extra_len, comment_len) =
+            (u16_at(at + 28), u16_at(at + 30), u16_at(at + 32));
+        let Some(name) = bytes.get(at + FIXED..at + FIXED + name_len) else {
+            break;
+        };
+        names.push(name);
+        at += FIXED + name_len + extra_len + comment_len;
+    }
+    names
 }
 
 fn read_capped(
@@ -309,6 +358,42 @@ pub(crate) mod tests {
         let report = inspect(&out.into_inner(), &Limits::default());
         assert!(
             report.problems.iter().any(|p| p.contains("symbolic link")),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn duplicate_names_are_found_in_the_central_directory() {
+        let mut out = Cursor::new(Vec::new());
+        let mut w = zip::ZipWriter::new(&mut out);
+        w.start_file(WASM_ENTRY, SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(COMPONENT).unwrap();
+        w.finish().unwrap();
+        let single = out.into_inner();
+        // Splice a second central-directory record with the same name into the archive.
+        let cd = single
+            .windows(4)
+            .position(|w| w == [0x50, 0x4b, 0x01, 0x02])
+            .unwrap();
+        let eocd = single
+            .windows(4)
+            .rposition(|w| w == [0x50, 0x4b, 0x05, 0x06])
+            .unwrap();
+        let record = single[cd..eocd].to_vec();
+        let mut doubled = single[..eocd].to_vec();
+        doubled.extend_from_slice(&record);
+        let mut tail = single[eocd..].to_vec();
+        let count = u16::from_le_bytes([tail[10], tail[11]]) + 1;
+        tail[8..10].copy_from_slice(&count.to_le_bytes());
+        tail[10..12].copy_from_slice(&count.to_le_bytes());
+        let size = u32::try_from(record.len() * 2).unwrap();
+        tail[12..16].copy_from_slice(&size.to_le_bytes());
+        doubled.extend_from_slice(&tail);
+        let report = inspect(&doubled, &Limits::default());
+        assert!(
+            report.problems.iter().any(|p| p.contains("more than once")),
             "{:?}",
             report.problems
         );

@@ -34,8 +34,8 @@ pub struct UploadCheck {
 
 /// Message for a container archive on a server without a container backend.
 pub const NO_CONTAINER_BACKEND: &str = "this archive is a container lambda (lambda_main.py or Dockerfile), \
-    but no container backend is configured: set container_backend = \"docker\" or \"kubernetes\" \
-    in the service config, or ship a WASM component as lambda.wasm";
+    but this server has no container backend (container_backend = \"none\"; this build runs WASM \
+    lambdas only): ship a WebAssembly component as lambda.wasm instead";
 
 /// Checks everything about an upload that does not need the compiler.
 pub fn check_upload(

@@ -3,6 +3,7 @@
 //! in, the response streamed out, deadlines enforced by epochs and a host timer.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -162,16 +163,25 @@ impl LoadedLambda {
 
         let this = self.clone();
         let deadline = self.limits.timeout;
+        let head_sent = Arc::new(AtomicBool::new(false));
+        let (head_sent_guest, rid) = (head_sent.clone(), request_id.to_owned());
         // The deadline covers the whole request, body included: a guest still
         // streaming (or stuck) after it is dropped, which ends the body and frees
         // its permit.
         let guest = tokio::spawn(async move {
-            tokio::time::timeout(deadline, this.run_guest(store, incoming, outparam, permit))
-                .await
-                .unwrap_or(Err(InvokeError::Timeout(deadline)))
+            let result =
+                tokio::time::timeout(deadline, this.run_guest(store, incoming, outparam, permit))
+                    .await
+                    .unwrap_or(Err(InvokeError::Timeout(deadline)));
+            if let Err(e) = &result
+                && head_sent_guest.load(Ordering::Acquire)
+            {
+                this.log_failure(&rid, "response body failed", e);
+            }
+            result
         });
 
-        match tokio::time::timeout(deadline, rx).await {
+        let outcome = match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(code))) => Err(InvokeError::GuestError(format!("{code:?}"))),
             Ok(Err(_)) => {
@@ -187,7 +197,21 @@ impl LoadedLambda {
                 guest.abort();
                 Err(InvokeError::Timeout(deadline))
             }
+        };
+        match &outcome {
+            Ok(_) => head_sent.store(true, Ordering::Release),
+            // Shed load is counted in metrics; logging each refusal would flood the log.
+            Err(InvokeError::Overloaded) => {}
+            Err(e) => self.log_failure(request_id, "request failed", e),
         }
+        outcome
+    }
+
+    /// A failed request leaves a line in the lambda's log (the caller sees the code).
+    fn log_failure(&self, request_id: &str, what: &str, error: &InvokeError) {
+        tracing::debug!(lambda = %self.lambda_id, %request_id, %error, "{what}");
+        self.logs
+            .line(self.lambda_id, &format!("[{request_id}] {what}: {error}"));
     }
 
     async fn run_guest(
@@ -214,13 +238,7 @@ impl LoadedLambda {
         self.metrics
             .observe_execute(started.elapsed().saturating_sub(instantiated));
         drop(permit);
-        result.map_err(|e| {
-            let err = classify_trap(&e, self.limits.timeout);
-            tracing::debug!(lambda = %self.lambda_id, error = %format!("{e:#}"), "guest failed");
-            self.logs
-                .line(self.lambda_id, &format!("request failed: {err}"));
-            err
-        })
+        result.map_err(|e| classify_trap(&e, self.limits.timeout))
     }
 }
 

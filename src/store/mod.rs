@@ -235,30 +235,34 @@ impl Store {
         Ok(())
     }
 
-    /// Appends log lines to a lambda and drops the oldest beyond `keep`.
-    pub fn append_logs(
-        &self,
-        id: LambdaId,
-        lines: &[String],
-        keep: usize,
-    ) -> Result<(), StoreError> {
+    /// Whether the lambda exists (cheaper than reading its record).
+    pub fn lambda_exists(&self, id: LambdaId) -> Result<bool, StoreError> {
+        Ok(self.lambdas.contains_key(id.as_bytes())?)
+    }
+
+    /// Appends log lines to a lambda.
+    pub fn append_logs(&self, id: LambdaId, lines: &[String]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for line in lines {
             let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
             batch.insert(&log_key(id, seq)[..], line.as_bytes());
         }
         self.logs.apply_batch(batch)?;
-        let excess = self
-            .logs
-            .scan_prefix(id.as_bytes())
-            .keys()
-            .count()
-            .saturating_sub(keep);
-        if excess > 0 {
-            for key in self.logs.scan_prefix(id.as_bytes()).keys().take(excess) {
-                self.logs.remove(key?)?;
-            }
+        Ok(())
+    }
+
+    /// Number of log lines kept for a lambda.
+    pub fn count_logs(&self, id: LambdaId) -> usize {
+        self.logs.scan_prefix(id.as_bytes()).keys().count()
+    }
+
+    /// Drops the `count` oldest log lines of a lambda.
+    pub fn trim_logs(&self, id: LambdaId, count: usize) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.logs.scan_prefix(id.as_bytes()).keys().take(count) {
+            batch.remove(key?);
         }
+        self.logs.apply_batch(batch)?;
         Ok(())
     }
 
@@ -336,7 +340,9 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let id = LambdaId::generate();
         let lines: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
-        store.append_logs(id, &lines, 5).unwrap();
+        store.append_logs(id, &lines).unwrap();
+        assert_eq!(store.count_logs(id), 10);
+        store.trim_logs(id, 5).unwrap();
         assert_eq!(store.tail_logs(id, None).unwrap(), lines[5..].to_vec());
         assert_eq!(store.tail_logs(id, Some(2)).unwrap(), lines[8..].to_vec());
         assert!(

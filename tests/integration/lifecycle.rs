@@ -252,11 +252,12 @@ async fn failed_rebuild_keeps_the_old_version_serving() {
 #[tokio::test]
 async fn rebuild_while_building_is_refused() {
     let s = Server::start(&[("LUNA_LAMBDA_BUILDS_MAX_CONCURRENT", "1")]);
-    // Builds queue behind one slot, so the last of several is still pending or running.
+    // Builds of distinct components (real compiles) queue behind one slot, so the
+    // last of several is still pending when it is asked to rebuild.
     let mut ids = Vec::new();
-    for i in 0..4 {
+    for i in 0..6 {
         ids.push(
-            s.create(ACCOUNT, &format!("q{i}"), fixture_zip(), None)
+            s.create(ACCOUNT, &format!("q{i}"), distinct_fixture_zip(i), None)
                 .await,
         );
     }

@@ -20,14 +20,11 @@ async fn kill_9_loses_nothing_acknowledged() {
     // kill while they are pending or compiling.
     let mut queued = Vec::new();
     for i in 0..4u8 {
-        let mut wasm = fixture_wasm().to_vec();
-        // A custom section makes each component distinct without changing behaviour.
-        wasm.extend_from_slice(&[0, 7, 5, b'p', b'a', b'd', b'-', b'x', i]);
         queued.push(
             s.create(
                 ACCOUNT,
                 &format!("queued{i}"),
-                zip_of(&[("lambda.wasm", &wasm)]),
+                distinct_fixture_zip(i),
                 None,
             )
             .await,

@@ -61,6 +61,14 @@ pub fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     out.into_inner()
 }
 
+/// The fixture with a custom section appended: the same behaviour, a distinct
+/// component (so its build is a real compile, not a cache hit).
+pub fn distinct_fixture_zip(tag: u8) -> Vec<u8> {
+    let mut wasm = fixture_wasm().to_vec();
+    wasm.extend_from_slice(&[0, 7, 5, b'p', b'a', b'd', b'-', b'x', tag]);
+    zip_of(&[("lambda.wasm", &wasm)])
+}
+
 /// The fixture packed as a lambda archive.
 pub fn fixture_zip() -> Vec<u8> {
     zip_of(&[("lambda.wasm", fixture_wasm())])
