@@ -134,6 +134,10 @@ pub struct EngineSettings {
     pub pool_instances: u32,
     /// Epoch tick period: the granularity of request deadlines.
     pub epoch_tick_ms: u64,
+    /// Freed pool slots returned to the OS per batch (fewer TLB shootdowns).
+    pub decommit_batch_size: usize,
+    /// Bytes of each linear memory reset with memset instead of madvise on reuse.
+    pub memory_keep_resident_kb: usize,
 }
 
 /// Build jobs.
@@ -213,6 +217,8 @@ impl Default for EngineSettings {
             pooling: true,
             pool_instances: 1000,
             epoch_tick_ms: 5,
+            decommit_batch_size: 32,
+            memory_keep_resident_kb: 0,
         }
     }
 }

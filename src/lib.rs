@@ -56,6 +56,9 @@ pub enum StartupError {
     /// Recovery after restart failed.
     #[error("recovery: {0}")]
     Recover(#[from] lifecycle::LifecycleError),
+    /// A service thread could not be started.
+    #[error("cannot start a service thread: {0}")]
+    Thread(std::io::Error),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(String),
@@ -95,7 +98,8 @@ impl Server {
             store.clone(),
             config.logs.max_lines_per_lambda,
             config.logs.max_line_bytes,
-        );
+        )
+        .map_err(StartupError::Thread)?;
         let lifecycle = lifecycle::Lifecycle::new(
             config.clone(),
             store,

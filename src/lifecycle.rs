@@ -164,6 +164,11 @@ impl Lifecycle {
         &self.store
     }
 
+    /// The lambda log sink (metrics).
+    pub fn logs(&self) -> &LogSink {
+        &self.logs
+    }
+
     /// The engine (metrics).
     pub fn engine(&self) -> &WasmEngine {
         &self.engine

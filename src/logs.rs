@@ -1,10 +1,10 @@
 //! Lambda logs: a bounded, non-blocking sink the hot path writes guest output to,
-//! drained by one background task that batches lines into the store.
+//! drained by one writer thread that group-commits lines into the store.
 //! Depends on `model` and `store`.
 
 use std::collections::HashMap;
-
-use tokio::sync::mpsc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
 
 use crate::model::LambdaId;
 use crate::store::Store;
@@ -13,7 +13,10 @@ use crate::store::Store;
 /// (and counted) rather than slowing requests down.
 const QUEUE_LINES: usize = 65_536;
 /// Lines written per store batch.
-const BATCH_LINES: usize = 1024;
+const BATCH_LINES: usize = 4096;
+/// After the first line of a batch, wait this long for more: one store write and
+/// one thread wake-up per window instead of per line.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
 
 /// One line for a lambda's log.
 #[derive(Debug)]
@@ -25,16 +28,32 @@ struct LogLine {
 /// Cloneable handle the runtime and lifecycle write lambda log lines to.
 #[derive(Debug, Clone)]
 pub struct LogSink {
-    tx: mpsc::Sender<LogLine>,
+    tx: SyncSender<LogLine>,
     max_line_bytes: usize,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LogSink {
-    /// Starts the writer task; it ends when every sink is dropped.
-    pub fn start(store: Store, keep_per_lambda: usize, max_line_bytes: usize) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE_LINES);
-        tokio::spawn(write_loop(store, rx, keep_per_lambda));
-        Self { tx, max_line_bytes }
+    /// Starts the writer thread; it ends when every sink is dropped.
+    pub fn start(
+        store: Store,
+        keep_per_lambda: usize,
+        max_line_bytes: usize,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = sync_channel(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name("lambda-logs".into())
+            .spawn(move || write_loop(&store, &rx, keep_per_lambda))?;
+        Ok(Self {
+            tx,
+            max_line_bytes,
+            dropped: std::sync::Arc::default(),
+        })
+    }
+
+    /// Lines dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues a line stamped with the time; never blocks. Returns false if dropped.
@@ -52,56 +71,60 @@ impl LogSink {
             "{} {text}",
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         );
-        self.tx
-            .try_send(LogLine {
-                lambda,
-                text: stamped,
-            })
-            .is_ok()
+        match self.tx.try_send(LogLine {
+            lambda,
+            text: stamped,
+        }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+        }
     }
 }
 
-async fn write_loop(store: Store, mut rx: mpsc::Receiver<LogLine>, keep: usize) {
-    let mut buf = Vec::with_capacity(BATCH_LINES);
+fn write_loop(store: &Store, rx: &Receiver<LogLine>, keep: usize) {
     // Lines stored per lambda, counted once, then tracked here: trimming must not
     // rescan a lambda's whole log on every batch.
     let mut counts: HashMap<LambdaId, usize> = HashMap::new();
-    while rx.recv_many(&mut buf, BATCH_LINES).await > 0 {
+    while let Ok(first) = rx.recv() {
         let mut by_lambda: HashMap<LambdaId, Vec<String>> = HashMap::new();
-        for line in buf.drain(..) {
-            by_lambda.entry(line.lambda).or_default().push(line.text);
+        by_lambda.entry(first.lambda).or_default().push(first.text);
+        let deadline = Instant::now() + BATCH_WINDOW;
+        let mut taken = 1;
+        while taken < BATCH_LINES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    by_lambda.entry(line.lambda).or_default().push(line.text);
+                    taken += 1;
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
         }
-        let store = store.clone();
-        let mut batch_counts = std::mem::take(&mut counts);
-        let written = tokio::task::spawn_blocking(move || {
-            for (lambda, lines) in by_lambda {
-                // Lines of a lambda deleted meanwhile must not outlive it.
-                if !matches!(store.lambda_exists(lambda), Ok(true)) {
-                    batch_counts.remove(&lambda);
-                    continue;
-                }
-                let count = batch_counts
-                    .entry(lambda)
-                    .or_insert_with(|| store.count_logs(lambda));
-                if let Err(e) = store.append_logs(lambda, &lines) {
-                    tracing::error!(%lambda, error = %e, "cannot store lambda log lines");
-                    continue;
-                }
-                *count += lines.len();
-                // Trim in steps (keep + 1/8) so a busy lambda does not trim every batch.
-                if *count > keep + keep / 8 {
-                    match store.trim_logs(lambda, *count - keep) {
-                        Ok(()) => *count = keep,
-                        Err(e) => tracing::error!(%lambda, error = %e, "cannot trim lambda logs"),
-                    }
+        for (lambda, lines) in by_lambda {
+            // Lines of a lambda deleted meanwhile must not outlive it.
+            if !matches!(store.lambda_exists(lambda), Ok(true)) {
+                counts.remove(&lambda);
+                continue;
+            }
+            let count = counts
+                .entry(lambda)
+                .or_insert_with(|| store.count_logs(lambda));
+            if let Err(e) = store.append_logs(lambda, &lines) {
+                tracing::error!(%lambda, error = %e, "cannot store lambda log lines");
+                continue;
+            }
+            *count += lines.len();
+            // Trim in steps (keep + 1/8) so a busy lambda does not trim every batch.
+            if *count > keep + keep / 8 {
+                match store.trim_logs(lambda, *count - keep) {
+                    Ok(()) => *count = keep,
+                    Err(e) => tracing::error!(%lambda, error = %e, "cannot trim lambda logs"),
                 }
             }
-            batch_counts
-        })
-        .await;
-        match written {
-            Ok(c) => counts = c,
-            Err(e) => tracing::error!(error = %e, "lambda log writer failed"),
         }
     }
 }

@@ -587,6 +587,10 @@ pub(super) async fn metrics(State(state): State<AppState>, RawQuery(q): RawQuery
             ("compile_cache_hits", to_i64(engine.cache_hits())),
             ("compile_cache_misses", to_i64(engine.cache_misses())),
             ("pooling_allocator", i64::from(engine.pooling())),
+            (
+                "log_lines_dropped",
+                i64::try_from(state.lifecycle.logs().dropped()).unwrap_or(i64::MAX),
+            ),
         ],
     );
     Ok(typed("text/plain; version=0.0.4; charset=utf-8", text))

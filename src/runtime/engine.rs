@@ -79,7 +79,9 @@ impl WasmEngine {
                 .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
                 .max_memories_per_component(MEMORIES_PER_COMPONENT)
                 .max_tables_per_component(MEMORIES_PER_COMPONENT)
-                .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
+                .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
+                .decommit_batch_size(settings.engine.decommit_batch_size.max(1))
+                .linear_memory_keep_resident(settings.engine.memory_keep_resident_kb * 1024);
             let mut config = base_config(&cache);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
             match Engine::new(&config) {
