@@ -5,7 +5,8 @@
     (the same archive uploaded again as a new lambda);
   * requests/s and latency of the hello route through the proxy at concurrency 1 and 32
     (wrk, release build, server and load generator sharing the machine's cores);
-  * the server's RSS with 100 idle WASM lambdas loaded.
+  * the server's RSS with 100 idle WASM lambdas loaded (one shared component, then 100
+    distinct components).
 
 Usage (from the repository root):  python3 benches/foundation.py
 Needs: a Rust toolchain with the wasm32-wasip2 target, curl, wrk (apt-get install wrk).
@@ -39,10 +40,18 @@ def build():
     run("cargo", "build", "--release", "--target", "wasm32-wasip2", "-p", "hello")
 
 
-def pack(workdir):
-    path = os.path.join(workdir, "hello.zip")
+def pack(workdir, tag=None):
+    """The hello archive; with a tag, a distinct component (a custom section added)."""
+    with open(os.path.join(ROOT, "target/wasm32-wasip2/release/hello.wasm"), "rb") as f:
+        wasm = f.read()
+    name = "hello.zip"
+    if tag is not None:
+        payload = b"\x05bench" + tag.to_bytes(4, "little")
+        wasm += bytes([0, len(payload)]) + payload
+        name = f"hello-{tag}.zip"
+    path = os.path.join(workdir, name)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        z.write(os.path.join(ROOT, "target/wasm32-wasip2/release/hello.wasm"), "lambda.wasm")
+        z.writestr("lambda.wasm", wasm)
     return path
 
 
@@ -141,6 +150,14 @@ def main():
         after = rss_mib(proc.pid)
         rows.append((f"RSS with {IDLE_LAMBDAS + 2} idle lambdas loaded", f"{after:.1f} MiB"))
         rows.append((f"RSS added by {IDLE_LAMBDAS} idle lambdas (shared component)",
+                     f"{after - before:.1f} MiB ({(after - before) * 1024 / IDLE_LAMBDAS:.0f} KiB each)"))
+        before = after
+        ids = [create(base, pack(work, i), f"distinct{i}")["lambda_id"] for i in range(IDLE_LAMBDAS)]
+        for i in ids:
+            wait_running(base, i)
+        after = rss_mib(proc.pid)
+        rows.append((f"RSS with {2 * IDLE_LAMBDAS + 2} idle lambdas loaded", f"{after:.1f} MiB"))
+        rows.append((f"RSS added by {IDLE_LAMBDAS} idle lambdas (distinct components)",
                      f"{after - before:.1f} MiB ({(after - before) * 1024 / IDLE_LAMBDAS:.0f} KiB each)"))
     finally:
         proc.terminate()

@@ -138,6 +138,8 @@ pub struct EngineSettings {
     pub decommit_batch_size: usize,
     /// Bytes of each linear memory reset with memset instead of madvise on reuse.
     pub memory_keep_resident_kb: usize,
+    /// Map memory images copy-on-write (else copy initial data per instance).
+    pub memory_init_cow: bool,
 }
 
 /// Build jobs.
@@ -219,6 +221,7 @@ impl Default for EngineSettings {
             epoch_tick_ms: 5,
             decommit_batch_size: 32,
             memory_keep_resident_kb: 0,
+            memory_init_cow: true,
         }
     }
 }

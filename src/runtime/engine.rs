@@ -47,13 +47,13 @@ impl std::fmt::Debug for WasmEngine {
     }
 }
 
-fn base_config(cache: &Cache) -> Config {
+fn base_config(cache: &Cache, settings: &ServiceConfig) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.cranelift_opt_level(OptLevel::Speed);
     // Copy-on-write memory images make each fresh instance cheap to create.
-    config.memory_init_cow(true);
+    config.memory_init_cow(settings.engine.memory_init_cow);
     config.cache(Some(cache.clone()));
     config
 }
@@ -82,7 +82,7 @@ impl WasmEngine {
                 .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
                 .decommit_batch_size(settings.engine.decommit_batch_size.max(1))
                 .linear_memory_keep_resident(settings.engine.memory_keep_resident_kb * 1024);
-            let mut config = base_config(&cache);
+            let mut config = base_config(&cache, settings);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
             match Engine::new(&config) {
                 Ok(e) => {
@@ -97,7 +97,7 @@ impl WasmEngine {
         }
         let engine = match engine {
             Some(e) => e,
-            None => Engine::new(&base_config(&cache))
+            None => Engine::new(&base_config(&cache, settings))
                 .map_err(|e| RuntimeError::Engine(e.to_string()))?,
         };
 
