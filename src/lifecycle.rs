@@ -339,7 +339,7 @@ impl Lifecycle {
         if self.store.save_lambda(&record, Some(&old_name))?.is_err() {
             return Err(LifecycleError::NameTaken(record.lambda_name));
         }
-        self.queue_build(
+        let replaced = self.queue_build(
             &record,
             BuildKind::Recreate,
             spec,
@@ -348,6 +348,8 @@ impl Lifecycle {
         self.store.flush().await?;
         tracing::info!(lambda = %id, version = %next, "lambda recreate accepted");
         self.spawn_build(id);
+        drop(_no_gc);
+        self.collect_spec_garbage(replaced).await?;
         Ok(next)
     }
 
@@ -363,7 +365,7 @@ impl Lifecycle {
         if !record.deployed {
             record.status = LambdaStatus::Waiting;
         }
-        self.queue_build(
+        let replaced = self.queue_build(
             &record,
             BuildKind::Update,
             spec,
@@ -373,6 +375,7 @@ impl Lifecycle {
         self.store.flush().await?;
         tracing::info!(lambda = %id, version = %next, "lambda update accepted");
         self.spawn_build(id);
+        self.collect_spec_garbage(replaced).await?;
         Ok(next)
     }
 
@@ -387,13 +390,15 @@ impl Lifecycle {
         Ok(last_built.max(record.current.version).next())
     }
 
+    /// Saves a pending build job; returns the spec of the job it replaces.
     fn queue_build(
         &self,
         record: &LambdaRecord,
         kind: BuildKind,
         spec: LambdaSpec,
         why: &str,
-    ) -> Result<()> {
+    ) -> Result<Option<LambdaSpec>> {
+        let replaced = self.store.build(record.lambda_id)?.map(|b| b.spec);
         self.store.save_build(&BuildRecord {
             lambda_id: record.lambda_id,
             kind,
@@ -403,7 +408,19 @@ impl Lifecycle {
             finished: None,
             logs: vec![stamp(why)],
         })?;
-        Ok(())
+        Ok(replaced)
+    }
+
+    /// Removes what a spec no longer in use referenced (if nothing else does).
+    async fn collect_spec_garbage(&self, spec: Option<LambdaSpec>) -> Result<()> {
+        match spec {
+            Some(spec) => {
+                let components: Vec<String> = spec.wasm_digest.into_iter().collect();
+                self.collect_garbage(&[spec.archive_digest], &components)
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Renames or re-describes a lambda.
@@ -767,15 +784,16 @@ impl Lifecycle {
         started: Instant,
     ) {
         let lock = self.lock(id);
-        let _guard = lock.lock().await;
+        let guard = lock.lock().await;
         let Ok(Some(mut record)) = self.store.lambda(id) else {
             return; // deleted meanwhile
         };
         let version = build.spec.version;
+        let mut superseded = None;
         match outcome {
             Ok(loaded) => {
                 self.registry.swap_in(loaded);
-                record.current = build.spec.clone();
+                superseded = Some(std::mem::replace(&mut record.current, build.spec.clone()));
                 record.deployed = true;
                 record.status = LambdaStatus::Running;
                 build.status = ImageStatus::Completed;
@@ -812,6 +830,11 @@ impl Lifecycle {
         }
         if let Err(e) = self.store.flush().await {
             tracing::error!(lambda = %id, error = %e, "cannot flush store after build");
+        }
+        drop(guard);
+        // The version that stopped serving may have been the last user of its files.
+        if let Err(e) = self.collect_spec_garbage(superseded).await {
+            tracing::error!(lambda = %id, error = %e, "cannot collect the superseded version's files");
         }
     }
 

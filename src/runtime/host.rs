@@ -10,7 +10,7 @@ use bytes::Bytes;
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -237,13 +237,4 @@ impl tokio::io::AsyncWrite for AsyncLineWriter {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-}
-
-/// Keeps `StreamError` in the public vocabulary of this module for callers matching on it.
-#[allow(
-    dead_code,
-    reason = "documents the error type guests see on a closed log stream"
-)]
-fn closed() -> StreamError {
-    StreamError::Closed
 }

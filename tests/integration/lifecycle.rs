@@ -340,3 +340,49 @@ async fn image_job_expires_after_retention() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_replaced_version_leaves_no_files_behind() {
+    let s = Server::start(&[]);
+    let id = s
+        .create(ACCOUNT, "replaced", distinct_fixture_zip(1), None)
+        .await;
+    s.wait_status(&id, "running").await;
+    let r = recreate(&s, &id, distinct_fixture_zip(2), json!({})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.wait_image(&id).await, "completed");
+    assert_eq!(serving_version(&s, &id).await, 2);
+    // Only version 2's archive and compiled artifact remain.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let archives = std::fs::read_dir(s.data_dir.join("archives"))
+            .unwrap()
+            .count();
+        if archives == 1 && compiled_artifacts(&s.data_dir) == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{archives} archives, {} artifacts",
+            compiled_artifacts(&s.data_dir)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    // A failed rebuild of another archive keeps its files until the next build.
+    assert_eq!(
+        recreate(&s, &id, broken_component(), json!({}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(s.wait_image(&id).await, "error");
+    assert_eq!(update(&s, &id).await.status(), 200);
+    assert_eq!(s.wait_image(&id).await, "completed");
+    assert_eq!(
+        std::fs::read_dir(s.data_dir.join("archives"))
+            .unwrap()
+            .count(),
+        1,
+        "the failed build's archive is gone once no job references it"
+    );
+}
