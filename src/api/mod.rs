@@ -149,6 +149,15 @@ where
         method = %request.method(),
         path = %request.uri().path(),
     );
+    // An error answered before the body was read leaves unread bytes on the
+    // connection: close it, and say so, so the client does not reuse it.
+    let has_body = request
+        .headers()
+        .contains_key(http::header::TRANSFER_ENCODING)
+        || request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     async move {
         let method = request.method().clone();
         let mut response = if let Some(detail) = bad_header {
@@ -157,9 +166,7 @@ where
             let target = target.into_owned();
             crate::proxy::handle(&state, request, target, &request_id).await
         } else {
-            let mut request = request.map(Body::new);
-            request.extensions_mut().insert(request_id.clone());
-            match router.oneshot(request).await {
+            match router.oneshot(request.map(Body::new)).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             }
@@ -169,6 +176,11 @@ where
         }
         let status = response.status();
         let code = response.extensions().get::<error::ErrorCode>().map(|c| c.0);
+        if has_body && code.is_some() {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let template = response
             .extensions()
             .get::<RouteTemplate>()

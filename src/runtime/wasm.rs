@@ -194,7 +194,10 @@ impl LoadedLambda {
             }
             Err(_) => {
                 // Waiting on I/O is not caught by epochs; the host timer ends it.
+                // Awaiting the aborted task means its store and permit are gone before
+                // the caller hears of the timeout.
                 guest.abort();
+                let _ = guest.await;
                 Err(InvokeError::Timeout(deadline))
             }
         };

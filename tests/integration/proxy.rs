@@ -252,9 +252,10 @@ async fn concurrency_limit_sheds_load() {
     // The slow request may itself be refused while a probe holds the permit: retry it.
     let slow = tokio::spawn(async move {
         loop {
-            let status = s2.proxy(Method::GET, &id2, "/sleep").await.status();
+            let r = s2.proxy(Method::GET, &id2, "/sleep").await;
+            let status = r.status();
             if status != 503 {
-                return status;
+                return (status, r.text().await.unwrap_or_default());
             }
         }
     });
@@ -272,7 +273,8 @@ async fn concurrency_limit_sheds_load() {
             "the limit never applied"
         );
     }
-    assert_eq!(slow.await.unwrap(), 504);
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, 504, "{body}");
     assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
 }
 
