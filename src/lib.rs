@@ -179,6 +179,9 @@ impl Server {
         {
             tracing::warn!("grace period over; closing remaining connections");
         }
+        // Lines guests wrote just before the shutdown are still in the writer's batch.
+        let logs = state.lifecycle.logs().clone();
+        let _ = tokio::task::spawn_blocking(move || logs.flush(Duration::from_secs(5))).await;
         state.lifecycle.store().flush().await?;
         Ok(())
     }

@@ -18,17 +18,19 @@ const BATCH_LINES: usize = 4096;
 /// one thread wake-up per window instead of per line.
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
 
-/// One line for a lambda's log.
+/// What the writer receives.
 #[derive(Debug)]
-struct LogLine {
-    lambda: LambdaId,
-    text: String,
+enum Message {
+    /// One line for a lambda's log.
+    Line { lambda: LambdaId, text: String },
+    /// Store everything received so far, then acknowledge.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 /// Cloneable handle the runtime and lifecycle write lambda log lines to.
 #[derive(Debug, Clone)]
 pub struct LogSink {
-    tx: SyncSender<LogLine>,
+    tx: SyncSender<Message>,
     max_line_bytes: usize,
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -51,6 +53,24 @@ impl LogSink {
         })
     }
 
+    /// Waits (blocking, bounded) until every line queued so far is in the store.
+    pub fn flush(&self, timeout: Duration) {
+        let (ack, done) = std::sync::mpsc::channel();
+        let deadline = Instant::now() + timeout;
+        let mut message = Message::Flush(ack);
+        loop {
+            match self.tx.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    message = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
+
     /// Lines dropped because the writer could not keep up.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(std::sync::atomic::Ordering::Relaxed)
@@ -71,7 +91,7 @@ impl LogSink {
             "{} {text}",
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         );
-        match self.tx.try_send(LogLine {
+        match self.tx.try_send(Message::Line {
             lambda,
             text: stamped,
         }) {
@@ -85,45 +105,63 @@ impl LogSink {
     }
 }
 
-fn write_loop(store: &Store, rx: &Receiver<LogLine>, keep: usize) {
+fn write_loop(store: &Store, rx: &Receiver<Message>, keep: usize) {
     // Lines stored per lambda, counted once, then tracked here: trimming must not
     // rescan a lambda's whole log on every batch.
     let mut counts: HashMap<LambdaId, usize> = HashMap::new();
     while let Ok(first) = rx.recv() {
         let mut by_lambda: HashMap<LambdaId, Vec<String>> = HashMap::new();
-        by_lambda.entry(first.lambda).or_default().push(first.text);
+        let mut acks = Vec::new();
+        let mut take =
+            |message: Message, by_lambda: &mut HashMap<LambdaId, Vec<String>>| match message {
+                Message::Line { lambda, text } => by_lambda.entry(lambda).or_default().push(text),
+                Message::Flush(ack) => acks.push(ack),
+            };
+        take(first, &mut by_lambda);
         let deadline = Instant::now() + BATCH_WINDOW;
         let mut taken = 1;
         while taken < BATCH_LINES {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) => {
-                    by_lambda.entry(line.lambda).or_default().push(line.text);
+                Ok(message) => {
+                    take(message, &mut by_lambda);
                     taken += 1;
                 }
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        for (lambda, lines) in by_lambda {
-            // Lines of a lambda deleted meanwhile must not outlive it.
-            if !matches!(store.lambda_exists(lambda), Ok(true)) {
-                counts.remove(&lambda);
-                continue;
-            }
-            let count = counts
-                .entry(lambda)
-                .or_insert_with(|| store.count_logs(lambda));
-            if let Err(e) = store.append_logs(lambda, &lines) {
-                tracing::error!(%lambda, error = %e, "cannot store lambda log lines");
-                continue;
-            }
-            *count += lines.len();
-            // Trim in steps (keep + 1/8) so a busy lambda does not trim every batch.
-            if *count > keep + keep / 8 {
-                match store.trim_logs(lambda, *count - keep) {
-                    Ok(()) => *count = keep,
-                    Err(e) => tracing::error!(%lambda, error = %e, "cannot trim lambda logs"),
-                }
+        write_batch(store, by_lambda, &mut counts, keep);
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+}
+
+fn write_batch(
+    store: &Store,
+    by_lambda: HashMap<LambdaId, Vec<String>>,
+    counts: &mut HashMap<LambdaId, usize>,
+    keep: usize,
+) {
+    for (lambda, lines) in by_lambda {
+        // Lines of a lambda deleted meanwhile must not outlive it.
+        if !matches!(store.lambda_exists(lambda), Ok(true)) {
+            counts.remove(&lambda);
+            continue;
+        }
+        let count = counts
+            .entry(lambda)
+            .or_insert_with(|| store.count_logs(lambda));
+        if let Err(e) = store.append_logs(lambda, &lines) {
+            tracing::error!(%lambda, error = %e, "cannot store lambda log lines");
+            continue;
+        }
+        *count += lines.len();
+        // Trim in steps (keep + 1/8) so a busy lambda does not trim every batch.
+        if *count > keep + keep / 8 {
+            match store.trim_logs(lambda, *count - keep) {
+                Ok(()) => *count = keep,
+                Err(e) => tracing::error!(%lambda, error = %e, "cannot trim lambda logs"),
             }
         }
     }

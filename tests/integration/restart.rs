@@ -87,6 +87,15 @@ async fn kill_9_loses_nothing_acknowledged() {
     assert_eq!(r.json::<Value>().await.unwrap()["version"], 2);
     s.wait_status(last, "running").await;
 
-    // Graceful shutdown exits 0.
+    // Graceful shutdown exits 0 and keeps the guest output of the last requests.
+    let r = s.proxy(Method::GET, &running, "/hello").await;
+    let rid = r.headers()["luna-request-id"].to_str().unwrap().to_owned();
     assert!(s.terminate().success());
+    let s = Server::start_in(&dir, &env);
+    let (_, logs) = s.get_json(&format!("/1/lambdas/{running}/logs")).await;
+    assert!(
+        logs.to_string()
+            .contains(&format!("[{rid}] stdout: hello called")),
+        "{logs}"
+    );
 }
