@@ -188,7 +188,7 @@ impl Lifecycle {
         let config = self.config.clone();
         let engine = self.engine.clone();
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        let outcome = tokio::task::spawn_blocking(move || {
             let check = builder::check_upload(
                 &config,
                 &parameters,
@@ -204,17 +204,23 @@ impl Lifecycle {
                 && let Some(wasm) = &check.archive.wasm
             {
                 let component = builder::wasm::check_component(&engine, wasm);
-                // Compiled now, so a create of the same component is a cache hit; an
-                // artifact no lambda adopts is collected at the next start.
+                let digest = builder::digest(wasm);
                 if let Some(compiled) = &component.compiled {
-                    store.add_artifacts(&builder::digest(wasm), &compiled.artifacts)?;
+                    store.add_artifacts(&digest, &compiled.artifacts)?;
                 }
                 problems.extend(component.problems);
+                return Ok((problems, Some(digest)));
             }
-            Ok(problems)
+            Ok((problems, None))
         })
         .await
-        .map_err(|e| LifecycleError::Task(e.to_string()))?
+        .map_err(|e| LifecycleError::Task(e.to_string()))??;
+        // Validation must not grow the cache: what no lambda uses goes at once.
+        if let (_, Some(digest)) = &outcome {
+            self.collect_garbage(&[], std::slice::from_ref(digest))
+                .await?;
+        }
+        Ok(outcome.0)
     }
 
     async fn check(&self, upload: &Upload, name_required: bool) -> Result<UploadCheck> {
@@ -301,6 +307,9 @@ impl Lifecycle {
         })?;
         if self.store.save_lambda(&record, None)?.is_err() {
             self.store.delete_lambda(&record)?;
+            drop(_no_gc);
+            self.collect_garbage(&[record.current.archive_digest], &[])
+                .await?;
             return Err(LifecycleError::NameTaken(name));
         }
         self.store.flush().await?;
@@ -317,6 +326,8 @@ impl Lifecycle {
         id: LambdaId,
         upload: Upload,
     ) -> Result<Version> {
+        // Unknown ids must not leave lock entries behind.
+        self.owned(id, Some(account))?;
         let lock = self.lock(id);
         let _guard = lock.lock().await;
         let mut record = self.owned(id, Some(account))?;
@@ -355,6 +366,8 @@ impl Lifecycle {
 
     /// Rebuilds the current archive and parameters on the current engine.
     pub async fn update(self: &Arc<Self>, account: AccountId, id: LambdaId) -> Result<Version> {
+        // Unknown ids must not leave lock entries behind.
+        self.owned(id, Some(account))?;
         let lock = self.lock(id);
         let _guard = lock.lock().await;
         let mut record = self.owned(id, Some(account))?;
@@ -431,6 +444,8 @@ impl Lifecycle {
         name: Option<LambdaName>,
         description: Option<String>,
     ) -> Result<()> {
+        // Unknown ids must not leave lock entries behind.
+        self.owned(id, Some(account))?;
         let lock = self.lock(id);
         let _guard = lock.lock().await;
         let mut record = self.owned(id, Some(account))?;
@@ -451,6 +466,7 @@ impl Lifecycle {
 
     /// Stops serving at once and removes everything the lambda owns.
     pub async fn delete(&self, account: Option<AccountId>, id: LambdaId) -> Result<()> {
+        self.owned(id, account)?;
         let lock = self.lock(id);
         let guard = lock.lock().await;
         let record = self.owned(id, account)?;
@@ -460,6 +476,11 @@ impl Lifecycle {
         }
         let build = self.store.build(id)?;
         self.store.delete_lambda(&record)?;
+        // Requests still finishing may have queued lines: let the writer drain them
+        // (it skips deleted lambdas from now on), then sweep once more.
+        let logs = self.logs.clone();
+        let _ = tokio::task::spawn_blocking(move || logs.flush(Duration::from_secs(1))).await;
+        self.store.delete_logs(id)?;
         self.store.flush().await?;
         self.metrics.forget_lambda(id);
         drop(guard);
@@ -620,6 +641,10 @@ impl Lifecycle {
             build.logs.remove(0);
         }
         build.logs.push(stamp(line));
+        // An aborted build of a deleted lambda must not bring its job record back.
+        if !matches!(self.store.lambda_exists(build.lambda_id), Ok(true)) {
+            return;
+        }
         if let Err(e) = self.store.save_build(build) {
             tracing::error!(lambda = %build.lambda_id, error = %e, "cannot save build job");
         }

@@ -111,10 +111,11 @@ pub fn require_json_content(headers: &HeaderMap) -> Result<(), ApiError> {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if mime_of(ct) == "application/json" {
-        Ok(())
-    } else {
-        Err(ApiError::no_json())
+    match mime_of(ct).as_str() {
+        "application/json" => Ok(()),
+        // No body type at all: the request carries no JSON.
+        "" => Err(ApiError::no_json()),
+        _ => Err(ApiError::bad_content_type("application/json")),
     }
 }
 
@@ -235,14 +236,22 @@ pub fn negotiate(
         return default.ok_or_else(|| ApiError::unsupported_accept(supported));
     }
     for item in accept.split(',') {
+        // `q=0` means "not acceptable".
+        let refused = item.split(';').skip(1).any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        if refused {
+            continue;
+        }
         let mime = mime_of(item);
         if let Some(found) = supported.iter().find(|s| **s == mime) {
             return Ok(found);
         }
-        if (mime == "*/*" || mime.is_empty())
-            && let Some(d) = default
-        {
-            return Ok(d);
+        if mime == "*/*" {
+            return Ok(default.unwrap_or(supported[0]));
         }
     }
     Err(ApiError::unsupported_accept(supported))
@@ -301,6 +310,13 @@ mod tests {
             negotiate(&h, &[yaml, "text/html"], None).unwrap(),
             "text/html"
         );
+        h.insert(http::header::ACCEPT, "*/*".parse().unwrap());
+        assert_eq!(negotiate(&h, &[yaml, "text/html"], None).unwrap(), yaml);
+        h.insert(
+            http::header::ACCEPT,
+            "text/html;q=0, application/x-yaml".parse().unwrap(),
+        );
+        assert_eq!(negotiate(&h, &["text/html", yaml], None).unwrap(), yaml);
         h.insert(http::header::ACCEPT, "image/png".parse().unwrap());
         assert_eq!(negotiate(&h, &[yaml], Some(yaml)).unwrap_err().code, 12024);
     }

@@ -121,6 +121,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The method as a metrics label: arbitrary extension methods share one series.
+pub fn metric_method(method: &http::Method) -> &str {
+    match *method {
+        http::Method::GET
+        | http::Method::POST
+        | http::Method::PUT
+        | http::Method::PATCH
+        | http::Method::DELETE
+        | http::Method::HEAD
+        | http::Method::OPTIONS => method.as_str(),
+        _ => "OTHER",
+    }
+}
+
 /// Serves one request: request id, span, proxy fast path or router, metrics.
 pub async fn dispatch<B>(
     state: AppState,
@@ -184,7 +198,10 @@ where
         let template = response
             .extensions()
             .get::<RouteTemplate>()
-            .map_or_else(|| format!("{method}:unknown"), |t| t.0.clone());
+            .map_or_else(
+                || format!("{}:unknown", metric_method(&method)),
+                |t| t.0.clone(),
+            );
         state
             .metrics
             .request(&template, status.as_u16(), code, started.elapsed());

@@ -110,7 +110,10 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
-    let template = format!("{}{TEMPLATE_SUFFIX}", request.method());
+    let template = format!(
+        "{}{TEMPLATE_SUFFIX}",
+        crate::api::metric_method(request.method())
+    );
     let mut lambda_for_metrics = None;
     let mut response =
         match forward(state, request, &target, request_id, &mut lambda_for_metrics).await {

@@ -168,6 +168,11 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             },
         ))?;
+        self.delete_logs(id)
+    }
+
+    /// Removes every log line of a lambda.
+    pub fn delete_logs(&self, id: LambdaId) -> Result<(), StoreError> {
         for key in self.logs.scan_prefix(id.as_bytes()).keys() {
             self.logs.remove(key?)?;
         }

@@ -547,6 +547,24 @@ async fn get_head_patch_and_delete() {
         .unwrap();
     assert_error(r, 400, 12002).await;
     let r = patch(&id, Some(ACCOUNT))
+        .header("Content-Type", "text/plain")
+        .body("plain")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, 12017).await;
+    let r = s
+        .http
+        .get(s.url("/1/docs/spec"))
+        .header("Accept", "*/*")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.text().await.unwrap().starts_with("openapi:"),
+        "curl's */* gets YAML"
+    );
+    let r = patch(&id, Some(ACCOUNT))
         .json(&json!({"lambda_name": "a b"}))
         .send()
         .await
