@@ -179,7 +179,7 @@ impl Lifecycle {
     }
 
     /// Checks an upload without storing anything: every problem, including the
-    /// component's (compiled into the cache, so a later create is a cache hit).
+    /// component's (compiled, then its artifact dropped unless a lambda already uses it).
     pub async fn validate(
         &self,
         parameters: Parameters,
