@@ -143,22 +143,19 @@ def main():
             rows.append((f"hello via proxy, concurrency {conns}: p50 / p99", f"{p50} / {p99}"))
             if errors:
                 rows.append((f"hello via proxy, concurrency {conns}: non-2xx", str(errors)))
-        before = rss_mib(proc.pid)
-        ids = [create(base, archive, f"idle{i}")["lambda_id"] for i in range(IDLE_LAMBDAS)]
-        for i in ids:
-            wait_running(base, i)
-        after = rss_mib(proc.pid)
-        rows.append((f"RSS with {IDLE_LAMBDAS + 2} idle lambdas loaded", f"{after:.1f} MiB"))
-        rows.append((f"RSS added by {IDLE_LAMBDAS} idle lambdas (shared component)",
-                     f"{after - before:.1f} MiB ({(after - before) * 1024 / IDLE_LAMBDAS:.0f} KiB each)"))
-        before = after
-        ids = [create(base, pack(work, i), f"distinct{i}")["lambda_id"] for i in range(IDLE_LAMBDAS)]
-        for i in ids:
-            wait_running(base, i)
-        after = rss_mib(proc.pid)
-        rows.append((f"RSS with {2 * IDLE_LAMBDAS + 2} idle lambdas loaded", f"{after:.1f} MiB"))
-        rows.append((f"RSS added by {IDLE_LAMBDAS} idle lambdas (distinct components)",
-                     f"{after - before:.1f} MiB ({(after - before) * 1024 / IDLE_LAMBDAS:.0f} KiB each)"))
+        loaded = 2
+        for kind, archive_of in (("shared component", lambda i: archive),
+                                 ("distinct components", lambda i: pack(work, i))):
+            before = rss_mib(proc.pid)
+            ids = [create(base, archive_of(i), f"{kind.split()[0]}{i}")["lambda_id"]
+                   for i in range(IDLE_LAMBDAS)]
+            for i in ids:
+                wait_running(base, i)
+            after = rss_mib(proc.pid)
+            loaded += IDLE_LAMBDAS
+            rows.append((f"RSS with {loaded} idle lambdas loaded", f"{after:.1f} MiB"))
+            rows.append((f"RSS added by {IDLE_LAMBDAS} idle lambdas ({kind})",
+                         f"{after - before:.1f} MiB ({(after - before) * 1024 / IDLE_LAMBDAS:.0f} KiB each)"))
     finally:
         proc.terminate()
         proc.wait()

@@ -685,30 +685,10 @@ impl Lifecycle {
         build: &mut BuildRecord,
         record_account: AccountId,
     ) -> std::result::Result<Arc<LoadedLambda>, String> {
-        let spec = build.spec.clone();
-        if spec.runtime != Runtime::Wasm {
+        if build.spec.runtime != Runtime::Wasm {
             return Err(builder::NO_CONTAINER_BACKEND.to_owned());
         }
-        let archives = self.archives.clone();
-        let limits_cfg = self.config.limits.clone();
-        let digest = spec.archive_digest.clone();
-        let report = tokio::task::spawn_blocking(move || {
-            archives
-                .get(&digest)
-                .map(|bytes| builder::archive::inspect(&bytes, &limits_cfg))
-        })
-        .await
-        .map_err(|e| format!("internal: {e}"))?
-        .map_err(|e| format!("stored archive {} is unreadable: {e}", spec.archive_digest))?;
-        if !report.problems.is_empty() {
-            return Err(format!(
-                "archive check failed: {}",
-                report.problems.join("; ")
-            ));
-        }
-        let Some(wasm) = report.wasm else {
-            return Err("archive has no lambda.wasm".to_owned());
-        };
+        let wasm = self.stored_wasm(&build.spec.archive_digest).await?;
         let wasm_digest = builder::digest(&wasm);
         self.build_log(
             build,
@@ -777,18 +757,8 @@ impl Lifecycle {
         component: &Component,
         record_account: AccountId,
     ) -> std::result::Result<Arc<LoadedLambda>, String> {
-        let limits = self.limits_for(&build.spec.deploy_parameters);
-        let loaded = LoadedLambda::load(
-            &self.engine,
-            component,
-            build.lambda_id,
-            record_account,
-            build.spec.version,
-            limits,
-            self.logs.clone(),
-            self.metrics.clone(),
-        )
-        .map_err(|e| e.to_string())?;
+        let loaded = self.load_version(build.lambda_id, record_account, &build.spec, component)?;
+        let limits = loaded.limits;
         self.build_log(
             build,
             &format!(
@@ -798,7 +768,7 @@ impl Lifecycle {
                 limits.max_concurrent
             ),
         );
-        Ok(Arc::new(loaded))
+        Ok(loaded)
     }
 
     async fn finish_build(
@@ -927,19 +897,15 @@ impl Lifecycle {
         &self,
         record: &LambdaRecord,
     ) -> std::result::Result<Arc<LoadedLambda>, String> {
-        let archives = self.archives.clone();
-        let limits_cfg = self.config.limits.clone();
-        let engine = self.engine.clone();
-        let digest = record.current.archive_digest.clone();
-        if let Some(wasm_digest) = &record.current.wasm_digest
+        let spec = &record.current;
+        if let Some(wasm_digest) = &spec.wasm_digest
             && let Some(shared) = self.components.get(wasm_digest).map(|c| c.clone())
         {
-            return self.load_version(record, &shared);
+            return self.load_version(record.lambda_id, record.account_id, spec, &shared);
         }
+        let wasm = self.stored_wasm(&spec.archive_digest).await?;
+        let engine = self.engine.clone();
         let (wasm_digest, compiled) = tokio::task::spawn_blocking(move || {
-            let bytes = archives.get(&digest).map_err(|e| e.to_string())?;
-            let report = builder::archive::inspect(&bytes, &limits_cfg);
-            let wasm = report.wasm.ok_or("stored archive has no lambda.wasm")?;
             let compiled = engine.compile(&wasm).map_err(|e| e.to_string())?;
             Ok::<_, String>((builder::digest(&wasm), compiled))
         })
@@ -953,21 +919,53 @@ impl Lifecycle {
             .map_err(|e| e.to_string())?;
         self.components
             .insert(wasm_digest, compiled.component.clone());
-        self.load_version(record, &compiled.component)
+        self.load_version(
+            record.lambda_id,
+            record.account_id,
+            spec,
+            &compiled.component,
+        )
     }
 
+    /// `lambda.wasm` of a stored archive, re-checked against the archive rules.
+    async fn stored_wasm(&self, archive_digest: &str) -> std::result::Result<Vec<u8>, String> {
+        let archives = self.archives.clone();
+        let limits = self.config.limits.clone();
+        let digest = archive_digest.to_owned();
+        let report = tokio::task::spawn_blocking(move || {
+            archives
+                .get(&digest)
+                .map(|bytes| builder::archive::inspect(&bytes, &limits))
+        })
+        .await
+        .map_err(|e| format!("internal: {e}"))?
+        .map_err(|e| format!("stored archive {archive_digest} is unreadable: {e}"))?;
+        if !report.problems.is_empty() {
+            return Err(format!(
+                "archive check failed: {}",
+                report.problems.join("; ")
+            ));
+        }
+        report
+            .wasm
+            .ok_or_else(|| "archive has no lambda.wasm".to_owned())
+    }
+
+    /// Links a compiled component as `spec`'s version of a lambda.
     fn load_version(
         &self,
-        record: &LambdaRecord,
+        lambda_id: LambdaId,
+        account_id: AccountId,
+        spec: &LambdaSpec,
         component: &Component,
     ) -> std::result::Result<Arc<LoadedLambda>, String> {
         let loaded = LoadedLambda::load(
             &self.engine,
             component,
-            record.lambda_id,
-            record.account_id,
-            record.current.version,
-            self.limits_for(&record.current.deploy_parameters),
+            lambda_id,
+            account_id,
+            spec.version,
+            self.limits_for(&spec.deploy_parameters),
             self.logs.clone(),
             self.metrics.clone(),
         )

@@ -48,7 +48,7 @@ pub struct AppState {
 
 /// The route template a response was produced by, for metrics labels.
 #[derive(Debug, Clone)]
-pub struct RouteTemplate(pub String);
+pub struct RouteTemplate(pub std::borrow::Cow<'static, str>);
 
 async fn record_route(request: Request, next: Next) -> Response {
     let template = request
@@ -57,7 +57,7 @@ async fn record_route(request: Request, next: Next) -> Response {
         .map(|p| format!("{}:{}", request.method(), p.as_str()));
     let mut response = next.run(request).await;
     if let Some(t) = template {
-        response.extensions_mut().insert(RouteTemplate(t));
+        response.extensions_mut().insert(RouteTemplate(t.into()));
     }
     response
 }
@@ -196,11 +196,11 @@ where
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         let template = response
-            .extensions()
-            .get::<RouteTemplate>()
+            .extensions_mut()
+            .remove::<RouteTemplate>()
             .map_or_else(
-                || format!("{}:unknown", metric_method(&method)),
-                |t| t.0.clone(),
+                || format!("{}:unknown", metric_method(&method)).into(),
+                |t| t.0,
             );
         state
             .metrics

@@ -21,8 +21,19 @@ use crate::runtime::LoadedLambda;
 
 pub use rescue::rescue;
 
-/// The template every proxy request is counted under.
-const TEMPLATE_SUFFIX: &str = ":/1/lambdas/{lambda_id}/proxy";
+/// The route template a proxy request is counted under (no per-request allocation).
+fn proxy_template(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET:/1/lambdas/{lambda_id}/proxy",
+        Method::POST => "POST:/1/lambdas/{lambda_id}/proxy",
+        Method::PUT => "PUT:/1/lambdas/{lambda_id}/proxy",
+        Method::PATCH => "PATCH:/1/lambdas/{lambda_id}/proxy",
+        Method::DELETE => "DELETE:/1/lambdas/{lambda_id}/proxy",
+        Method::HEAD => "HEAD:/1/lambdas/{lambda_id}/proxy",
+        Method::OPTIONS => "OPTIONS:/1/lambdas/{lambda_id}/proxy",
+        _ => "OTHER:/1/lambdas/{lambda_id}/proxy",
+    }
+}
 const LAMBDA_VERSION_HEADER: &str = "lambda-version";
 /// Seconds a client should wait before retrying a lambda that is still building.
 const RETRY_AFTER_SECS: &str = "5";
@@ -110,10 +121,7 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
-    let template = format!(
-        "{}{TEMPLATE_SUFFIX}",
-        crate::api::metric_method(request.method())
-    );
+    let template = proxy_template(request.method());
     let mut lambda_for_metrics = None;
     let mut response =
         match forward(state, request, &target, request_id, &mut lambda_for_metrics).await {
@@ -127,7 +135,9 @@ where
             .map(|c| c.0);
         lambda.count_request(code);
     }
-    response.extensions_mut().insert(RouteTemplate(template));
+    response
+        .extensions_mut()
+        .insert(RouteTemplate(template.into()));
     response
 }
 
