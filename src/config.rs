@@ -80,6 +80,8 @@ pub struct Config {
     pub sandbox: Sandbox,
     /// The wasmtime engine.
     pub engine: EngineSettings,
+    /// Key-value quotas.
+    pub keyvalue: KeyValue,
     /// Build jobs.
     pub builds: Builds,
     /// Lambda logs kept by the service.
@@ -122,6 +124,18 @@ pub struct Sandbox {
     pub max_request_timeout_ms: u64,
     /// Largest `max_concurrent_requests` a lambda may ask for.
     pub max_concurrent_requests_limit: u32,
+    /// Largest response body a guest may stream; past it the response is cut off.
+    pub max_response_body_bytes: u64,
+    /// Host resources (streams, requests, buckets, ...) one instance may hold at once.
+    pub max_resources: usize,
+    /// Outbound HTTP calls one request may make.
+    pub max_outbound_requests: u32,
+    /// Connecting to an allow-listed outbound host.
+    pub outbound_connect_timeout_ms: u64,
+    /// Waiting for the first byte of an outbound response (and between its bytes).
+    pub outbound_response_timeout_ms: u64,
+    /// Largest outbound response body a guest may read.
+    pub max_outbound_response_bytes: u64,
 }
 
 /// The wasmtime engine.
@@ -140,6 +154,22 @@ pub struct EngineSettings {
     pub memory_keep_resident_kb: usize,
     /// Map memory images copy-on-write (else copy initial data per instance).
     pub memory_init_cow: bool,
+    /// Native stack a guest may use; deeper recursion traps.
+    pub max_wasm_stack_bytes: usize,
+}
+
+/// Quotas of each lambda's key-value namespace (`wasi:keyvalue`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyValue {
+    /// Keys per lambda, across its buckets.
+    pub max_keys: u64,
+    /// Bytes of one key (and of one bucket name).
+    pub max_key_bytes: usize,
+    /// Bytes of one value.
+    pub max_value_bytes: u64,
+    /// Bytes of all keys and values of a lambda.
+    pub max_total_bytes: u64,
 }
 
 /// Build jobs.
@@ -180,6 +210,7 @@ impl Default for Config {
             limits: Limits::default(),
             sandbox: Sandbox::default(),
             engine: EngineSettings::default(),
+            keyvalue: KeyValue::default(),
             builds: Builds::default(),
             logs: Logs::default(),
             shutdown_grace_secs: 10,
@@ -209,6 +240,12 @@ impl Default for Sandbox {
             max_memory_limit_mb: 1024,
             max_request_timeout_ms: 600_000,
             max_concurrent_requests_limit: 10_000,
+            max_response_body_bytes: 64 * MIB,
+            max_resources: 10_000,
+            max_outbound_requests: 64,
+            outbound_connect_timeout_ms: 5_000,
+            outbound_response_timeout_ms: 30_000,
+            max_outbound_response_bytes: 16 * MIB,
         }
     }
 }
@@ -222,6 +259,18 @@ impl Default for EngineSettings {
             decommit_batch_size: 32,
             memory_keep_resident_kb: 0,
             memory_init_cow: true,
+            max_wasm_stack_bytes: 512 * 1024,
+        }
+    }
+}
+
+impl Default for KeyValue {
+    fn default() -> Self {
+        Self {
+            max_keys: 10_000,
+            max_key_bytes: 1024,
+            max_value_bytes: MIB,
+            max_total_bytes: 64 * MIB,
         }
     }
 }
@@ -323,6 +372,30 @@ impl Config {
                 "sandbox.max_concurrent_requests must be in 1..{}, got {}",
                 s.max_concurrent_requests_limit, s.max_concurrent_requests
             ));
+        }
+        if s.max_resources == 0
+            || s.outbound_connect_timeout_ms == 0
+            || s.outbound_response_timeout_ms == 0
+        {
+            return bad(
+                "sandbox.max_resources and the sandbox.outbound_*_timeout_ms must be positive"
+                    .into(),
+            );
+        }
+        // Cranelift needs some stack of its own for host calls; below this nothing runs.
+        if self.engine.max_wasm_stack_bytes < 64 * 1024 {
+            return bad(format!(
+                "engine.max_wasm_stack_bytes must be at least 65536, got {}",
+                self.engine.max_wasm_stack_bytes
+            ));
+        }
+        let kv = &self.keyvalue;
+        if kv.max_keys == 0
+            || kv.max_key_bytes == 0
+            || kv.max_value_bytes == 0
+            || kv.max_key_bytes > 65_535
+        {
+            return bad("keyvalue.max_keys, max_key_bytes and max_value_bytes must be positive (max_key_bytes at most 65535)".into());
         }
         if self.engine.epoch_tick_ms == 0 || self.engine.pool_instances == 0 {
             return bad("engine.epoch_tick_ms and engine.pool_instances must be positive".into());

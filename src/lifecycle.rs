@@ -19,9 +19,12 @@ use crate::model::{
     AccountId, Credentials, DeployParameters, ImageStatus, LambdaId, LambdaName, LambdaStatus,
     LambdaType, Parameters, Runtime, Version,
 };
-use crate::runtime::{LoadedLambda, Registry, SandboxLimits, WasmEngine};
+use crate::runtime::{
+    self, GuestEnv, LoadedLambda, OutboundLimits, OutboundPolicy, Registry, SandboxLimits,
+    WasmEngine,
+};
 use crate::secrets::{Sealer, SecretsError};
-use crate::store::{BuildKind, BuildRecord, LambdaRecord, LambdaSpec, Store, StoreError};
+use crate::store::{BuildKind, BuildRecord, KvQuotas, LambdaRecord, LambdaSpec, Store, StoreError};
 
 /// A lifecycle operation failed; `api::error` maps each to a LUNA code.
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +206,8 @@ impl Lifecycle {
             if problems.is_empty()
                 && let Some(wasm) = &check.archive.wasm
             {
-                let component = builder::wasm::check_component(&engine, wasm);
+                let lambda_type = parameters.lambda_type.unwrap_or_default();
+                let component = builder::wasm::check_component(&engine, wasm, lambda_type);
                 let digest = builder::digest(wasm);
                 if let Some(compiled) = &component.compiled {
                     store.add_artifacts(&digest, &compiled.artifacts)?;
@@ -481,6 +485,7 @@ impl Lifecycle {
         let logs = self.logs.clone();
         let _ = tokio::task::spawn_blocking(move || logs.flush(Duration::from_secs(1))).await;
         self.store.delete_logs(id)?;
+        self.store.kv_delete_namespace(id)?;
         self.store.flush().await?;
         self.metrics.forget_lambda(id);
         drop(guard);
@@ -622,6 +627,17 @@ impl Lifecycle {
                 .max_concurrent_requests
                 .unwrap_or(defaults.max_concurrent_requests),
             max_request_body: self.config.limits.max_proxy_body_bytes,
+            max_response_body: self.config.sandbox.max_response_body_bytes,
+        }
+    }
+
+    fn kv_quotas(&self) -> KvQuotas {
+        let kv = &self.config.keyvalue;
+        KvQuotas {
+            max_keys: kv.max_keys,
+            max_key_bytes: kv.max_key_bytes,
+            max_value_bytes: kv.max_value_bytes,
+            max_total_bytes: kv.max_total_bytes,
         }
     }
 
@@ -697,7 +713,12 @@ impl Lifecycle {
                 wasm.len()
             ),
         );
+        let lambda_type = build.spec.lambda_type;
         if let Some(shared) = self.components.get(&wasm_digest).map(|c| c.clone()) {
+            let problems = runtime::export_problems(self.engine.engine(), &shared, lambda_type);
+            if !problems.is_empty() {
+                return Err(format!("component check failed: {}", problems.join("; ")));
+            }
             self.build_log(
                 build,
                 &format!("component sha256 {wasm_digest} is already loaded in memory (artifact cache hit): shared, no compile"),
@@ -707,10 +728,11 @@ impl Lifecycle {
         }
         let engine = self.engine.clone();
         let compile_started = Instant::now();
-        let check =
-            tokio::task::spawn_blocking(move || builder::wasm::check_component(&engine, &wasm))
-                .await
-                .map_err(|e| format!("internal: {e}"))?;
+        let check = tokio::task::spawn_blocking(move || {
+            builder::wasm::check_component(&engine, &wasm, lambda_type)
+        })
+        .await
+        .map_err(|e| format!("internal: {e}"))?;
         if let Some(compiled) = &check.compiled
             && let Err(e) = self.store.add_artifacts(&wasm_digest, &compiled.artifacts)
         {
@@ -733,7 +755,7 @@ impl Lifecycle {
         self.build_log(
             build,
             &format!(
-                "component {} in {} ms; artifact sha256 {wasm_digest}: {artifact_bytes} bytes of native code ({}); imports satisfied, exports wasi:http/incoming-handler",
+                "component {} in {} ms; artifact sha256 {wasm_digest}: {artifact_bytes} bytes of native code ({}); imports satisfied, exports {}",
                 if compiled.cache_hit {
                     "loaded from the artifact cache (cache hit, no recompilation)"
                 } else {
@@ -741,6 +763,11 @@ impl Lifecycle {
                 },
                 compile_started.elapsed().as_millis(),
                 artifacts.join(", "),
+                if lambda_type == LambdaType::Tasks {
+                    "split-content and execute-subtask (luna:lambda/tasks)"
+                } else {
+                    "wasi:http/incoming-handler"
+                },
             ),
         );
         let component = compiled.component;
@@ -959,15 +986,41 @@ impl Lifecycle {
         spec: &LambdaSpec,
         component: &Component,
     ) -> std::result::Result<Arc<LoadedLambda>, String> {
+        let credentials = self
+            .sealer
+            .unseal(&spec.credentials_sealed)
+            .map_err(|e| format!("cannot unseal the lambda's credentials: {e}"))?;
+        let sandbox = &self.config.sandbox;
+        let env = GuestEnv {
+            lambda_id,
+            account_id,
+            version: spec.version,
+            lambda_type: spec.lambda_type,
+            config: runtime::flatten_config(spec.parameters.config.as_ref(), Some(&credentials)),
+            store: self.store.clone(),
+            kv_quotas: self.kv_quotas(),
+            outbound: OutboundPolicy::new(
+                spec.deploy_parameters
+                    .sandbox
+                    .as_ref()
+                    .and_then(|s| s.allowed_outbound_hosts.as_deref())
+                    .unwrap_or_default(),
+                OutboundLimits {
+                    max_requests: sandbox.max_outbound_requests,
+                    connect_timeout: Duration::from_millis(sandbox.outbound_connect_timeout_ms),
+                    response_timeout: Duration::from_millis(sandbox.outbound_response_timeout_ms),
+                    max_response_bytes: sandbox.max_outbound_response_bytes,
+                },
+            ),
+            max_resources: sandbox.max_resources,
+            logs: self.logs.clone(),
+            metrics: self.metrics.for_lambda(lambda_id),
+        };
         let loaded = LoadedLambda::load(
             &self.engine,
             component,
-            lambda_id,
-            account_id,
-            spec.version,
+            env,
             self.limits_for(&spec.deploy_parameters),
-            self.logs.clone(),
-            self.metrics.clone(),
         )
         .map_err(|e| e.to_string())?;
         Ok(Arc::new(loaded))

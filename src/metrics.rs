@@ -31,6 +31,30 @@ pub struct LambdaMetrics {
     errors: IntCounterVec,
     instantiate: Histogram,
     execute: Histogram,
+    outbound: IntCounterVec,
+}
+
+/// What became of a guest's outbound HTTP call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound {
+    /// Sent and answered.
+    Sent,
+    /// Refused by the allow-list or the per-request budget.
+    Denied,
+    /// Allowed but failed (connect, timeout, protocol).
+    Failed,
+}
+
+impl Outbound {
+    const ALL: [Self; 3] = [Self::Sent, Self::Denied, Self::Failed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Denied => "denied",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 impl LambdaMetrics {
@@ -47,6 +71,13 @@ impl LambdaMetrics {
     /// Records an instantiation.
     pub fn observe_instantiate(&self, took: Duration) {
         self.instantiate.observe(took.as_secs_f64());
+    }
+
+    /// Counts one outbound HTTP call of a guest.
+    pub fn outbound(&self, outcome: Outbound) {
+        self.outbound
+            .with_label_values(&[self.id.as_str(), outcome.label()])
+            .inc();
     }
 
     /// Records a guest execution.
@@ -69,6 +100,7 @@ struct Inner {
     lambda_errors: IntCounterVec,
     instantiate: HistogramVec,
     execute: HistogramVec,
+    outbound: IntCounterVec,
     builds: HistogramVec,
     in_flight: IntGaugeVec,
     concurrency_limit: IntGaugeVec,
@@ -141,6 +173,11 @@ impl Metrics {
                 &["lambda_id"],
                 REQUEST_BUCKETS,
             )?,
+            outbound: counter(
+                "lambda_outbound_requests_total",
+                "Outbound HTTP calls of guests by outcome (sent, denied, failed)",
+                &["lambda_id", "outcome"],
+            )?,
             builds: histogram(
                 "lambda_build_duration_seconds",
                 "Image build (validate + compile + load) duration",
@@ -192,6 +229,7 @@ impl Metrics {
             errors: self.0.lambda_errors.clone(),
             instantiate: self.0.instantiate.with_label_values(&[&id]),
             execute: self.0.execute.with_label_values(&[&id]),
+            outbound: self.0.outbound.clone(),
             id,
         }
     }
@@ -217,6 +255,9 @@ impl Metrics {
             let _ = i
                 .lambda_errors
                 .remove_label_values(&[&id, &code.to_string()]);
+        }
+        for outcome in Outbound::ALL {
+            let _ = i.outbound.remove_label_values(&[&id, outcome.label()]);
         }
     }
 

@@ -4,7 +4,8 @@
 
 use wasmtime::component::types::ComponentItem;
 
-use crate::runtime::{Compiled, HTTP_HANDLER_EXPORT, WasmEngine, import_provided, split_version};
+use crate::model::LambdaType;
+use crate::runtime::{Compiled, WasmEngine, export_problems, import_provided};
 
 const MAGIC: &[u8; 4] = b"\0asm";
 /// Binary header word of a core module (version 1, layer 0).
@@ -40,8 +41,13 @@ pub struct ComponentCheck {
 }
 
 /// Compiles the component (or loads it from the compilation cache) and checks it
-/// against the host. Blocking: call from `spawn_blocking`. Returns every problem.
-pub fn check_component(engine: &WasmEngine, wasm: &[u8]) -> ComponentCheck {
+/// against the host and the world `lambda_type` needs. Blocking: call from
+/// `spawn_blocking`. Returns every problem.
+pub fn check_component(
+    engine: &WasmEngine,
+    wasm: &[u8],
+    lambda_type: LambdaType,
+) -> ComponentCheck {
     let fail = |problems| ComponentCheck {
         compiled: None,
         problems,
@@ -66,17 +72,11 @@ pub fn check_component(engine: &WasmEngine, wasm: &[u8]) -> ComponentCheck {
             ));
         }
     }
-    let exports_handler = ty.exports(engine.engine()).any(|(name, item)| {
-        let (base, version) = split_version(name);
-        base == HTTP_HANDLER_EXPORT
-            && version.is_some_and(|v| v.starts_with("0.2."))
-            && matches!(item.ty, ComponentItem::ComponentInstance(_))
-    });
-    if !exports_handler {
-        problems.push(format!(
-            "lambda.wasm does not export '{HTTP_HANDLER_EXPORT}@0.2.x': it must target the wasi:http/proxy world"
-        ));
-    }
+    problems.extend(export_problems(
+        engine.engine(),
+        &compiled.component,
+        lambda_type,
+    ));
     if problems.is_empty()
         && let Err(e) = engine.linker().instantiate_pre(&compiled.component)
     {

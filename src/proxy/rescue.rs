@@ -15,7 +15,23 @@ pub fn rescue(error: &InvokeError, lambda: LambdaId) -> ApiError {
             "Lambda with id '{lambda}' did not answer within {} ms",
             after.as_millis()
         )),
-        InvokeError::Trap(_) | InvokeError::NoResponse | InvokeError::GuestError(_) => {
+        InvokeError::BodyTooLarge(limit) => ApiError::too_large("request body", *limit),
+        InvokeError::TaskInput => ApiError::no_json(),
+        InvokeError::TaskRoute { method, path } => {
+            if path == crate::runtime::SPLIT_PATH || path == crate::runtime::EXECUTE_PATH {
+                ApiError::method_not_allowed(method, path)
+            } else {
+                ApiError::no_route(path)
+            }
+        }
+        // The guest's own message is the lambda author's to show.
+        InvokeError::TaskFailed(msg) => {
+            ApiError::execution(format!("Lambda with id '{lambda}' failed: {msg}"))
+        }
+        InvokeError::Trap(_)
+        | InvokeError::NoResponse
+        | InvokeError::GuestError(_)
+        | InvokeError::ResponseTooLarge(_) => {
             tracing::info!(%lambda, error = %error, "lambda execution failed");
             ApiError::execution(format!(
                 "Lambda with id '{lambda}' failed: {}",
@@ -34,6 +50,7 @@ fn public_reason(error: &InvokeError) -> &'static str {
         }
         InvokeError::Trap(_) => "the lambda trapped",
         InvokeError::NoResponse => "the lambda returned without a response",
+        InvokeError::ResponseTooLarge(_) => "the lambda's response exceeds the response size limit",
         _ => "the lambda answered with an error instead of a response",
     }
 }
@@ -52,6 +69,18 @@ mod tests {
             (InvokeError::Trap("unreachable".into()), 500, 42013),
             (InvokeError::NoResponse, 500, 42013),
             (InvokeError::GuestError("x".into()), 500, 42013),
+            (InvokeError::ResponseTooLarge(10), 500, 42013),
+            (InvokeError::BodyTooLarge(10), 413, 12047),
+            (InvokeError::TaskInput, 400, 12002),
+            (InvokeError::TaskFailed("bad task".into()), 500, 42013),
+            (
+                InvokeError::TaskRoute {
+                    method: "GET".into(),
+                    path: "/split".into(),
+                },
+                405,
+                12005,
+            ),
             (InvokeError::Internal("/secret/path".into()), 500, 1),
         ];
         for (err, status, code) in table {

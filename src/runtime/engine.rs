@@ -55,8 +55,15 @@ fn base_config(cache: &Cache, settings: &ServiceConfig) -> Config {
     // Copy-on-write memory images make each fresh instance cheap to create.
     config.memory_init_cow(settings.engine.memory_init_cow);
     config.cache(Some(cache.clone()));
+    // Deep recursion traps at this depth instead of overflowing the host thread; the
+    // fiber stack keeps headroom above it for host calls made from the guest.
+    config.max_wasm_stack(settings.engine.max_wasm_stack_bytes);
+    config.async_stack_size(settings.engine.max_wasm_stack_bytes + ASYNC_STACK_HEADROOM);
     config
 }
+
+/// Fiber stack above the guest's own maximum, for the host functions it calls.
+const ASYNC_STACK_HEADROOM: usize = 1024 * 1024;
 
 impl WasmEngine {
     /// Builds the engine. With `engine.pooling` the pooling allocator is tried first
@@ -107,6 +114,9 @@ impl WasmEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(e.to_string()))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        // The luna imports: config, key-value, logging, context.
+        super::guest::add_to_linker(&mut linker)
             .map_err(|e| RuntimeError::Engine(e.to_string()))?;
 
         let epoch_tick = Duration::from_millis(settings.engine.epoch_tick_ms);

@@ -1,9 +1,8 @@
 //! Per-request store data of a WASM lambda: the WASI context (empty environment, no
 //! preopened directories, sockets denied, stdout/stderr captured into the lambda's
-//! logs), the wasi:http context with outbound HTTP denied, and the memory limiter.
-//! Depends on `logs` and `model`.
+//! logs), the wasi:http context with the lambda's outbound policy, the luna imports'
+//! state, and the memory and resource limits. Depends on `logs` and `model`.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,8 +11,10 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::guest::GuestEnv;
+use super::outbound::OutboundHooks;
 use crate::logs::LogSink;
 use crate::model::LambdaId;
 
@@ -26,34 +27,49 @@ const MAX_PENDING_LINE: usize = 16 * 1024;
 pub struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    table: ResourceTable,
-    hooks: DenyOutbound,
+    pub(super) table: ResourceTable,
+    hooks: OutboundHooks,
+    /// What every request of this lambda version shares.
+    pub(super) env: Arc<GuestEnv>,
+    /// The request being served.
+    pub(super) request_id: Arc<str>,
     /// The memory limiter (the store's `limiter` callback reads it).
     pub limits: StoreLimits,
 }
 
 impl HostState {
-    /// Store data for one request of `lambda`.
-    pub fn new(
-        lambda: LambdaId,
-        request_id: &str,
-        memory_limit_bytes: usize,
-        logs: &LogSink,
-    ) -> Self {
+    /// Store data for one request of the lambda described by `env`.
+    pub fn new(env: &Arc<GuestEnv>, request_id: &str, memory_limit_bytes: usize) -> Self {
         let request_id: Arc<str> = Arc::from(request_id);
-        let stdout = GuestLog::new(lambda, request_id.clone(), "stdout", logs.clone());
-        let stderr = GuestLog::new(lambda, request_id, "stderr", logs.clone());
+        let stdout = GuestLog::new(
+            env.lambda_id,
+            request_id.clone(),
+            "stdout",
+            env.logs.clone(),
+        );
+        let stderr = GuestLog::new(
+            env.lambda_id,
+            request_id.clone(),
+            "stderr",
+            env.logs.clone(),
+        );
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout)
             .stderr(stderr)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        let mut table = ResourceTable::new();
+        // Streams, requests, fields, buckets...: a guest leaking handles hits this cap
+        // (an error or trap for that guest) long before the host runs short of memory.
+        table.set_max_capacity(env.max_resources);
         Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            hooks: DenyOutbound,
+            table,
+            hooks: OutboundHooks::new(env.clone(), request_id.clone()),
+            env: env.clone(),
+            request_id,
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory_limit_bytes)
                 .table_elements(MAX_TABLE_ELEMENTS)
@@ -85,29 +101,6 @@ impl WasiHttpView for HostState {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
-    }
-}
-
-/// Outbound HTTP is closed unless a lambda's allow-list opens it.
-struct DenyOutbound;
-
-type SendFuture = Box<
-    dyn Future<
-            Output = wasmtime_wasi_http::Result<(
-                http::Response<wasmtime_wasi_http::WasiBody>,
-                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-            )>,
-        > + Send,
->;
-
-impl WasiHttpHooks for DenyOutbound {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> SendFuture {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

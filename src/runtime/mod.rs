@@ -1,9 +1,12 @@
 //! Executing lambdas in-process: the wasmtime engine, per-version loaded lambdas, the
 //! registry the proxy reads (lambda id → current version, swapped atomically), and the
-//! host side of the guest world. Depends on `config`, `model`, `logs`, `metrics`.
+//! host side of the `wit/` worlds. Depends on `config`, `model`, `logs`, `metrics`,
+//! `store` (key-value data).
 
 mod engine;
+mod guest;
 mod host;
+mod outbound;
 mod wasm;
 
 use std::sync::Arc;
@@ -12,7 +15,9 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 pub use engine::{Compiled, WasmEngine};
-pub use wasm::{LoadedLambda, SandboxLimits};
+pub use guest::{GuestEnv, flatten_config};
+pub use outbound::{OutboundLimits, OutboundPolicy};
+pub use wasm::{EXECUTE_PATH, LoadedLambda, SPLIT_PATH, SandboxLimits, export_problems};
 pub use wasmtime::component::Component;
 
 use crate::model::LambdaId;
@@ -49,6 +54,26 @@ pub enum InvokeError {
     /// The guest answered with a wasi:http error code instead of a response.
     #[error("the lambda answered with error {0}")]
     GuestError(String),
+    /// The guest's response declared or streamed more than the limit.
+    #[error("the lambda's response exceeds max_response_body_bytes ({0} bytes)")]
+    ResponseTooLarge(u64),
+    /// The request body streamed past the limit (tasks lambdas read it whole).
+    #[error("the request body exceeds {0} bytes")]
+    BodyTooLarge(u64),
+    /// A tasks lambda was called on something other than `POST /split` or `POST /execute`.
+    #[error("tasks lambdas serve POST /split and POST /execute, not {method} {path}")]
+    TaskRoute {
+        /// The method called.
+        method: String,
+        /// The path called.
+        path: String,
+    },
+    /// The body of a task call is not a JSON document.
+    #[error("the task content is not a JSON document")]
+    TaskInput,
+    /// The tasks guest returned an error (its own message) or a malformed result.
+    #[error("the task failed: {0}")]
+    TaskFailed(String),
     /// Host-side failure.
     #[error("internal runtime failure: {0}")]
     Internal(String),
@@ -136,6 +161,19 @@ pub const PROVIDED_INTERFACES: &[&str] = &[
     "wasi:http/outgoing-handler",
 ];
 
+/// The luna imports of `wit/`, at the exact versions the host links (drafts match only
+/// themselves).
+pub const LUNA_IMPORTS: &[&str] = &[
+    "wasi:config/store@0.2.0-rc.1",
+    "wasi:keyvalue/store@0.2.0-draft",
+    "wasi:keyvalue/atomics@0.2.0-draft",
+    "wasi:keyvalue/batch@0.2.0-draft",
+    "wasi:logging/logging@0.1.0-draft",
+];
+
+/// The luna context interface (any `0.1.x`).
+const CONTEXT_INTERFACE: &str = "luna:lambda/context";
+
 /// The export every HTTP lambda must have.
 pub const HTTP_HANDLER_EXPORT: &str = "wasi:http/incoming-handler";
 
@@ -147,10 +185,13 @@ pub fn split_version(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Whether the host provides the import `name` (WASI interfaces at 0.2.x).
+/// Whether the host provides the import `name` (WASI interfaces at 0.2.x and the luna
+/// imports).
 pub fn import_provided(name: &str) -> bool {
     let (base, version) = split_version(name);
-    PROVIDED_INTERFACES.contains(&base) && version.is_some_and(|v| v.starts_with("0.2."))
+    (PROVIDED_INTERFACES.contains(&base) && version.is_some_and(|v| v.starts_with("0.2.")))
+        || LUNA_IMPORTS.contains(&name)
+        || (base == CONTEXT_INTERFACE && version.is_some_and(|v| v.starts_with("0.1.")))
 }
 
 #[cfg(test)]
@@ -162,7 +203,10 @@ mod tests {
         assert!(import_provided("wasi:http/types@0.2.0"));
         assert!(import_provided("wasi:cli/environment@0.2.6"));
         assert!(!import_provided("wasi:http/types@0.3.0"));
-        assert!(!import_provided("wasi:keyvalue/store@0.2.0-draft"));
+        assert!(import_provided("wasi:keyvalue/store@0.2.0-draft"));
+        assert!(!import_provided("wasi:keyvalue/store@0.2.0-draft2"));
+        assert!(import_provided("luna:lambda/context@0.1.0"));
+        assert!(!import_provided("luna:lambda/context@0.2.0"));
         assert!(!import_provided("wasi:http/types"));
         assert_eq!(split_version("a:b/c@1"), ("a:b/c", Some("1")));
     }

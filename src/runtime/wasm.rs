@@ -1,6 +1,7 @@
-//! One loaded WASM lambda version (`ProxyPre` + limits + concurrency permits) and the
-//! per-request path: a fresh `Store` and instance from the pool, the request streamed
-//! in, the response streamed out, deadlines enforced by epochs and a host timer.
+//! One loaded WASM lambda version (an HTTP `ProxyPre` or a tasks `InstancePre`, its
+//! limits, concurrency permits and guest environment) and the per-request path: a fresh
+//! `Store` and instance from the pool, the request streamed in, the response streamed
+//! out (capped), deadlines enforced by epochs and a host timer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,18 +11,27 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use wasmtime::Store;
-use wasmtime::component::Component;
+use wasmtime::component::types::{ComponentItem, Type};
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::engine::WasmEngine;
+use super::guest::GuestEnv;
 use super::host::HostState;
 use super::{InvokeError, RuntimeError};
-use crate::logs::LogSink;
-use crate::metrics::{LambdaMetrics, Metrics};
-use crate::model::{AccountId, LambdaId, Version};
+use crate::model::{AccountId, LambdaId, LambdaType, Version};
+
+/// Export of a tasks lambda that splits a task.
+pub const SPLIT_EXPORT: &str = "split-content";
+/// Export of a tasks lambda that executes a subtask.
+pub const EXECUTE_EXPORT: &str = "execute-subtask";
+/// Proxy path of `split-content`.
+pub const SPLIT_PATH: &str = "/split";
+/// Proxy path of `execute-subtask`.
+pub const EXECUTE_PATH: &str = "/execute";
 
 /// Resolved limits of one lambda version.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +44,20 @@ pub struct SandboxLimits {
     pub max_concurrent: u32,
     /// Largest request body accepted.
     pub max_request_body: u64,
+    /// Largest response body a guest may stream.
+    pub max_response_body: u64,
+}
+
+/// How requests reach the guest.
+enum Entry {
+    /// `wasi:http/incoming-handler` (handler world).
+    Http(ProxyPre<HostState>),
+    /// `split-content` / `execute-subtask` (tasks world).
+    Tasks {
+        pre: InstancePre<HostState>,
+        split: ComponentExportIndex,
+        execute: ComponentExportIndex,
+    },
 }
 
 /// A lambda version ready to serve: swapping the registry's `Arc` swaps versions atomically.
@@ -48,11 +72,10 @@ pub struct LoadedLambda {
     pub version_header: http::HeaderValue,
     /// The limits it runs with.
     pub limits: SandboxLimits,
-    pre: ProxyPre<HostState>,
+    entry: Entry,
     engine: Arc<WasmEngine>,
     permits: Arc<Semaphore>,
-    logs: LogSink,
-    metrics: LambdaMetrics,
+    env: Arc<GuestEnv>,
 }
 
 impl std::fmt::Debug for LoadedLambda {
@@ -66,48 +89,53 @@ impl std::fmt::Debug for LoadedLambda {
 }
 
 impl LoadedLambda {
-    /// Links a compiled component; fails naming what the host cannot satisfy.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "plain wiring of a version's parts"
-    )]
+    /// Links a compiled component for the world of `env.lambda_type`; fails naming what
+    /// the host cannot satisfy.
     pub fn load(
         engine: &Arc<WasmEngine>,
         component: &Component,
-        lambda_id: LambdaId,
-        account_id: AccountId,
-        version: Version,
+        env: GuestEnv,
         limits: SandboxLimits,
-        logs: LogSink,
-        metrics: Metrics,
     ) -> Result<Self, RuntimeError> {
         let instance_pre = engine
             .linker()
             .instantiate_pre(component)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
-        let pre = ProxyPre::new(instance_pre).map_err(|e| {
-            RuntimeError::Link(format!(
-                "the component does not export wasi:http/incoming-handler@0.2.x: {e:#}"
-            ))
-        })?;
+        let entry = if env.lambda_type == LambdaType::Tasks {
+            let export = |name: &str| {
+                component.get_export_index(None, name).ok_or_else(|| {
+                    RuntimeError::Link(format!("the component does not export '{name}'"))
+                })
+            };
+            Entry::Tasks {
+                split: export(SPLIT_EXPORT)?,
+                execute: export(EXECUTE_EXPORT)?,
+                pre: instance_pre,
+            }
+        } else {
+            Entry::Http(ProxyPre::new(instance_pre).map_err(|e| {
+                RuntimeError::Link(format!(
+                    "the component does not export wasi:http/incoming-handler@0.2.x: {e:#}"
+                ))
+            })?)
+        };
         let max_concurrent = usize::try_from(limits.max_concurrent).unwrap_or(usize::MAX);
         Ok(Self {
-            lambda_id,
-            account_id,
-            version,
-            version_header: http::HeaderValue::from(version.0),
+            lambda_id: env.lambda_id,
+            account_id: env.account_id,
+            version: env.version,
+            version_header: http::HeaderValue::from(env.version.0),
             limits,
-            pre,
+            entry,
             engine: engine.clone(),
             permits: Arc::new(Semaphore::new(max_concurrent)),
-            logs,
-            metrics: metrics.for_lambda(lambda_id),
+            env: Arc::new(env),
         })
     }
 
     /// Counts a proxied request of this lambda (and its error code, if any).
     pub fn count_request(&self, error_code: Option<u32>) {
-        self.metrics.request(error_code);
+        self.env.metrics.request(error_code);
     }
 
     /// Requests executing now.
@@ -134,19 +162,50 @@ impl LoadedLambda {
             .clone()
             .try_acquire_owned()
             .map_err(|_| InvokeError::Overloaded)?;
+        let outcome = match &self.entry {
+            Entry::Http(pre) => self.invoke_http(pre, request, request_id, permit).await,
+            Entry::Tasks {
+                pre,
+                split,
+                execute,
+            } => {
+                let exports = TaskExports { split, execute };
+                self.invoke_task(pre, exports, request, request_id, permit)
+                    .await
+            }
+        };
+        match &outcome {
+            // Shed load is counted in metrics; logging each refusal would flood the log.
+            Ok(_) | Err(InvokeError::Overloaded) => {}
+            Err(e) => self.log_failure(request_id, "request failed", e),
+        }
+        outcome
+    }
+
+    /// A store for one request, with its limits and deadline armed.
+    fn new_store(&self, request_id: &str) -> Store<HostState> {
         let mut store = Store::new(
             self.engine.engine(),
-            HostState::new(
-                self.lambda_id,
-                request_id,
-                self.limits.memory_bytes,
-                &self.logs,
-            ),
+            HostState::new(&self.env, request_id, self.limits.memory_bytes),
         );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.engine.ticks_for(self.limits.timeout));
         store.epoch_deadline_trap();
+        store
+    }
 
+    async fn invoke_http<B>(
+        self: &Arc<Self>,
+        pre: &ProxyPre<HostState>,
+        request: http::Request<B>,
+        request_id: &str,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let mut store = self.new_store(request_id);
         let max_body = self.limits.max_request_body;
         let request = request.map(|body| LimitedBody::boxed(body, max_body));
         let incoming = store
@@ -162,6 +221,7 @@ impl LoadedLambda {
             .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
 
         let this = self.clone();
+        let pre = pre.clone();
         let deadline = self.limits.timeout;
         let head_sent = Arc::new(AtomicBool::new(false));
         let (head_sent_guest, rid) = (head_sent.clone(), request_id.to_owned());
@@ -169,10 +229,12 @@ impl LoadedLambda {
         // streaming (or stuck) after it is dropped, which ends the body and frees
         // its permit.
         let guest = tokio::spawn(async move {
-            let result =
-                tokio::time::timeout(deadline, this.run_guest(store, incoming, outparam, permit))
-                    .await
-                    .unwrap_or(Err(InvokeError::Timeout(deadline)));
+            let result = tokio::time::timeout(
+                deadline,
+                this.run_guest(&pre, store, incoming, outparam, permit),
+            )
+            .await
+            .unwrap_or(Err(InvokeError::Timeout(deadline)));
             if let Err(e) = &result
                 && head_sent_guest.load(Ordering::Acquire)
             {
@@ -182,7 +244,7 @@ impl LoadedLambda {
         });
 
         let outcome = match tokio::time::timeout(deadline, rx).await {
-            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Ok(response))) => self.cap_response(response, request_id),
             Ok(Ok(Err(code))) => Err(InvokeError::GuestError(format!("{code:?}"))),
             Ok(Err(_)) => {
                 // The guest finished (or trapped) without setting a response.
@@ -201,24 +263,164 @@ impl LoadedLambda {
                 Err(InvokeError::Timeout(deadline))
             }
         };
-        match &outcome {
-            Ok(_) => head_sent.store(true, Ordering::Release),
-            // Shed load is counted in metrics; logging each refusal would flood the log.
-            Err(InvokeError::Overloaded) => {}
-            Err(e) => self.log_failure(request_id, "request failed", e),
+        if outcome.is_ok() {
+            head_sent.store(true, Ordering::Release);
         }
         outcome
+    }
+
+    /// Refuses a response declaring more than the limit and cuts off one streaming past it.
+    fn cap_response(
+        &self,
+        response: http::Response<HyperOutgoingBody>,
+        request_id: &str,
+    ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
+        let limit = self.limits.max_response_body;
+        let declared = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(InvokeError::ResponseTooLarge(limit));
+        }
+        let env = self.env.clone();
+        let request_id: Arc<str> = Arc::from(request_id);
+        Ok(response.map(|body| {
+            CappedResponse {
+                inner: body,
+                remaining: limit,
+                limit,
+                on_exceeded: Some(Box::new(move || {
+                    env.log(
+                        &request_id,
+                        &format!(
+                            "response body failed: {}",
+                            InvokeError::ResponseTooLarge(limit)
+                        ),
+                    );
+                })),
+            }
+            .boxed_unsync()
+        }))
+    }
+
+    /// Serves `POST /split` and `POST /execute` of a tasks lambda: the JSON body is the
+    /// content handed to the export, its result the JSON answer.
+    async fn invoke_task<B>(
+        &self,
+        pre: &InstancePre<HostState>,
+        exports: TaskExports<'_>,
+        request: http::Request<B>,
+        request_id: &str,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let path = request.uri().path();
+        let split = match path {
+            SPLIT_PATH => true,
+            EXECUTE_PATH => false,
+            _ => {
+                return Err(InvokeError::TaskRoute {
+                    method: request.method().to_string(),
+                    path: path.to_owned(),
+                });
+            }
+        };
+        if request.method() != http::Method::POST {
+            return Err(InvokeError::TaskRoute {
+                method: request.method().to_string(),
+                path: path.to_owned(),
+            });
+        }
+        let deadline = self.limits.timeout;
+        let max_body = self.limits.max_request_body;
+        let run = async {
+            let body = LimitedBody::boxed(request.into_body(), max_body)
+                .collect()
+                .await
+                .map_err(|e| match e {
+                    ErrorCode::HttpRequestBodySize(_) => InvokeError::BodyTooLarge(max_body),
+                    other => InvokeError::Internal(format!("reading the request body: {other:?}")),
+                })?
+                .to_bytes();
+            let content = std::str::from_utf8(&body)
+                .ok()
+                .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
+                .ok_or(InvokeError::TaskInput)?;
+            let mut store = self.new_store(request_id);
+            let started = Instant::now();
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| classify_trap(&e, deadline))?;
+            let instantiated = started.elapsed();
+            self.env.metrics.observe_instantiate(instantiated);
+            let answer = if split {
+                let func = instance
+                    .get_typed_func::<(&str,), (Result<Vec<String>, String>,)>(
+                        &mut store,
+                        exports.split,
+                    )
+                    .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+                let (result,) = func
+                    .call_async(&mut store, (content,))
+                    .await
+                    .map_err(|e| classify_trap(&e, deadline))?;
+                let subtasks = result.map_err(InvokeError::TaskFailed)?;
+                subtasks_json(&subtasks)?
+            } else {
+                let func = instance
+                    .get_typed_func::<(&str,), (Result<String, String>,)>(
+                        &mut store,
+                        exports.execute,
+                    )
+                    .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+                let (result,) = func
+                    .call_async(&mut store, (content,))
+                    .await
+                    .map_err(|e| classify_trap(&e, deadline))?;
+                let answer = result.map_err(InvokeError::TaskFailed)?;
+                if serde_json::from_str::<serde::de::IgnoredAny>(&answer).is_err() {
+                    return Err(InvokeError::TaskFailed(format!(
+                        "{EXECUTE_EXPORT} returned a result that is not JSON"
+                    )));
+                }
+                answer
+            };
+            self.env
+                .metrics
+                .observe_execute(started.elapsed().saturating_sub(instantiated));
+            if answer.len() as u64 > self.limits.max_response_body {
+                return Err(InvokeError::ResponseTooLarge(self.limits.max_response_body));
+            }
+            Ok(answer)
+        };
+        let answer = tokio::time::timeout(deadline, run)
+            .await
+            .unwrap_or(Err(InvokeError::Timeout(deadline)))?;
+        drop(permit);
+        let body = http_body_util::Full::new(Bytes::from(answer))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .map_err(|e| InvokeError::Internal(e.to_string()))
     }
 
     /// A failed request leaves a line in the lambda's log (the caller sees the code).
     fn log_failure(&self, request_id: &str, what: &str, error: &InvokeError) {
         tracing::debug!(lambda = %self.lambda_id, %request_id, %error, "{what}");
-        self.logs
-            .line(self.lambda_id, &format!("[{request_id}] {what}: {error}"));
+        self.env.log(request_id, &format!("{what}: {error}"));
     }
 
     async fn run_guest(
         &self,
+        pre: &ProxyPre<HostState>,
         mut store: Store<HostState>,
         incoming: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
         outparam: wasmtime::component::Resource<
@@ -227,22 +429,114 @@ impl LoadedLambda {
         permit: OwnedSemaphorePermit,
     ) -> Result<(), InvokeError> {
         let started = Instant::now();
-        let proxy = self
-            .pre
+        let proxy = pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| classify_trap(&e, self.limits.timeout))?;
         let instantiated = started.elapsed();
-        self.metrics.observe_instantiate(instantiated);
+        self.env.metrics.observe_instantiate(instantiated);
         let result = proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, incoming, outparam)
             .await;
-        self.metrics
+        self.env
+            .metrics
             .observe_execute(started.elapsed().saturating_sub(instantiated));
         drop(permit);
         result.map_err(|e| classify_trap(&e, self.limits.timeout))
     }
+}
+
+/// The export indices of a tasks lambda.
+#[derive(Clone, Copy)]
+struct TaskExports<'a> {
+    split: &'a ComponentExportIndex,
+    execute: &'a ComponentExportIndex,
+}
+
+/// `split-content`'s subtasks as one JSON array; each must itself be JSON.
+fn subtasks_json(subtasks: &[String]) -> Result<String, InvokeError> {
+    let mut out = String::from("[");
+    for (i, subtask) in subtasks.iter().enumerate() {
+        if serde_json::from_str::<serde::de::IgnoredAny>(subtask).is_err() {
+            return Err(InvokeError::TaskFailed(format!(
+                "{SPLIT_EXPORT} returned subtask {i}, which is not JSON"
+            )));
+        }
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(subtask);
+    }
+    out.push(']');
+    Ok(out)
+}
+
+/// Checks that a component has the exports the world of `lambda_type` needs, with the
+/// right types; returns one problem per missing or mistyped export.
+pub fn export_problems(
+    engine: &wasmtime::Engine,
+    component: &Component,
+    lambda_type: LambdaType,
+) -> Vec<String> {
+    let ty = component.component_type();
+    if lambda_type != LambdaType::Tasks {
+        let exports_handler = ty.exports(engine).any(|(name, item)| {
+            let (base, version) = super::split_version(name);
+            base == super::HTTP_HANDLER_EXPORT
+                && version.is_some_and(|v| v.starts_with("0.2."))
+                && matches!(item.ty, ComponentItem::ComponentInstance(_))
+        });
+        return if exports_handler {
+            Vec::new()
+        } else {
+            vec![format!(
+                "lambda.wasm does not export '{}@0.2.x': a {} lambda must target the luna:lambda/handler (or wasi:http/proxy) world",
+                super::HTTP_HANDLER_EXPORT,
+                lambda_type.as_str()
+            )]
+        };
+    }
+    let is_string = |t: &Type| matches!(t, Type::String);
+    let split_ok = |t: &Type| matches!(t, Type::List(l) if is_string(&l.ty()));
+    let mut problems = Vec::new();
+    for (name, ok_type, signature) in [
+        (
+            SPLIT_EXPORT,
+            &split_ok as &dyn Fn(&Type) -> bool,
+            "func(content: string) -> result<list<string>, string>",
+        ),
+        (
+            EXECUTE_EXPORT,
+            &is_string as &dyn Fn(&Type) -> bool,
+            "func(content: string) -> result<string, string>",
+        ),
+    ] {
+        let found = ty.exports(engine).find(|(n, _)| *n == name);
+        let well_typed = match found.as_ref().map(|(_, item)| &item.ty) {
+            Some(ComponentItem::ComponentFunc(f)) => {
+                let params: Vec<Type> = f.params().map(|(_, t)| t).collect();
+                let results: Vec<Type> = f.results().collect();
+                params.len() == 1
+                    && is_string(&params[0])
+                    && results.len() == 1
+                    && matches!(&results[0], Type::Result(r)
+                        if r.ok().is_some_and(|t| ok_type(&t))
+                            && r.err().is_some_and(|t| is_string(&t)))
+            }
+            _ => false,
+        };
+        if found.is_none() {
+            problems.push(format!(
+                "lambda.wasm does not export '{name}': a tasks lambda must target the luna:lambda/tasks world"
+            ));
+        } else if !well_typed {
+            problems.push(format!(
+                "lambda.wasm exports '{name}' with the wrong type: expected {signature}"
+            ));
+        }
+    }
+    problems
 }
 
 fn classify_trap(error: &wasmtime::Error, timeout: Duration) -> InvokeError {
@@ -306,6 +600,50 @@ where
             self.remaining -= len;
         }
         std::task::Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A guest's response body that fails once it streams more than the limit, so an
+/// endless body is cut off instead of being sent forever.
+struct CappedResponse {
+    inner: HyperOutgoingBody,
+    remaining: u64,
+    limit: u64,
+    on_exceeded: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl http_body::Body for CappedResponse {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, wasmtime_wasi_http::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let len = data.len() as u64;
+            if len > self.remaining {
+                if let Some(report) = self.on_exceeded.take() {
+                    report();
+                }
+                return std::task::Poll::Ready(Some(Err(
+                    wasmtime_wasi_http::Error::HttpResponseBodySize(Some(self.limit)),
+                )));
+            }
+            self.remaining -= len;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

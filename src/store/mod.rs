@@ -1,7 +1,8 @@
 //! The persistent store: a facade over sled exposing domain operations on lambdas,
-//! build jobs and lambda logs. One tree per entity; records carry a schema byte.
+//! build jobs, lambda logs and lambdas' key-value data. One tree per entity; records carry a schema byte.
 //! Depends on `model` only. A later Postgres backend replaces this module's insides.
 
+mod kv;
 mod records;
 
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+pub use kv::{KvError, KvQuotas, KvUsage, LIST_PAGE, check_bucket};
 pub use records::{BuildKind, BuildRecord, LambdaRecord, LambdaSpec};
 
 use crate::model::{AccountId, LambdaId};
@@ -39,6 +41,8 @@ pub struct Store {
     logs: sled::Tree,
     meta: sled::Tree,
     artifacts: sled::Tree,
+    kv: sled::Tree,
+    kv_usage: sled::Tree,
     log_seq: std::sync::Arc<AtomicU64>,
 }
 
@@ -81,6 +85,8 @@ impl Store {
             logs: db.open_tree("logs")?,
             meta: db.open_tree("meta")?,
             artifacts: db.open_tree("artifacts")?,
+            kv: db.open_tree("kv")?,
+            kv_usage: db.open_tree("kv_usage")?,
             db,
             log_seq: std::sync::Arc::new(AtomicU64::new(start)),
         })
@@ -151,7 +157,7 @@ impl Store {
             .collect()
     }
 
-    /// Removes the lambda, its name, its build job and its logs.
+    /// Removes the lambda, its name, its build job, its logs and its key-value data.
     pub fn delete_lambda(&self, record: &LambdaRecord) -> Result<(), StoreError> {
         let id = record.lambda_id;
         let name = name_key(record.account_id, &record.lambda_name);
@@ -168,7 +174,8 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             },
         ))?;
-        self.delete_logs(id)
+        self.delete_logs(id)?;
+        self.kv_delete_namespace(id)
     }
 
     /// Removes every log line of a lambda.

@@ -2,6 +2,10 @@
 //! lambda's user-supplied parameters. Parsed once at the edge ("parse, don't
 //! validate"); depends on nothing else in the crate.
 
+mod host_pattern;
+
+pub use host_pattern::HostPattern;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -519,10 +523,8 @@ impl DeployParameters {
                 ));
             }
             for host in s.allowed_outbound_hosts.iter().flatten() {
-                if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
-                    problems.push(format!(
-                        "sandbox.allowed_outbound_hosts entry '{host}' must be host[:port]"
-                    ));
+                if let Err(e) = HostPattern::parse(host) {
+                    problems.push(format!("sandbox.allowed_outbound_hosts entry {e}"));
                 }
             }
         }

@@ -1,0 +1,435 @@
+//! Per-lambda key-value namespaces (the data behind `wasi:keyvalue`): entries keyed by
+//! lambda, bucket and key, with a usage record per lambda kept in the same transaction
+//! as every change so that quotas hold across restarts. Depends on `model` only.
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+
+use super::{Store, StoreError};
+use crate::model::LambdaId;
+
+/// Longest bucket name (its length is stored in one byte of the entry key).
+pub const MAX_BUCKET_BYTES: usize = 255;
+/// Keys returned by one `list-keys` page.
+pub const LIST_PAGE: usize = 1000;
+
+/// Quotas of one lambda's namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct KvQuotas {
+    /// Keys across all buckets.
+    pub max_keys: u64,
+    /// Bytes of one key.
+    pub max_key_bytes: usize,
+    /// Bytes of one value.
+    pub max_value_bytes: u64,
+    /// Bytes of all keys and values.
+    pub max_total_bytes: u64,
+}
+
+/// A key-value operation failed. `Invalid` and `Quota` are the guest's to handle.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A key, bucket name or stored value is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The change would exceed a quota.
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+}
+
+/// Keys and bytes a lambda's namespace holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvUsage {
+    /// Entries.
+    pub keys: u64,
+    /// Bytes of keys and values.
+    pub bytes: u64,
+}
+
+impl KvUsage {
+    fn decode(raw: Option<&[u8]>) -> Self {
+        let word = |r: &[u8], at: usize| {
+            r.get(at..at + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes)
+        };
+        raw.map_or_else(Self::default, |r| Self {
+            keys: word(r, 0),
+            bytes: word(r, 8),
+        })
+    }
+
+    fn encode(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.keys.to_be_bytes());
+        out[8..].copy_from_slice(&self.bytes.to_be_bytes());
+        out
+    }
+}
+
+/// `lambda ‖ len(bucket) ‖ bucket`: the prefix of every key of one bucket.
+fn bucket_prefix(lambda: LambdaId, bucket: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(17 + bucket.len());
+    prefix.extend_from_slice(lambda.as_bytes());
+    // Bucket names are checked to fit one byte before any key is built.
+    prefix.push(u8::try_from(bucket.len()).unwrap_or(u8::MAX));
+    prefix.extend_from_slice(bucket.as_bytes());
+    prefix
+}
+
+fn entry_key(lambda: LambdaId, bucket: &str, key: &str) -> Vec<u8> {
+    let mut full = bucket_prefix(lambda, bucket);
+    full.extend_from_slice(key.as_bytes());
+    full
+}
+
+/// Checks a bucket name before it is used.
+pub fn check_bucket(bucket: &str) -> Result<(), KvError> {
+    if bucket.is_empty() || bucket.len() > MAX_BUCKET_BYTES {
+        return Err(KvError::Invalid(format!(
+            "bucket names must be 1..{MAX_BUCKET_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_key(key: &str, quotas: &KvQuotas) -> Result<(), KvError> {
+    if key.is_empty() || key.len() > quotas.max_key_bytes {
+        return Err(KvError::Invalid(format!(
+            "keys must be 1..{} bytes, got {}",
+            quotas.max_key_bytes,
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<KvError>>;
+
+fn abort<T>(e: KvError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn unwrap_kv_tx<T>(
+    r: Result<T, sled::transaction::TransactionError<KvError>>,
+) -> Result<T, KvError> {
+    r.map_err(|e| match e {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(e) => KvError::Store(StoreError::Sled(e)),
+    })
+}
+
+/// Replaces (or with `None` removes) one entry inside a transaction, keeping the usage
+/// record exact and refusing changes that would exceed a quota. A write for a lambda
+/// whose record is gone is refused: the lambda's deletion and its namespace sweep then
+/// cannot be outrun by a request still running.
+fn put_entry(
+    trees: &(TransactionalTree, TransactionalTree, TransactionalTree),
+    lambda: LambdaId,
+    key_len: usize,
+    full_key: &[u8],
+    value: Option<&[u8]>,
+    quotas: &KvQuotas,
+) -> TxResult<()> {
+    let (entries, usage_tree, lambdas) = trees;
+    let old = entries.get(full_key)?;
+    let mut usage = KvUsage::decode(usage_tree.get(lambda.as_bytes())?.as_deref());
+    let key_len = key_len as u64;
+    if let Some(old) = &old {
+        usage.keys = usage.keys.saturating_sub(1);
+        usage.bytes = usage.bytes.saturating_sub(key_len + old.len() as u64);
+    }
+    match value {
+        Some(value) => {
+            if lambdas.get(lambda.as_bytes())?.is_none() {
+                return abort(KvError::Invalid("the lambda has been deleted".to_owned()));
+            }
+            usage.keys += 1;
+            usage.bytes += key_len + value.len() as u64;
+            if usage.keys > quotas.max_keys {
+                return abort(KvError::Quota(format!(
+                    "the lambda may hold at most {} keys",
+                    quotas.max_keys
+                )));
+            }
+            if usage.bytes > quotas.max_total_bytes {
+                return abort(KvError::Quota(format!(
+                    "the lambda may hold at most {} bytes of keys and values",
+                    quotas.max_total_bytes
+                )));
+            }
+            entries.insert(full_key, value)?;
+        }
+        None if old.is_none() => return Ok(()),
+        None => {
+            entries.remove(full_key)?;
+        }
+    }
+    usage_tree.insert(lambda.as_bytes(), &usage.encode())?;
+    Ok(())
+}
+
+impl Store {
+    /// The value of `key` in `bucket`.
+    pub fn kv_get(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self
+            .kv
+            .get(entry_key(lambda, bucket, key))
+            .map_err(StoreError::from)?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Sets `key` in `bucket` to `value` within the lambda's quotas.
+    pub fn kv_set(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        check_key(key, quotas)?;
+        if value.len() as u64 > quotas.max_value_bytes {
+            return Err(KvError::Quota(format!(
+                "values may be at most {} bytes, got {}",
+                quotas.max_value_bytes,
+                value.len()
+            )));
+        }
+        let full = entry_key(lambda, bucket, key);
+        unwrap_kv_tx(
+            (&self.kv, &self.kv_usage, &self.lambdas).transaction(|trees| {
+                put_entry(trees, lambda, key.len(), &full, Some(value), quotas)
+            }),
+        )
+    }
+
+    /// Removes `key` from `bucket` (absent keys are fine).
+    pub fn kv_delete(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        let full = entry_key(lambda, bucket, key);
+        unwrap_kv_tx(
+            (&self.kv, &self.kv_usage, &self.lambdas)
+                .transaction(|trees| put_entry(trees, lambda, key.len(), &full, None, quotas)),
+        )
+    }
+
+    /// Adds `delta` to the 8-byte little-endian counter at `key` (absent counts as 0)
+    /// and returns the new value; atomic against every other writer.
+    pub fn kv_increment(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+        delta: u64,
+        quotas: &KvQuotas,
+    ) -> Result<u64, KvError> {
+        check_key(key, quotas)?;
+        let full = entry_key(lambda, bucket, key);
+        unwrap_kv_tx(
+            (&self.kv, &self.kv_usage, &self.lambdas).transaction(|trees| {
+                let current = match trees.0.get(&full)? {
+                    None => 0,
+                    Some(raw) => match <[u8; 8]>::try_from(raw.as_ref()) {
+                        Ok(bytes) => u64::from_le_bytes(bytes),
+                        Err(_) => {
+                            return abort(KvError::Invalid(format!(
+                                "the value of '{key}' is not a counter (8-byte little-endian u64)"
+                            )));
+                        }
+                    },
+                };
+                let Some(next) = current.checked_add(delta) else {
+                    return abort(KvError::Invalid(format!(
+                        "incrementing '{key}' by {delta} overflows u64"
+                    )));
+                };
+                put_entry(
+                    trees,
+                    lambda,
+                    key.len(),
+                    &full,
+                    Some(&next.to_le_bytes()),
+                    quotas,
+                )?;
+                Ok(next)
+            }),
+        )
+    }
+
+    /// One page of the keys of `bucket` starting at position `cursor`, and the cursor
+    /// of the next page.
+    pub fn kv_list(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        cursor: u64,
+    ) -> Result<(Vec<String>, Option<u64>), KvError> {
+        let prefix = bucket_prefix(lambda, bucket);
+        let skip = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let mut keys = Vec::new();
+        let mut more = false;
+        for entry in self.kv.scan_prefix(&prefix).keys().skip(skip) {
+            let entry = entry.map_err(StoreError::from)?;
+            if keys.len() == LIST_PAGE {
+                more = true;
+                break;
+            }
+            keys.push(String::from_utf8_lossy(&entry[prefix.len()..]).into_owned());
+        }
+        let next = more.then(|| cursor + keys.len() as u64);
+        Ok((keys, next))
+    }
+
+    /// What the lambda's namespace holds.
+    pub fn kv_usage(&self, lambda: LambdaId) -> Result<KvUsage, StoreError> {
+        Ok(KvUsage::decode(
+            self.kv_usage.get(lambda.as_bytes())?.as_deref(),
+        ))
+    }
+
+    /// Removes the lambda's whole namespace.
+    pub fn kv_delete_namespace(&self, lambda: LambdaId) -> Result<(), StoreError> {
+        for key in self.kv.scan_prefix(lambda.as_bytes()).keys() {
+            self.kv.remove(key?)?;
+        }
+        self.kv_usage.remove(lambda.as_bytes())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quotas() -> KvQuotas {
+        KvQuotas {
+            max_keys: 3,
+            max_key_bytes: 16,
+            max_value_bytes: 8,
+            max_total_bytes: 40,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    /// A lambda whose record exists (its contents do not matter here).
+    fn lambda(store: &Store) -> LambdaId {
+        let id = LambdaId::generate();
+        store.lambdas.insert(id.as_bytes(), b"record").unwrap();
+        id
+    }
+
+    #[test]
+    fn set_get_delete_keep_usage_exact() {
+        let (_dir, store) = store();
+        let (a, b) = (lambda(&store), lambda(&store));
+        let q = quotas();
+        store.kv_set(a, "default", "k1", b"v1", &q).unwrap();
+        store.kv_set(a, "default", "k1", b"value", &q).unwrap();
+        store.kv_set(a, "other", "k1", b"x", &q).unwrap();
+        assert_eq!(store.kv_get(a, "default", "k1").unwrap().unwrap(), b"value");
+        assert_eq!(store.kv_get(b, "default", "k1").unwrap(), None);
+        assert_eq!(
+            store.kv_usage(a).unwrap(),
+            KvUsage {
+                keys: 2,
+                bytes: 2 + 5 + 2 + 1
+            }
+        );
+        store.kv_delete(a, "default", "k1", &q).unwrap();
+        store.kv_delete(a, "default", "absent", &q).unwrap();
+        assert_eq!(store.kv_usage(a).unwrap(), KvUsage { keys: 1, bytes: 3 });
+        store.kv_delete_namespace(a).unwrap();
+        assert_eq!(store.kv_get(a, "other", "k1").unwrap(), None);
+        assert_eq!(store.kv_usage(a).unwrap(), KvUsage::default());
+        // Once the record is gone, writes are refused.
+        store.lambdas.remove(b.as_bytes()).unwrap();
+        assert!(matches!(
+            store.kv_set(b, "default", "k", b"v", &q),
+            Err(KvError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn quotas_are_errors_not_partial_writes() {
+        let (_dir, store) = store();
+        let a = lambda(&store);
+        let q = quotas();
+        assert!(matches!(
+            store.kv_set(a, "b", "k", b"123456789", &q),
+            Err(KvError::Quota(_))
+        ));
+        assert!(matches!(
+            store.kv_set(a, "b", &"k".repeat(17), b"1", &q),
+            Err(KvError::Invalid(_))
+        ));
+        for k in ["a", "b", "c"] {
+            store.kv_set(a, "b", k, b"12345678", &q).unwrap();
+        }
+        let err = store.kv_set(a, "b", "d", b"1", &q).unwrap_err();
+        assert!(err.to_string().contains("3 keys"), "{err}");
+        // Overwriting an existing key does not count as a new key.
+        store.kv_set(a, "b", "a", b"1", &q).unwrap();
+        assert_eq!(store.kv_get(a, "b", "d").unwrap(), None);
+        let q_bytes = KvQuotas {
+            max_total_bytes: 10,
+            ..q
+        };
+        assert!(matches!(
+            store.kv_set(a, "b", "c", b"12345678", &q_bytes),
+            Err(KvError::Quota(_))
+        ));
+    }
+
+    #[test]
+    fn counters_and_listing() {
+        let (_dir, store) = store();
+        let a = lambda(&store);
+        let q = KvQuotas {
+            max_keys: 5000,
+            max_total_bytes: 1 << 20,
+            ..quotas()
+        };
+        assert_eq!(store.kv_increment(a, "c", "n", 2, &q).unwrap(), 2);
+        assert_eq!(store.kv_increment(a, "c", "n", 3, &q).unwrap(), 5);
+        store.kv_set(a, "c", "s", b"text", &q).unwrap();
+        assert!(matches!(
+            store.kv_increment(a, "c", "s", 1, &q),
+            Err(KvError::Invalid(_))
+        ));
+        store
+            .kv_set(a, "c", "max", &u64::MAX.to_le_bytes(), &q)
+            .unwrap();
+        assert!(store.kv_increment(a, "c", "max", 1, &q).is_err());
+        for i in 0..1500 {
+            store
+                .kv_set(a, "list", &format!("k{i:04}"), b"", &q)
+                .unwrap();
+        }
+        let (first, next) = store.kv_list(a, "list", 0).unwrap();
+        assert_eq!((first.len(), next), (LIST_PAGE, Some(LIST_PAGE as u64)));
+        let (rest, end) = store.kv_list(a, "list", next.unwrap()).unwrap();
+        assert_eq!((rest.len(), end), (500, None));
+        assert_eq!(rest[0], "k1000");
+        // Another bucket's keys never leak into a listing.
+        assert!(store.kv_list(a, "lis", 0).unwrap().0.is_empty());
+    }
+}
