@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
 pub mod model;
+pub mod pack;
 pub mod proxy;
 pub mod runtime;
 pub mod secrets;
