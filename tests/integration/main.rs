@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod examples;
 mod lifecycle;
 mod proxy;
 mod restart;
