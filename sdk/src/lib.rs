@@ -77,6 +77,7 @@ pub use luna_lambda_sdk_macro::handler;
 ///         Ok(json!(n * 2))
 ///     }
 /// }
+/// # fn main() {}
 /// ```
 pub use luna_lambda_sdk_macro::tasks;
 
