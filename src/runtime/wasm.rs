@@ -3,6 +3,7 @@
 //! `Store` and instance from the pool, the request streamed in, the response streamed
 //! out (capped), deadlines enforced by epochs and a host timer.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -225,6 +226,9 @@ impl LoadedLambda {
         let deadline = self.limits.timeout;
         let head_sent = Arc::new(AtomicBool::new(false));
         let (head_sent_guest, rid) = (head_sent.clone(), request_id.to_owned());
+        // The body wrapper learns from this whether the guest finished cleanly: a body
+        // the guest abandoned (trap, deadline) must end in an error, not look complete.
+        let (finished_tx, finished_rx) = oneshot::channel::<bool>();
         // The deadline covers the whole request, body included: a guest still
         // streaming (or stuck) after it is dropped, which ends the body and frees
         // its permit.
@@ -240,11 +244,12 @@ impl LoadedLambda {
             {
                 this.log_failure(&rid, "response body failed", e);
             }
+            let _ = finished_tx.send(result.is_ok());
             result
         });
 
         let outcome = match tokio::time::timeout(deadline, rx).await {
-            Ok(Ok(Ok(response))) => self.cap_response(response, request_id),
+            Ok(Ok(Ok(response))) => self.cap_response(response, request_id, finished_rx),
             Ok(Ok(Err(code))) => Err(InvokeError::GuestError(format!("{code:?}"))),
             Ok(Err(_)) => {
                 // The guest finished (or trapped) without setting a response.
@@ -274,6 +279,7 @@ impl LoadedLambda {
         &self,
         response: http::Response<HyperOutgoingBody>,
         request_id: &str,
+        guest_finished: oneshot::Receiver<bool>,
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
         let limit = self.limits.max_response_body;
         let declared = response
@@ -291,6 +297,7 @@ impl LoadedLambda {
                 inner: body,
                 remaining: limit,
                 limit,
+                guest_finished: Some(guest_finished),
                 on_exceeded: Some(Box::new(move || {
                     env.log(
                         &request_id,
@@ -612,11 +619,13 @@ where
 }
 
 /// A guest's response body that fails once it streams more than the limit, so an
-/// endless body is cut off instead of being sent forever.
+/// endless body is cut off instead of being sent forever, and that ends in an error
+/// when the guest did not finish cleanly.
 struct CappedResponse {
     inner: HyperOutgoingBody,
     remaining: u64,
     limit: u64,
+    guest_finished: Option<oneshot::Receiver<bool>>,
     on_exceeded: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -629,6 +638,22 @@ impl http_body::Body for CappedResponse {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, wasmtime_wasi_http::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = &polled
+            && let Some(finished) = self.guest_finished.as_mut()
+        {
+            let clean = match std::pin::Pin::new(finished).poll(cx) {
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+                std::task::Poll::Ready(outcome) => outcome.unwrap_or(false),
+            };
+            self.guest_finished = None;
+            if !clean {
+                return std::task::Poll::Ready(Some(Err(
+                    wasmtime_wasi_http::Error::InternalError(Some(
+                        "the lambda failed before finishing its response body".to_owned(),
+                    )),
+                )));
+            }
+        }
         if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {

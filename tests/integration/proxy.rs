@@ -199,7 +199,7 @@ async fn request_body_limit() {
 
 #[tokio::test]
 async fn guest_faults_cost_only_their_request() {
-    let s = Server::start(&[]);
+    let s = Server::start(&[("LUNA_LAMBDA_SANDBOX_MAX_RESPONSE_BODY_BYTES", "1048576")]);
     let id = s
         .running_fixture(
             ACCOUNT,
@@ -226,13 +226,48 @@ async fn guest_faults_cost_only_their_request() {
         // Waiting on I/O past the deadline is ended by the host timer.
         assert_error(s.proxy(Method::GET, &id, "/sleep").await, 504, 42008).await;
         assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
+
+        // Unbounded recursion traps at the stack limit instead of killing the host.
+        assert_error(s.proxy(Method::GET, &id, "/recurse").await, 500, 42013).await;
+        assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
+
+        // An endless body is cut off at max_response_body_bytes: the head was 200,
+        // the body ends in an error after at most the limit.
+        let response = s.proxy(Method::GET, &id, "/endless").await;
+        assert_eq!(response.status(), 200);
+        let mut received = 0usize;
+        let mut stream = response.bytes_stream();
+        let mut failed = false;
+        while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+            match chunk {
+                Ok(bytes) => received += bytes.len(),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed, "an endless body must not end cleanly");
+        assert!(received <= 1_048_576, "{received} bytes passed the cap");
+        assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
+
+        // A body that stalls after its first chunk is ended by the request deadline.
+        let started = std::time::Instant::now();
+        let response = s.proxy(Method::GET, &id, "/stuck-body").await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.bytes().await.is_err(),
+            "a stuck body must not end cleanly"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
     }
     let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/logs")).await;
     assert!(logs.to_string().contains("request failed"), "{logs}");
     let text = s.get("/metrics").await.text().await.unwrap();
     assert!(
         text.contains(&format!(
-            r#"lambda_errors_total{{error_code="42013",lambda_id="{id}"}} 4"#
+            r#"lambda_errors_total{{error_code="42013",lambda_id="{id}"}} 6"#
         )),
         "{text}"
     );
