@@ -319,3 +319,47 @@ async fn every_example_answers_as_documented() {
             >= 2.0
     );
 }
+
+#[tokio::test]
+async fn key_value_data_survives_a_restart() {
+    use reqwest::Method;
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let server = Server::start_in(&dir, &[]);
+    let counter = deploy(
+        &server,
+        "kv-counter",
+        json!({"lambda_name": "counter"}),
+        None,
+    )
+    .await;
+    for _ in 0..2 {
+        call(&server, Method::GET, &counter, "/visits", None).await;
+    }
+    assert!(server.terminate().success());
+
+    let server = Server::start_in(&dir, &[]);
+    server.wait_status(&counter, "running").await;
+    let (_, text) = call(&server, Method::GET, &counter, "/visits", None).await;
+    assert_eq!(parse(&text), json!({"name": "visits", "hits": 3}));
+
+    // Namespaces are per lambda: a new lambda of the same name starts from zero (the
+    // sweep of a deleted lambda's data is covered by the store's unit tests).
+    let response = server
+        .http
+        .delete(server.url(&format!("/1/lambdas/{counter}")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    let again = deploy(
+        &server,
+        "kv-counter",
+        json!({"lambda_name": "counter"}),
+        None,
+    )
+    .await;
+    let (_, text) = call(&server, Method::GET, &again, "/visits?peek", None).await;
+    assert_eq!(parse(&text)["hits"], 0);
+}
