@@ -39,8 +39,7 @@ pub struct HostState {
 
 impl HostState {
     /// Store data for one request of the lambda described by `env`.
-    pub fn new(env: &Arc<GuestEnv>, request_id: &str, memory_limit_bytes: usize) -> Self {
-        let request_id: Arc<str> = Arc::from(request_id);
+    pub fn new(env: &Arc<GuestEnv>, request_id: Arc<str>, memory_limit_bytes: usize) -> Self {
         let stdout = GuestLog::new(
             env.lambda_id,
             request_id.clone(),

@@ -184,7 +184,7 @@ impl LoadedLambda {
     }
 
     /// A store for one request, with its limits and deadline armed.
-    fn new_store(&self, request_id: &str) -> Store<HostState> {
+    fn new_store(&self, request_id: Arc<str>) -> Store<HostState> {
         let mut store = Store::new(
             self.engine.engine(),
             HostState::new(&self.env, request_id, self.limits.memory_bytes),
@@ -206,7 +206,9 @@ impl LoadedLambda {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display,
     {
-        let mut store = self.new_store(request_id);
+        // One shared copy of the id serves the store, the guest task and the body.
+        let request_id: Arc<str> = Arc::from(request_id);
+        let mut store = self.new_store(request_id.clone());
         let max_body = self.limits.max_request_body;
         let request = request.map(|body| LimitedBody::boxed(body, max_body));
         let incoming = store
@@ -225,7 +227,7 @@ impl LoadedLambda {
         let pre = pre.clone();
         let deadline = self.limits.timeout;
         let head_sent = Arc::new(AtomicBool::new(false));
-        let (head_sent_guest, rid) = (head_sent.clone(), request_id.to_owned());
+        let (head_sent_guest, rid) = (head_sent.clone(), request_id.clone());
         // The body wrapper learns from this whether the guest finished cleanly: a body
         // the guest abandoned (trap, deadline) must end in an error, not look complete.
         let (finished_tx, finished_rx) = oneshot::channel::<bool>();
@@ -278,7 +280,7 @@ impl LoadedLambda {
     fn cap_response(
         &self,
         response: http::Response<HyperOutgoingBody>,
-        request_id: &str,
+        request_id: Arc<str>,
         guest_finished: oneshot::Receiver<bool>,
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
         let limit = self.limits.max_response_body;
@@ -290,23 +292,13 @@ impl LoadedLambda {
         if declared.is_some_and(|len| len > limit) {
             return Err(InvokeError::ResponseTooLarge(limit));
         }
-        let env = self.env.clone();
-        let request_id: Arc<str> = Arc::from(request_id);
         Ok(response.map(|body| {
             CappedResponse {
                 inner: body,
                 remaining: limit,
                 limit,
                 guest_finished: Some(guest_finished),
-                on_exceeded: Some(Box::new(move || {
-                    env.log(
-                        &request_id,
-                        &format!(
-                            "response body failed: {}",
-                            InvokeError::ResponseTooLarge(limit)
-                        ),
-                    );
-                })),
+                report_to: Some((self.env.clone(), request_id)),
             }
             .boxed_unsync()
         }))
@@ -358,7 +350,7 @@ impl LoadedLambda {
                 .ok()
                 .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
                 .ok_or(InvokeError::TaskInput)?;
-            let mut store = self.new_store(request_id);
+            let mut store = self.new_store(Arc::from(request_id));
             let started = Instant::now();
             let instance = pre
                 .instantiate_async(&mut store)
@@ -367,30 +359,12 @@ impl LoadedLambda {
             let instantiated = started.elapsed();
             self.env.metrics.observe_instantiate(instantiated);
             let answer = if split {
-                let func = instance
-                    .get_typed_func::<(&str,), (Result<Vec<String>, String>,)>(
-                        &mut store,
-                        exports.split,
-                    )
-                    .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
-                let (result,) = func
-                    .call_async(&mut store, (content,))
-                    .await
-                    .map_err(|e| classify_trap(&e, deadline))?;
-                let subtasks = result.map_err(InvokeError::TaskFailed)?;
+                let subtasks: Vec<String> =
+                    call_task(&mut store, &instance, exports.split, content, deadline).await?;
                 subtasks_json(&subtasks)?
             } else {
-                let func = instance
-                    .get_typed_func::<(&str,), (Result<String, String>,)>(
-                        &mut store,
-                        exports.execute,
-                    )
-                    .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
-                let (result,) = func
-                    .call_async(&mut store, (content,))
-                    .await
-                    .map_err(|e| classify_trap(&e, deadline))?;
-                let answer = result.map_err(InvokeError::TaskFailed)?;
+                let answer: String =
+                    call_task(&mut store, &instance, exports.execute, content, deadline).await?;
                 if serde_json::from_str::<serde::de::IgnoredAny>(&answer).is_err() {
                     return Err(InvokeError::TaskFailed(format!(
                         "{EXECUTE_EXPORT} returned a result that is not JSON"
@@ -459,6 +433,29 @@ impl LoadedLambda {
 struct TaskExports<'a> {
     split: &'a ComponentExportIndex,
     execute: &'a ComponentExportIndex,
+}
+
+/// Calls a tasks export `func(content: string) -> result<R, string>`; the guest's error
+/// becomes `TaskFailed`.
+async fn call_task<R>(
+    store: &mut Store<HostState>,
+    instance: &wasmtime::component::Instance,
+    export: &ComponentExportIndex,
+    content: &str,
+    deadline: Duration,
+) -> Result<R, InvokeError>
+where
+    (Result<R, String>,):
+        wasmtime::component::ComponentNamedList + wasmtime::component::Lift + Send + Sync + 'static,
+{
+    let func = instance
+        .get_typed_func::<(&str,), (Result<R, String>,)>(&mut *store, export)
+        .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+    let (result,) = func
+        .call_async(&mut *store, (content,))
+        .await
+        .map_err(|e| classify_trap(&e, deadline))?;
+    result.map_err(InvokeError::TaskFailed)
 }
 
 /// `split-content`'s subtasks as one JSON array; each must itself be JSON.
@@ -626,7 +623,8 @@ struct CappedResponse {
     remaining: u64,
     limit: u64,
     guest_finished: Option<oneshot::Receiver<bool>>,
-    on_exceeded: Option<Box<dyn FnOnce() + Send>>,
+    /// Where to log the cut-off (taken on first use).
+    report_to: Option<(Arc<GuestEnv>, Arc<str>)>,
 }
 
 impl http_body::Body for CappedResponse {
@@ -659,8 +657,9 @@ impl http_body::Body for CappedResponse {
         {
             let len = data.len() as u64;
             if len > self.remaining {
-                if let Some(report) = self.on_exceeded.take() {
-                    report();
+                if let Some((env, request_id)) = self.report_to.take() {
+                    let error = InvokeError::ResponseTooLarge(self.limit);
+                    env.log(&request_id, &format!("response body failed: {error}"));
                 }
                 return std::task::Poll::Ready(Some(Err(
                     wasmtime_wasi_http::Error::HttpResponseBodySize(Some(self.limit)),
