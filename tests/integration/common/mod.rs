@@ -15,10 +15,11 @@ pub const OTHER_ACCOUNT: &str = "0468ca85-f6ca-4841-b30c-5ccc26b6f397";
 /// Upper bound for anything the tests wait for (builds in a debug binary included).
 pub const PATIENCE: Duration = Duration::from_secs(90);
 
-/// The fixture guest (`tests/guests/fixture`), built once per test run.
-pub fn fixture_wasm() -> &'static [u8] {
-    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| {
+/// The guests of the nested `tests/guests` workspace, built once per test run;
+/// returns their output directory.
+fn guests_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let target = root.join("target").join("guests");
         // A fresh machine may lack the target; rustup adds it in seconds.
@@ -44,8 +45,19 @@ pub fn fixture_wasm() -> &'static [u8] {
             "building the guest fixtures failed: is the wasm32-wasip2 target installed? \
              (rustup target add wasm32-wasip2)"
         );
-        std::fs::read(target.join("wasm32-wasip2/release/fixture.wasm")).expect("fixture.wasm")
+        target.join("wasm32-wasip2/release")
     })
+}
+
+/// The fixture guest (`tests/guests/fixture`, written with `wstd`).
+pub fn fixture_wasm() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| std::fs::read(guests_dir().join("fixture.wasm")).expect("fixture.wasm"))
+}
+
+/// The compatibility guest (`tests/guests/bindgen-proxy`, plain `wit-bindgen`).
+pub fn bindgen_proxy_wasm() -> Vec<u8> {
+    std::fs::read(guests_dir().join("bindgen_proxy.wasm")).expect("bindgen_proxy.wasm")
 }
 
 /// A zip of (name, bytes) entries.
@@ -265,6 +277,17 @@ impl Server {
             .send()
             .await
             .unwrap()
+    }
+
+    /// The server process's resident set size in KiB, from `/proc`.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server process is alive");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 
     /// The value of a metric line starting with `prefix` (summed over matches).
