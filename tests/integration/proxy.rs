@@ -282,7 +282,7 @@ async fn ten_thousand_faults_leave_memory_stable() {
     const CONCURRENCY: usize = 8;
     // RSS should measure what the server retains, not noise: decommitting each slot as
     // it is freed keeps pooled memories waiting in a decommit batch out of the sample, and
-    // one malloc arena keeps glibc's per-thread arenas from reaching their high-water
+    // a single malloc arena keeps glibc's per-thread arenas from reaching their high-water
     // marks one by one during the run (with the default 16 arenas RSS still climbs
     // ~10 MiB over 10,000 faults, in steps with plateaus: fragmentation, not a leak).
     let s = std::sync::Arc::new(Server::start(&[
