@@ -328,10 +328,8 @@ impl batch::Host for HostState {
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), kv::Error> {
         self.with_bucket(&bucket, |env, b| {
-            key_values.iter().try_for_each(|(key, value)| {
-                env.store
-                    .kv_set(env.lambda_id, b, key, value, &env.kv_quotas)
-            })
+            env.store
+                .kv_set_many(env.lambda_id, b, &key_values, &env.kv_quotas)
         })
     }
 
@@ -341,8 +339,8 @@ impl batch::Host for HostState {
         keys: Vec<String>,
     ) -> Result<(), kv::Error> {
         self.with_bucket(&bucket, |env, b| {
-            keys.iter()
-                .try_for_each(|key| env.store.kv_delete(env.lambda_id, b, key, &env.kv_quotas))
+            env.store
+                .kv_delete_many(env.lambda_id, b, &keys, &env.kv_quotas)
         })
     }
 }

@@ -196,20 +196,22 @@ impl Store {
         value: &[u8],
         quotas: &KvQuotas,
     ) -> Result<(), KvError> {
-        check_key(key, quotas)?;
-        if value.len() as u64 > quotas.max_value_bytes {
-            return Err(KvError::Quota(format!(
-                "values may be at most {} bytes, got {}",
-                quotas.max_value_bytes,
-                value.len()
-            )));
-        }
-        let full = entry_key(lambda, bucket, key);
-        unwrap_kv_tx(
-            (&self.kv, &self.kv_usage, &self.lambdas).transaction(|trees| {
-                put_entry(trees, lambda, key.len(), &full, Some(value), quotas)
-            }),
-        )
+        self.kv_write(lambda, bucket, &[(key, Some(value))], quotas)
+    }
+
+    /// Sets every pair, all or nothing: a batch that would break a quota writes nothing.
+    pub fn kv_set_many(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        pairs: &[(String, Vec<u8>)],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        let writes: Vec<_> = pairs
+            .iter()
+            .map(|(key, value)| (key.as_str(), Some(value.as_slice())))
+            .collect();
+        self.kv_write(lambda, bucket, &writes, quotas)
     }
 
     /// Removes `key` from `bucket` (absent keys are fine).
@@ -220,10 +222,52 @@ impl Store {
         key: &str,
         quotas: &KvQuotas,
     ) -> Result<(), KvError> {
-        let full = entry_key(lambda, bucket, key);
+        self.kv_write(lambda, bucket, &[(key, None)], quotas)
+    }
+
+    /// Removes every key, all or nothing.
+    pub fn kv_delete_many(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        keys: &[String],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        let writes: Vec<_> = keys.iter().map(|key| (key.as_str(), None)).collect();
+        self.kv_write(lambda, bucket, &writes, quotas)
+    }
+
+    /// Applies sets (`Some`) and removals (`None`) in one transaction, so quotas are
+    /// checked against the batch as a whole and a refused batch leaves no trace.
+    fn kv_write(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        writes: &[(&str, Option<&[u8]>)],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        for (key, value) in writes {
+            let Some(value) = value else { continue };
+            check_key(key, quotas)?;
+            if value.len() as u64 > quotas.max_value_bytes {
+                return Err(KvError::Quota(format!(
+                    "values may be at most {} bytes, got {}",
+                    quotas.max_value_bytes,
+                    value.len()
+                )));
+            }
+        }
+        let full_keys: Vec<Vec<u8>> = writes
+            .iter()
+            .map(|(key, _)| entry_key(lambda, bucket, key))
+            .collect();
         unwrap_kv_tx(
-            (&self.kv, &self.kv_usage, &self.lambdas)
-                .transaction(|trees| put_entry(trees, lambda, key.len(), &full, None, quotas)),
+            (&self.kv, &self.kv_usage, &self.lambdas).transaction(|trees| {
+                for ((key, value), full) in writes.iter().zip(&full_keys) {
+                    put_entry(trees, lambda, key.len(), full, *value, quotas)?;
+                }
+                Ok(())
+            }),
         )
     }
 
@@ -366,6 +410,35 @@ mod tests {
             store.kv_set(b, "default", "k", b"v", &q),
             Err(KvError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn batches_are_all_or_nothing() {
+        let (_dir, store) = store();
+        let a = lambda(&store);
+        let q = quotas();
+        let pairs = |names: &[&str]| -> Vec<(String, Vec<u8>)> {
+            names
+                .iter()
+                .map(|n| (n.to_string(), b"v".to_vec()))
+                .collect()
+        };
+        store.kv_set_many(a, "b", &pairs(&["a", "b"]), &q).unwrap();
+        // Two more keys would make four: nothing of the batch is written.
+        let err = store
+            .kv_set_many(a, "b", &pairs(&["c", "d"]), &q)
+            .unwrap_err();
+        assert!(err.to_string().contains("3 keys"), "{err}");
+        assert_eq!(store.kv_get(a, "b", "c").unwrap(), None);
+        assert_eq!(store.kv_usage(a).unwrap(), KvUsage { keys: 2, bytes: 4 });
+        // Keys a batch removed are free for the next one.
+        store
+            .kv_delete_many(a, "b", &["a".to_owned(), "b".to_owned()], &q)
+            .unwrap();
+        store
+            .kv_set_many(a, "b", &pairs(&["c", "d", "e"]), &q)
+            .unwrap();
+        assert_eq!(store.kv_usage(a).unwrap(), KvUsage { keys: 3, bytes: 6 });
     }
 
     #[test]

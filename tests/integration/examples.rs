@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
-use crate::common::{ACCOUNT, Server, zip_of};
+use crate::common::{ACCOUNT, Server, wait_log, zip_of};
 
 const EXAMPLES: [&str; 6] = [
     "hello",
@@ -79,21 +79,6 @@ async fn call(
 }
 
 /// Lambda logs are group-committed: polls until a line contains `needle`.
-async fn wait_log(server: &Server, id: &str, needle: &str) {
-    let deadline = std::time::Instant::now() + crate::common::PATIENCE;
-    loop {
-        let logs = server.get_json(&format!("/1/lambdas/{id}/logs")).await.1;
-        if logs.to_string().contains(needle) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no '{needle}' in {logs}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 fn parse(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }

@@ -7,6 +7,7 @@ mod common;
 
 mod api;
 mod examples;
+mod host;
 mod lifecycle;
 mod proxy;
 mod restart;

@@ -352,7 +352,7 @@ async fn components_from_plain_wit_bindgen_run_unchanged() {
         .create(
             ACCOUNT,
             "bindgen",
-            zip_of(&[("lambda.wasm", &bindgen_proxy_wasm())]),
+            zip_of(&[("lambda.wasm", &guest_wasm("bindgen-proxy"))]),
             None,
         )
         .await;

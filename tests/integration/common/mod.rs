@@ -55,9 +55,11 @@ pub fn fixture_wasm() -> &'static [u8] {
     WASM.get_or_init(|| std::fs::read(guests_dir().join("fixture.wasm")).expect("fixture.wasm"))
 }
 
-/// The compatibility guest (`tests/guests/bindgen-proxy`, plain `wit-bindgen`).
-pub fn bindgen_proxy_wasm() -> Vec<u8> {
-    std::fs::read(guests_dir().join("bindgen_proxy.wasm")).expect("bindgen_proxy.wasm")
+/// Another guest of `tests/guests` by crate name: `bindgen-proxy` (plain
+/// `wit-bindgen`), `sdk-probe` (the SDK).
+pub fn guest_wasm(crate_name: &str) -> Vec<u8> {
+    let file = format!("{}.wasm", crate_name.replace('-', "_"));
+    std::fs::read(guests_dir().join(&file)).expect(&file)
 }
 
 /// A zip of (name, bytes) entries.
@@ -352,4 +354,17 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: u64) -
         "{body}"
     );
     body
+}
+
+/// Waits until the lambda's logs contain `needle` (log lines reach the store in batches).
+pub async fn wait_log(server: &Server, id: &str, needle: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let logs = server.get_json(&format!("/1/lambdas/{id}/logs")).await.1;
+        if logs.to_string().contains(needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no '{needle}' in {logs}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
