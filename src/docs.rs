@@ -12,6 +12,7 @@ pub const SERVICE_SPEC_YAML: &str = include_str!("../docs/openapi.yaml");
 const MANUAL: &[(&str, &str)] = &[
     ("index", include_str!("../docs/dev/index.md")),
     ("writing", include_str!("../docs/dev/writing.md")),
+    ("sdk", include_str!("../docs/dev/sdk.md")),
     ("packing", include_str!("../docs/dev/packing.md")),
     ("validating", include_str!("../docs/dev/validating.md")),
     ("deploying", include_str!("../docs/dev/deploying.md")),

@@ -661,6 +661,7 @@ async fn documents_config_plugins_metrics_health() {
     let html = r.text().await.unwrap();
     for page in [
         "writing.html",
+        "sdk.html",
         "packing.html",
         "validating.html",
         "deploying.html",
