@@ -1,0 +1,499 @@
+#!/usr/bin/env python3
+"""The benchmark suite: the service side by side with its anchors, in one run on one machine.
+
+Usage (from the repository root):
+
+    python3 benches/suite.py                 # every scenario, medians of 5 runs
+    python3 benches/suite.py --scenarios 1,5 --runs 3 --seconds 5
+
+It builds what it measures in release mode, installs the anchors it needs (wasmtime-cli 48.x
+with `cargo install` into target/anchors, wrk and nginx with apt-get when missing), starts
+everything on 127.0.0.1 with ports chosen by the kernel, bounds every run in time, prints a
+table of absolute figures and ratios, and writes it with the date, the machine and the exact
+commands into docs/benchmarks.md (between the `suite` markers). Load generator and servers
+share the machine's cores; nothing is pinned (pinning the server to one core and wrk to the
+other made every server slower here than sharing both).
+
+Scenarios:
+  1. in-process WASM (our proxy route, full management stack) vs `wasmtime serve`, pooling
+     allocator on for both, the same plain wasi:http component, c = 1, 16, 64;
+  2. pod proxy vs direct vs nginx: the anchors only until container lambdas exist;
+  3. upload -> first 200 for the hello lambda: cold (compile) and cache hit;
+  4. scale: RSS with 1 / 100 / 1,000 idle lambdas (shared and distinct components), 1,000
+     concurrent creates to `running`, list latency at 10,000 stored lambdas;
+  5. per-request instantiation p50 / p99 from the service's own histogram.
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACCOUNT = "8950722f-3fd4-4223-b48f-03f95f0e8dfb"
+WASMTIME_VERSION = "48.0.8"
+ANCHORS = os.path.join(ROOT, "target", "anchors")
+WASMTIME = os.path.join(ANCHORS, "bin", "wasmtime")
+GUESTS = os.path.join(ROOT, "target", "guests", "wasm32-wasip2", "release")
+# The same component for us and for `wasmtime serve`: plain wasi:http, no luna imports.
+PLAIN_HELLO = os.path.join(GUESTS, "bindgen_proxy.wasm")
+SDK_HELLO = os.path.join(ROOT, "target", "wasm32-wasip2", "release", "hello.wasm")
+COMMANDS = []
+
+
+def sh(*cmd, **kw):
+    COMMANDS.append(" ".join(cmd))
+    return subprocess.run(cmd, check=True, cwd=ROOT, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=60):
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{url} never answered")
+
+
+# ---------------------------------------------------------------------------- setup
+
+def install_tools(scenarios):
+    missing = [tool for tool, needed in (("wrk", True), ("nginx", 2 in scenarios))
+               if needed and not shutil.which(tool)]
+    if missing:
+        if os.geteuid() != 0:
+            sys.exit(f"missing {missing}: apt-get install {' '.join(missing)}")
+        sh("apt-get", "update", "-qq")
+        sh("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing)
+    if 1 in scenarios and not os.path.exists(WASMTIME):
+        sh("cargo", "install", "--locked", "wasmtime-cli", "--version", WASMTIME_VERSION,
+           "--root", ANCHORS)
+
+
+def build():
+    sh("cargo", "build", "--release", "--bin", "luna-lambda")
+    sh("cargo", "build", "--release", "--target", "wasm32-wasip2", "-p", "hello")
+    sh("cargo", "build", "--release", "--target", "wasm32-wasip2",
+       "--manifest-path", "tests/guests/Cargo.toml",
+       env=dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, "target", "guests")))
+
+
+def archive(workdir, wasm_path, tag=None):
+    """A lambda archive; with a tag, a distinct component (a custom section added)."""
+    with open(wasm_path, "rb") as f:
+        wasm = f.read()
+    name = os.path.basename(wasm_path)
+    if tag is not None:
+        payload = b"\x05bench" + tag.to_bytes(4, "little")
+        wasm += bytes([0, len(payload)]) + payload
+        name = f"{tag}-{name}"
+    path = os.path.join(workdir, name + ".zip")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("lambda.wasm", wasm)
+    return path
+
+
+class Service:
+    """`luna-lambda serve` on 127.0.0.1:0 with a fresh data directory."""
+
+    def __init__(self, workdir, env=None):
+        self.data = tempfile.mkdtemp(prefix="data-", dir=workdir)
+        environment = dict(os.environ, LUNA_LAMBDA_LOG_LEVEL="warn", **(env or {}))
+        self.proc = subprocess.Popen(
+            [os.path.join(ROOT, "target/release/luna-lambda"), "serve",
+             "--listen", "127.0.0.1:0", "--data-dir", self.data],
+            stdout=subprocess.PIPE, env=environment, text=True)
+        self.base = re.search(r"listening on (\S+)", self.proc.stdout.readline()).group(1)
+
+    def create(self, archive_path, name):
+        out = subprocess.run(
+            ["curl", "-s", "-H", f"Luna-Account-Id: {ACCOUNT}",
+             "-F", f"archive=@{archive_path};type=application/zip",
+             "-F", 'credentials={"token":"bench"};type=application/json',
+             "-F", f'parameters={{"lambda_name":"{name}"}};type=application/json',
+             f"{self.base}/1/lambdas"],
+            check=True, capture_output=True, text=True).stdout
+        return json.loads(out)["lambda_id"]
+
+    def status(self, lambda_id):
+        with urllib.request.urlopen(f"{self.base}/1/lambdas/{lambda_id}/status") as r:
+            return json.load(r)["status"]
+
+    def wait_running(self, lambda_id, timeout=600):
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            status = self.status(lambda_id)
+            if status == "running":
+                return
+            if status == "failed":
+                raise RuntimeError(f"{lambda_id} failed")
+            time.sleep(0.01)
+        raise RuntimeError(f"{lambda_id} never ran")
+
+    def proxy_url(self, lambda_id, path="/hello"):
+        return f"{self.base}/1/lambdas/{lambda_id}/proxy{path}"
+
+    def rss_mib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+
+    def metrics(self):
+        with urllib.request.urlopen(f"{self.base}/metrics") as r:
+            return r.read().decode()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+# ---------------------------------------------------------------------------- load
+
+def parse_duration(text):
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
+def wrk_once(url, connections, seconds):
+    threads = 1 if connections == 1 else 2
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+           "-H", f"Luna-Account-Id: {ACCOUNT}", url]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {m.group(1): parse_duration(m.group(2))
+           for m in re.finditer(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failures = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
+    return rps, lat["50"], lat["99"], failures, " ".join(cmd[:-1]) + " URL"
+
+
+def wrk_median(url, connections, runs, seconds):
+    results = [wrk_once(url, connections, seconds) for _ in range(runs)]
+    COMMANDS.append(results[0][4])
+    return (statistics.median(r[0] for r in results),
+            statistics.median(r[1] for r in results),
+            statistics.median(r[2] for r in results),
+            sum(r[3] for r in results))
+
+
+def ms(seconds):
+    return f"{seconds * 1000:.2f} ms"
+
+
+# ---------------------------------------------------------------------------- scenarios
+
+def scenario_throughput(work, args, rows):
+    """1: our proxy route vs `wasmtime serve` on the same component."""
+    service = Service(work)
+    port = free_port()
+    # -S cli: Rust std imports wasi:cli (environment, exit) even in a pure HTTP handler.
+    serve = [WASMTIME, "serve", "--addr", f"127.0.0.1:{port}", "-O", "pooling-allocator=y", "-S", "cli=y",
+             PLAIN_HELLO]
+    COMMANDS.append(" ".join(serve).replace(ROOT + "/", ""))
+    wasmtime = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lambda_id = service.create(archive(work, PLAIN_HELLO), "plain-hello")
+        service.wait_running(lambda_id)
+        ours_url = service.proxy_url(lambda_id)
+        anchor_url = f"http://127.0.0.1:{port}/hello"
+        wait_http(anchor_url)
+        for connections in (1, 16, 64):
+            ours = wrk_median(ours_url, connections, args.runs, args.seconds)
+            anchor = wrk_median(anchor_url, connections, args.runs, args.seconds)
+            rows.append((f"1. req/s, c={connections}", f"{ours[0]:,.0f}", f"{anchor[0]:,.0f}",
+                         f"{ours[0] / anchor[0]:.2f}×", "wasmtime serve"))
+            rows.append((f"1. p50 / p99, c={connections}",
+                         f"{ms(ours[1])} / {ms(ours[2])}", f"{ms(anchor[1])} / {ms(anchor[2])}",
+                         f"{anchor[1] / ours[1]:.2f}× / {anchor[2] / ours[2]:.2f}×",
+                         "wasmtime serve (ratio > 1: ours faster)"))
+            if ours[3] or anchor[3]:
+                rows.append((f"1. failed responses, c={connections}", str(ours[3]), str(anchor[3]),
+                             "", "non-2xx + socket errors"))
+        scenario_instantiation(service, lambda_id, rows)
+    finally:
+        wasmtime.terminate()
+        wasmtime.wait()
+        service.stop()
+
+
+def histogram_quantiles(text, metric, lambda_id, quantiles):
+    """Quantiles of a Prometheus histogram, interpolated within buckets as
+    `histogram_quantile` does."""
+    pattern = re.compile(
+        rf'^{metric}_bucket{{[^}}]*lambda_id="{lambda_id}"[^}}]*le="([^"]+)"[^}}]*}} (\S+)$')
+    buckets = sorted((float("inf") if m.group(1) == "+Inf" else float(m.group(1)),
+                      float(m.group(2)))
+                     for m in map(pattern.match, text.splitlines()) if m)
+    total = buckets[-1][1]
+    out = []
+    for q in quantiles:
+        rank, lower, lower_count = q * total, 0.0, 0.0
+        for le, count in buckets:
+            if count >= rank:
+                share = (rank - lower_count) / max(count - lower_count, 1e-9)
+                out.append(lower if le == float("inf") else lower + (le - lower) * share)
+                break
+            lower, lower_count = le, count
+    return out, int(total)
+
+
+def scenario_instantiation(service, lambda_id, rows):
+    """5: instantiation from the pool, as the service measures it."""
+    (p50, p99), total = histogram_quantiles(
+        service.metrics(), "lambda_instantiate_seconds", lambda_id, (0.5, 0.99))
+    rows.append((f"5. instantiation p50 / p99 ({total:,} requests of scenario 1)",
+                 f"{p50 * 1e6:.1f} µs / {p99 * 1e6:.1f} µs", "10 µs / 50 µs",
+                 f"{0.00001 / p50:.2f}× / {0.00005 / p99:.2f}×", "target (ratio ≥ 1: met)"))
+
+
+def scenario_pod_proxy(work, args, rows):
+    """2: the anchors of the pod proxy. Our route needs container lambdas (not built yet)."""
+    upstream_port, nginx_port = free_port(), free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-c", UPSTREAM, str(upstream_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(port=nginx_port, upstream=upstream_port, work=work))
+    nginx = subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    COMMANDS.append(f"nginx -c {conf} (proxy_pass to the upstream, keepalive 64)")
+    try:
+        direct_url = f"http://127.0.0.1:{upstream_port}/main"
+        nginx_url = f"http://127.0.0.1:{nginx_port}/main"
+        wait_http(direct_url)
+        wait_http(nginx_url)
+        for connections in (1, 16):
+            direct = wrk_median(direct_url, connections, args.runs, args.seconds)
+            proxied = wrk_median(nginx_url, connections, args.runs, args.seconds)
+            rows.append((f"2. nginx added p50, c={connections}", "n/a (container lambdas: issue 4)",
+                         ms(proxied[1] - direct[1]), "",
+                         f"direct {direct[0]:,.0f} req/s, via nginx {proxied[0]:,.0f} req/s"))
+    finally:
+        nginx.terminate()
+        upstream.terminate()
+        nginx.wait()
+        upstream.wait()
+
+
+UPSTREAM = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"hello from the upstream\\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+NGINX_CONF = """
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log /dev/null;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/nginx-body;
+  proxy_temp_path {work}/nginx-proxy;
+  fastcgi_temp_path {work}/nginx-fastcgi;
+  uwsgi_temp_path {work}/nginx-uwsgi;
+  scgi_temp_path {work}/nginx-scgi;
+  upstream lambda {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://lambda;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def first_200(service, lambda_id, started, timeout=120):
+    url = service.proxy_url(lambda_id, "/main")
+    while time.monotonic() - started < timeout:
+        try:
+            request = urllib.request.Request(url, headers={"Luna-Account-Id": ACCOUNT})
+            with urllib.request.urlopen(request) as r:
+                if r.status == 200:
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.002)
+    raise RuntimeError("the lambda never answered")
+
+
+def scenario_upload(work, args, rows):
+    """3: upload -> first 200, cold compile and cache hit."""
+    service = Service(work)
+    try:
+        cold, warm = [], []
+        for run in range(args.runs):
+            fresh = archive(work, SDK_HELLO, tag=10_000 + run)
+            started = time.monotonic()
+            cold.append(first_200(service, service.create(fresh, f"cold{run}"), started))
+            started = time.monotonic()
+            warm.append(first_200(service, service.create(fresh, f"warm{run}"), started))
+        rows.append(("3. upload → first 200, cold (compile)", ms(statistics.median(cold)),
+                     "1000 ms", f"{1.0 / statistics.median(cold):.2f}×", "target (≥ 1: met)"))
+        rows.append(("3. upload → first 200, cache hit", ms(statistics.median(warm)),
+                     "150 ms", f"{0.150 / statistics.median(warm):.2f}×", "target (≥ 1: met)"))
+    finally:
+        service.stop()
+
+
+def scenario_scale(work, args, rows):
+    """4: idle RSS, concurrent creates, list latency."""
+    service = Service(work)
+    try:
+        shared = archive(work, SDK_HELLO)
+        baseline = service.rss_mib()
+        ids = []
+        for target in (1, 100, args.idle):
+            ids += [service.create(shared, f"shared{i}") for i in range(len(ids), target)]
+            for lambda_id in ids:
+                service.wait_running(lambda_id)
+            per = (service.rss_mib() - baseline) * 1024 / len(ids)
+            rows.append((f"4. RSS per idle lambda, {len(ids)} loaded, one shared component",
+                         f"{per:,.0f} KiB", "2048 KiB", f"{2048 / max(per, 1):.2f}×",
+                         "target (≥ 1: met)"))
+        before = service.rss_mib()
+        distinct = [archive(work, SDK_HELLO, tag=i) for i in range(args.distinct)]
+        distinct_ids = [service.create(path, f"distinct{i}") for i, path in enumerate(distinct)]
+        for lambda_id in distinct_ids:
+            service.wait_running(lambda_id)
+        per = (service.rss_mib() - before) * 1024 / len(distinct_ids)
+        rows.append((f"4. RSS per idle lambda, {len(distinct_ids)} distinct components",
+                     f"{per:,.0f} KiB", "2048 KiB", f"{2048 / max(per, 1):.2f}×",
+                     "target (≥ 1: met)"))
+
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(64) as pool:
+            created = list(pool.map(lambda i: service.create(shared, f"burst{i}"),
+                                    range(args.burst)))
+            list(pool.map(service.wait_running, created))
+        rows.append((f"4. {args.burst:,} concurrent creates → all running",
+                     f"{time.monotonic() - started:.1f} s", "all running", "", "no errors"))
+
+        stored = len(ids) + len(distinct_ids) + len(created)
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: service.create(shared, f"stored{i}"),
+                          range(max(0, args.stored - stored))))
+        url = f"{service.base}/1/lambdas?page_size=100&page=3"
+        samples = []
+        for _ in range(200):
+            started = time.perf_counter()
+            with urllib.request.urlopen(url) as r:
+                r.read()
+            samples.append(time.perf_counter() - started)
+        samples.sort()
+        p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+        rows.append((f"4. list page_size=100 at {max(stored, args.stored):,} lambdas: p50 / p99",
+                     f"{ms(p50)} / {ms(p99)}", "5 ms (p50)", f"{0.005 / p50:.2f}×",
+                     "target (≥ 1: met)"))
+    finally:
+        service.stop()
+
+
+# ---------------------------------------------------------------------------- report
+
+def machine():
+    with open("/proc/cpuinfo") as f:
+        cpu = re.search(r"model name\s*:\s*(.+)", f.read())
+    return (f"{os.cpu_count()} cores (nproc), {cpu.group(1) if cpu else 'unknown CPU'}, "
+            f"{platform.platform()}")
+
+
+def report(rows, args):
+    lines = [
+        f"## Suite results ({datetime.date.today().isoformat()})",
+        "",
+        f"Machine: {machine()}. Load generator and servers share the cores; nothing pinned. "
+        f"Medians of {args.runs} runs of {args.seconds} s.",
+        f"Command: `python3 benches/suite.py --scenarios {args.scenarios} --runs {args.runs} "
+        f"--seconds {args.seconds}`",
+        "",
+        "| measure | ours | anchor / target | ratio | anchor |",
+        "|---|---|---|---|---|",
+        *[f"| {' | '.join(row)} |" for row in rows],
+        "",
+        "Commands run:",
+        "",
+        *[f"- `{c}`" for c in dict.fromkeys(COMMANDS)],
+    ]
+    text = "\n".join(lines)
+    print("\n" + text)
+    path = os.path.join(ROOT, "docs", "benchmarks.md")
+    with open(path) as f:
+        doc = f.read()
+    begin, end = "<!-- suite:begin -->", "<!-- suite:end -->"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(doc)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenarios", default="1,2,3,4")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--distinct", type=int, default=100)
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--stored", type=int, default=10_000)
+    args = parser.parse_args()
+    scenarios = {int(s) for s in args.scenarios.split(",")}
+    install_tools(scenarios)
+    build()
+    work = tempfile.mkdtemp(prefix="luna-suite-")
+    rows = []
+    try:
+        if 1 in scenarios or 5 in scenarios:
+            scenario_throughput(work, args, rows)
+        if 2 in scenarios:
+            scenario_pod_proxy(work, args, rows)
+        if 3 in scenarios:
+            scenario_upload(work, args, rows)
+        if 4 in scenarios:
+            scenario_scale(work, args, rows)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(rows, args)
+
+
+if __name__ == "__main__":
+    main()
