@@ -51,6 +51,7 @@ GUESTS = os.path.join(ROOT, "target", "guests", "wasm32-wasip2", "release")
 PLAIN_HELLO = os.path.join(GUESTS, "bindgen_proxy.wasm")
 SDK_HELLO = os.path.join(ROOT, "target", "wasm32-wasip2", "release", "hello.wasm")
 COMMANDS = []
+SERVICE_ENV = {}
 
 
 def sh(*cmd, **kw):
@@ -120,7 +121,7 @@ class Service:
 
     def __init__(self, workdir, env=None):
         self.data = tempfile.mkdtemp(prefix="data-", dir=workdir)
-        environment = dict(os.environ, LUNA_LAMBDA_LOG_LEVEL="warn", **(env or {}))
+        environment = dict(os.environ, LUNA_LAMBDA_LOG_LEVEL="warn", **SERVICE_ENV, **(env or {}))
         self.proc = subprocess.Popen(
             [os.path.join(ROOT, "target/release/luna-lambda"), "serve",
              "--listen", "127.0.0.1:0", "--data-dir", self.data],
@@ -441,7 +442,8 @@ def report(rows, args):
         f"Machine: {machine()}. Load generator and servers share the cores; nothing pinned. "
         f"Medians of {args.runs} runs of {args.seconds} s.",
         f"Command: `python3 benches/suite.py --scenarios {args.scenarios} --runs {args.runs} "
-        f"--seconds {args.seconds}`",
+        f"--seconds {args.seconds}"
+        + "".join(f" --env {pair}" for pair in args.env) + "`",
         "",
         "| measure | ours | anchor / target | ratio | anchor |",
         "|---|---|---|---|---|",
@@ -475,7 +477,11 @@ def main():
     parser.add_argument("--distinct", type=int, default=100)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--stored", type=int, default=10_000)
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="service setting for this run, e.g. "
+                             "LUNA_LAMBDA_ENGINE_MEMORY_KEEP_RESIDENT_KB=1024")
     args = parser.parse_args()
+    SERVICE_ENV.update(pair.split("=", 1) for pair in args.env)
     scenarios = {int(s) for s in args.scenarios.split(",")}
     install_tools(scenarios)
     build()

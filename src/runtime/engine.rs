@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, OptLevel,
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel,
     PoolingAllocationConfig,
 };
 
@@ -88,7 +88,13 @@ impl WasmEngine {
                 .max_tables_per_component(MEMORIES_PER_COMPONENT)
                 .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
                 .decommit_batch_size(settings.engine.decommit_batch_size.max(1))
-                .linear_memory_keep_resident(settings.engine.memory_keep_resident_kb * 1024);
+                .linear_memory_keep_resident(settings.engine.memory_keep_resident_kb * 1024)
+                .table_keep_resident(settings.engine.table_keep_resident_kb * 1024)
+                .pagemap_scan(if settings.engine.pagemap_scan {
+                    Enabled::Auto
+                } else {
+                    Enabled::No
+                });
             let mut config = base_config(&cache, settings);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
             match Engine::new(&config) {
