@@ -24,7 +24,9 @@ use crate::runtime::{
     WasmEngine,
 };
 use crate::secrets::{Sealer, SecretsError};
-use crate::store::{BuildKind, BuildRecord, KvQuotas, LambdaRecord, LambdaSpec, Store, StoreError};
+use crate::store::{
+    BuildKind, BuildRecord, KvQuotas, LambdaRecord, LambdaSpec, ListEntry, Store, StoreError,
+};
 
 /// A lifecycle operation failed; `api::error` maps each to a LUNA code.
 #[derive(Debug, thiserror::Error)]
@@ -542,40 +544,31 @@ impl Lifecycle {
     /// Lambdas matching the filter, newest first, one page.
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<LambdaRecord>> {
         let needle = filter.name_contains.as_ref().map(|n| n.to_lowercase());
-        let mut all: Vec<LambdaRecord> = self
-            .store
-            .lambdas()?
-            .into_iter()
-            .filter(|r| filter.account.is_none_or(|a| a == r.account_id))
-            .filter(|r| filter.created_before.is_none_or(|t| r.create_time < t))
-            .filter(|r| filter.created_since.is_none_or(|t| r.create_time >= t))
-            .filter(|r| {
-                filter
-                    .lambda_type
-                    .is_none_or(|t| t == r.current.lambda_type)
-            })
-            .filter(|r| {
-                needle
+        let keep = |entry: &ListEntry| {
+            filter.account.is_none_or(|a| a == entry.account_id)
+                && filter.created_before.is_none_or(|t| entry.create_time < t)
+                && filter.created_since.is_none_or(|t| entry.create_time >= t)
+                && filter.lambda_type.is_none_or(|t| t == entry.lambda_type)
+                && needle
                     .as_ref()
-                    .is_none_or(|n| r.lambda_name.to_lowercase().contains(n.as_str()))
-            })
-            .filter(|r| {
-                filter.namespaces.as_ref().is_none_or(|ns| {
-                    ns.iter()
-                        .any(|n| n == r.current.deploy_parameters.namespace())
-                })
-            })
-            .collect();
-        all.sort_by(|a, b| {
-            b.create_time
-                .cmp(&a.create_time)
-                .then(b.lambda_id.cmp(&a.lambda_id))
-        });
+                    .is_none_or(|n| entry.name_lowercase.contains(n.as_str()))
+                && filter
+                    .namespaces
+                    .as_ref()
+                    .is_none_or(|ns| ns.contains(&entry.namespace))
+        };
         let skip = filter
             .page
             .saturating_sub(1)
             .saturating_mul(filter.page_size);
-        Ok(all.into_iter().skip(skip).take(filter.page_size).collect())
+        let mut page = Vec::with_capacity(filter.page_size);
+        for id in self.store.list_ids(keep, skip, filter.page_size) {
+            // A lambda deleted since the ids were taken is simply not listed.
+            if let Some(record) = self.store.lambda(id)? {
+                page.push(record);
+            }
+        }
+        Ok(page)
     }
 
     /// The lambda's image (build job) status and logs.

@@ -5,8 +5,13 @@
 mod kv;
 mod records;
 
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use chrono::{DateTime, Utc};
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -14,7 +19,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 pub use kv::{KvError, KvQuotas, KvUsage, LIST_PAGE, check_bucket};
 pub use records::{BuildKind, BuildRecord, LambdaRecord, LambdaSpec};
 
-use crate::model::{AccountId, LambdaId};
+use crate::model::{AccountId, LambdaId, LambdaType};
 
 /// The store failed (I/O, corruption, or an undecodable record).
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +48,44 @@ pub struct Store {
     artifacts: sled::Tree,
     kv: sled::Tree,
     kv_usage: sled::Tree,
-    log_seq: std::sync::Arc<AtomicU64>,
+    log_seq: Arc<AtomicU64>,
+    list_index: Arc<RwLock<ListIndex>>,
+}
+
+/// What listing filters on, for one lambda.
+#[derive(Debug, Clone)]
+pub struct ListEntry {
+    /// Owner.
+    pub account_id: AccountId,
+    /// The name, lowercased (names are matched case-insensitively).
+    pub name_lowercase: String,
+    /// Created.
+    pub create_time: DateTime<Utc>,
+    /// Type of the current spec.
+    pub lambda_type: LambdaType,
+    /// Namespace of the current spec.
+    pub namespace: String,
+}
+
+impl ListEntry {
+    fn of(record: &LambdaRecord) -> Self {
+        Self {
+            account_id: record.account_id,
+            name_lowercase: record.lambda_name.to_lowercase(),
+            create_time: record.create_time,
+            lambda_type: record.current.lambda_type,
+            namespace: record.current.deploy_parameters.namespace().to_owned(),
+        }
+    }
+}
+
+/// Every stored lambda's list entry in list order (newest first, then by id, descending),
+/// kept in memory so that a page costs a scan of small entries and the decoding of that
+/// page's records only, not of every record.
+type ListIndex = BTreeMap<(Reverse<DateTime<Utc>>, Reverse<LambdaId>), ListEntry>;
+
+fn list_key(record: &LambdaRecord) -> (Reverse<DateTime<Utc>>, Reverse<LambdaId>) {
+    (Reverse(record.create_time), Reverse(record.lambda_id))
 }
 
 fn name_key(account: AccountId, name: &str) -> Vec<u8> {
@@ -78,8 +120,14 @@ impl Store {
             .timestamp_nanos_opt()
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0);
+        let lambdas = db.open_tree("lambdas")?;
+        let mut list_index = ListIndex::new();
+        for value in lambdas.iter().values() {
+            let record: LambdaRecord = records::decode(&value?)?;
+            list_index.insert(list_key(&record), ListEntry::of(&record));
+        }
         Ok(Self {
-            lambdas: db.open_tree("lambdas")?,
+            lambdas,
             names: db.open_tree("names")?,
             builds: db.open_tree("builds")?,
             logs: db.open_tree("logs")?,
@@ -88,7 +136,8 @@ impl Store {
             kv: db.open_tree("kv")?,
             kv_usage: db.open_tree("kv_usage")?,
             db,
-            log_seq: std::sync::Arc::new(AtomicU64::new(start)),
+            log_seq: Arc::new(AtomicU64::new(start)),
+            list_index: Arc::new(RwLock::new(list_index)),
         })
     }
 
@@ -122,6 +171,11 @@ impl Store {
         let id = record.lambda_id;
         let new_key = name_key(record.account_id, &record.lambda_name);
         let old_key = old_name.map(|n| name_key(record.account_id, n));
+        // Held across the transaction so that the index applies writes in commit order.
+        let mut index = self
+            .list_index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let outcome = (&self.lambdas, &self.names).transaction(|(lambdas, names)| {
             if let Some(owner) = names.get(&new_key)?
                 && owner.as_ref() != id.as_bytes()
@@ -137,7 +191,32 @@ impl Store {
             lambdas.insert(id.as_bytes(), value.as_slice())?;
             Ok::<_, ConflictableTransactionError<StoreError>>(Ok(()))
         });
-        unwrap_tx(outcome)
+        let outcome = unwrap_tx(outcome)?;
+        if outcome.is_ok() {
+            index.insert(list_key(record), ListEntry::of(record));
+        }
+        Ok(outcome)
+    }
+
+    /// Ids of the lambdas whose entry `keep` accepts, in list order (newest first),
+    /// after skipping `skip` of them, at most `take`.
+    pub fn list_ids(
+        &self,
+        keep: impl Fn(&ListEntry) -> bool,
+        skip: usize,
+        take: usize,
+    ) -> Vec<LambdaId> {
+        let index = self
+            .list_index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        index
+            .iter()
+            .filter(|(_, entry)| keep(entry))
+            .skip(skip)
+            .take(take)
+            .map(|((_, Reverse(id)), _)| *id)
+            .collect()
     }
 
     /// One lambda.
@@ -161,6 +240,10 @@ impl Store {
     pub fn delete_lambda(&self, record: &LambdaRecord) -> Result<(), StoreError> {
         let id = record.lambda_id;
         let name = name_key(record.account_id, &record.lambda_name);
+        let mut index = self
+            .list_index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         unwrap_tx((&self.lambdas, &self.names, &self.builds).transaction(
             |(lambdas, names, builds)| {
                 lambdas.remove(id.as_bytes())?;
@@ -174,6 +257,8 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             },
         ))?;
+        index.remove(&list_key(record));
+        drop(index);
         self.delete_logs(id)?;
         self.kv_delete_namespace(id)
     }
@@ -344,6 +429,45 @@ mod tests {
         assert!(store.lambda(renamed.lambda_id).unwrap().is_none());
         assert_eq!(store.save_lambda(&record(a, "y"), None).unwrap(), Ok(()));
         assert_eq!(store.lambdas().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_list_index_follows_every_write_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let account = AccountId::generate();
+        let mut records: Vec<LambdaRecord> = (0..3)
+            .map(|i| {
+                let mut r = record(account, &format!("Name-{i}"));
+                r.create_time = chrono::DateTime::from_timestamp(1_700_000_000 + i, 0).unwrap();
+                store.save_lambda(&r, None).unwrap().unwrap();
+                r
+            })
+            .collect();
+        let all = |store: &Store| store.list_ids(|_| true, 0, 10);
+        let ids = |rs: &[&LambdaRecord]| rs.iter().map(|r| r.lambda_id).collect::<Vec<_>>();
+        // Newest first.
+        assert_eq!(all(&store), ids(&[&records[2], &records[1], &records[0]]));
+        assert_eq!(store.list_ids(|_| true, 1, 1), ids(&[&records[1]]));
+        // A rename and a type change show in the entries, not as a second entry.
+        records[0].lambda_name = "Renamed".into();
+        records[0].current.lambda_type = LambdaType::Tasks;
+        store
+            .save_lambda(&records[0], Some("Name-0"))
+            .unwrap()
+            .unwrap();
+        let renamed = store.list_ids(|e| e.name_lowercase.contains("renamed"), 0, 10);
+        assert_eq!(renamed, ids(&[&records[0]]));
+        let tasks = store.list_ids(|e| e.lambda_type == LambdaType::Tasks, 0, 10);
+        assert_eq!(tasks, ids(&[&records[0]]));
+        // A refused save leaves the index alone.
+        let clash = record(account, "Name-1");
+        assert_eq!(store.save_lambda(&clash, None).unwrap(), Err(NameTaken));
+        store.delete_lambda(&records[1]).unwrap();
+        assert_eq!(all(&store), ids(&[&records[2], &records[0]]));
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(all(&reopened), ids(&[&records[2], &records[0]]));
     }
 
     #[test]
