@@ -50,6 +50,7 @@ pub struct Store {
     kv_usage: sled::Tree,
     log_seq: Arc<AtomicU64>,
     list_index: Arc<RwLock<ListIndex>>,
+    flush_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What listing filters on, for one lambda.
@@ -138,11 +139,19 @@ impl Store {
             db,
             log_seq: Arc::new(AtomicU64::new(start)),
             list_index: Arc::new(RwLock::new(list_index)),
+            flush_gate: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
     /// Makes every acknowledged write durable.
+    ///
+    /// One flush at a time: each `flush_async` occupies a thread of sled's small I/O
+    /// pool, and with dozens in flight (a burst of creates) every pool thread can end up
+    /// waiting on sled's concurrency lock behind a queued batch writer, while the one
+    /// flush holding that lock waits for a buffer write no free thread is left to do:
+    /// the whole store deadlocked that way under 64 concurrent creates.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.flush_gate.lock().await;
         self.db.flush_async().await?;
         Ok(())
     }

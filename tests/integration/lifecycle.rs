@@ -386,3 +386,38 @@ async fn a_replaced_version_leaves_no_files_behind() {
         "the failed build's archive is gone once no job references it"
     );
 }
+
+/// A burst of creates (each flushing the store) while builds write their logs: every
+/// lambda reaches `running` and the lists see all of them. Concurrent store flushes
+/// once deadlocked the whole store here.
+#[tokio::test]
+async fn a_burst_of_concurrent_creates_all_run() {
+    const BURST: usize = 64;
+    let s = Arc::new(Server::start(&[]));
+    let archive = fixture_zip();
+    let creates = (0..BURST).map(|i| {
+        let (s, archive) = (s.clone(), archive.clone());
+        tokio::spawn(async move {
+            let id = s.create(ACCOUNT, &format!("burst{i}"), archive, None).await;
+            s.wait_status(&id, "running").await;
+            id
+        })
+    });
+    let mut ids = Vec::new();
+    for create in creates.collect::<Vec<_>>() {
+        ids.push(create.await.unwrap());
+    }
+    let mut listed = Vec::new();
+    for page in 1..=BURST.div_ceil(50) {
+        let (status, body) = s
+            .get_json(&format!("/1/lambdas?page_size=50&page={page}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        for lambda in body["lambdas"].as_array().unwrap() {
+            listed.push(lambda["lambda_id"].as_str().unwrap().to_owned());
+        }
+    }
+    ids.sort();
+    listed.sort();
+    assert_eq!(listed, ids);
+}
