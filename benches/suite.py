@@ -52,6 +52,10 @@ PLAIN_HELLO = os.path.join(GUESTS, "bindgen_proxy.wasm")
 SDK_HELLO = os.path.join(ROOT, "target", "wasm32-wasip2", "release", "hello.wasm")
 COMMANDS = []
 SERVICE_ENV = {}
+# Servers run as in production: a RUST_BACKTRACE inherited from a developer shell makes
+# every error value capture a backtrace, which costs both servers on hot paths.
+CLEAN_ENV = {k: v for k, v in os.environ.items()
+             if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
 
 
 def sh(*cmd, **kw):
@@ -121,7 +125,7 @@ class Service:
 
     def __init__(self, workdir, env=None):
         self.data = tempfile.mkdtemp(prefix="data-", dir=workdir)
-        environment = dict(os.environ, LUNA_LAMBDA_LOG_LEVEL="warn", **SERVICE_ENV, **(env or {}))
+        environment = dict(CLEAN_ENV, LUNA_LAMBDA_LOG_LEVEL="warn", **SERVICE_ENV, **(env or {}))
         self.proc = subprocess.Popen(
             [os.path.join(ROOT, "target/release/luna-lambda"), "serve",
              "--listen", "127.0.0.1:0", "--data-dir", self.data],
@@ -213,7 +217,8 @@ def scenario_throughput(work, args, rows):
     serve = [WASMTIME, "serve", "--addr", f"127.0.0.1:{port}", "-O", "pooling-allocator=y", "-S", "cli=y",
              PLAIN_HELLO]
     COMMANDS.append(" ".join(serve).replace(ROOT + "/", ""))
-    wasmtime = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wasmtime = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=CLEAN_ENV)
     try:
         lambda_id = service.create(archive(work, PLAIN_HELLO), "plain-hello")
         service.wait_running(lambda_id)
@@ -443,12 +448,24 @@ def report(rows, args):
         "",
         *[f"- `{c}`" for c in dict.fromkeys(COMMANDS)],
     ]
-    text = "\n".join(lines)
-    print("\n" + text)
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     with open(path) as f:
         doc = f.read()
     begin, end = "<!-- suite:begin -->", "<!-- suite:end -->"
+    # Rows of scenarios this run did not measure are kept from the previous run.
+    if begin in doc:
+        ran = {str(n) for n in args.scenario_set}
+        kept = [line for line in doc[doc.index(begin):doc.index(end)].splitlines()
+                if re.match(r"\| (\d)\. ", line) and line[2] not in ran]
+        if kept:
+            table_end = lines.index("", 7)
+            lines[table_end:table_end] = kept
+            lines[7:table_end + len(kept)] = sorted(lines[7:table_end + len(kept)],
+                                                    key=lambda line: line[2])
+            lines.insert(4, f"Rows of scenarios {sorted({l[2] for l in kept})} are from the "
+                            "previous run.")
+    text = "\n".join(lines)
+    print("\n" + text)
     block = f"{begin}\n{text}\n{end}"
     if begin in doc:
         doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
@@ -473,6 +490,7 @@ def main():
     args = parser.parse_args()
     SERVICE_ENV.update(pair.split("=", 1) for pair in args.env)
     scenarios = {int(s) for s in args.scenarios.split(",")}
+    args.scenario_set = scenarios | ({5} if 1 in scenarios else set())
     install_tools(scenarios)
     build()
     work = tempfile.mkdtemp(prefix="luna-suite-")
