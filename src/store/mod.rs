@@ -1,5 +1,6 @@
 //! The persistent store: a facade over sled exposing domain operations on lambdas,
-//! build jobs, lambda logs and lambdas' key-value data. One tree per entity; records carry a schema byte.
+//! build jobs, lambda logs and lambdas' key-value data. One tree per entity; records carry a schema byte;
+//! the list order and filters are served from an in-memory index kept with every write.
 //! Depends on `model` only. A later Postgres backend replaces this module's insides.
 
 mod kv;
