@@ -16,7 +16,6 @@ Only 127.0.0.1 is contacted. Prints a Markdown table.
 
 import concurrent.futures
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import urllib.request
 import zipfile
 
 import foundation as common
+from suite import histogram_quantiles, machine
 
 ROOT = common.ROOT
 FAULTS = int(os.environ.get("FAULTS", "10000"))
@@ -62,37 +62,6 @@ def deploy(base, archive, name, deploy_parameters=None):
     lambda_id = common.json.loads(out)["lambda_id"]
     common.wait_running(base, lambda_id)
     return lambda_id
-
-
-def histogram_quantiles(base, metric, lambda_id, quantiles):
-    """Quantiles of a Prometheus histogram, interpolated within buckets the way
-    `histogram_quantile` does."""
-    with urllib.request.urlopen(f"{base}/metrics") as r:
-        text = r.read().decode()
-    buckets = []
-    pattern = re.compile(
-        rf'^{metric}_bucket{{[^}}]*lambda_id="{lambda_id}"[^}}]*le="([^"]+)"[^}}]*}} (\S+)$')
-    for line in text.splitlines():
-        m = pattern.match(line)
-        if m:
-            le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
-            buckets.append((le, float(m.group(2))))
-    buckets.sort()
-    total = buckets[-1][1]
-    out = []
-    for q in quantiles:
-        rank = q * total
-        lower_bound, lower_count = 0.0, 0.0
-        for le, count in buckets:
-            if count >= rank:
-                if le == float("inf"):
-                    out.append(lower_bound)
-                else:
-                    share = (rank - lower_count) / max(count - lower_count, 1e-9)
-                    out.append(lower_bound + (le - lower_bound) * share)
-                break
-            lower_bound, lower_count = le, count
-    return out, int(total)
 
 
 def fault_run(base, lambda_id, count):
@@ -139,8 +108,10 @@ def main():
                              f"{rps:,.0f} ({p50} / {p99})"
                              + (f", {errors} non-2xx" if errors else "")))
         for label, lambda_id in (("hello", hello), ("kv-counter", counter)):
+            with urllib.request.urlopen(f"{base}/metrics") as r:
+                metrics = r.read().decode()
             (p50, p99), total = histogram_quantiles(
-                base, "lambda_instantiate_seconds", lambda_id, (0.5, 0.99))
+                metrics, "lambda_instantiate_seconds", lambda_id, (0.5, 0.99))
             rows.append((f"instantiation from the pool, {label} ({total:,} requests): p50 / p99",
                          f"{p50 * 1e6:.1f} µs / {p99 * 1e6:.1f} µs"))
 
@@ -161,10 +132,7 @@ def main():
         proc.terminate()
         proc.wait()
         shutil.rmtree(work, ignore_errors=True)
-    with open("/proc/cpuinfo") as f:
-        m = re.search(r"model name\s*:\s*(.+)", f.read())
-    cpu = m.group(1) if m else "unknown"
-    print(f"\nMachine: {os.cpu_count()} cores, {cpu}; server and wrk share the cores; "
+    print(f"\nMachine: {machine()}; server and wrk share the cores; "
           f"wrk {common.WRK_SECONDS} s per run.\n")
     print("| measure | value |\n|---|---|")
     for k, v in rows:
