@@ -86,6 +86,8 @@ pub struct Config {
     pub builds: Builds,
     /// Lambda logs kept by the service.
     pub logs: Logs,
+    /// Container lambdas: image builds, the Docker engine, the pod proxy.
+    pub containers: Containers,
     /// Seconds to wait for in-flight requests on shutdown.
     pub shutdown_grace_secs: u64,
 }
@@ -201,6 +203,53 @@ pub struct Logs {
     pub max_line_bytes: usize,
 }
 
+/// Container lambdas: image builds, the Docker engine, the pod proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Containers {
+    /// Docker engine socket; empty: `DOCKER_HOST` or `/var/run/docker.sock`.
+    pub docker_socket: String,
+    /// Registry images are pushed to (`host[:port][/path]`); empty: images stay in the
+    /// local engine (Docker backend only).
+    pub registry: String,
+    /// Base image of Python lambdas that name none (`deploy/base-image/build.sh` makes it).
+    pub base_image: String,
+    /// Address containers listen on (they use the host network: the engine has no bridge).
+    pub listen_host: String,
+    /// Every Docker engine call but builds and pushes.
+    pub docker_timeout_secs: u64,
+    /// A new version's pods must answer `/healthcheck` within this.
+    pub start_timeout_secs: u64,
+    /// Restarts of a crashed container before it stays down (`terminated`).
+    pub restart_max_retries: i64,
+    /// Connecting to a pod from the proxy.
+    pub proxy_connect_timeout_ms: u64,
+    /// Waiting for a pod's response headers.
+    pub proxy_response_timeout_ms: u64,
+    /// Idle keep-alive connections kept per pod.
+    pub proxy_max_idle_per_pod: usize,
+    /// Log lines read per pod when the logs route names no `tail_lines`.
+    pub max_log_lines_per_pod: usize,
+}
+
+impl Default for Containers {
+    fn default() -> Self {
+        Self {
+            docker_socket: String::new(),
+            registry: String::new(),
+            base_image: "luna-lambda/python:bookworm".to_owned(),
+            listen_host: "127.0.0.1".to_owned(),
+            docker_timeout_secs: 60,
+            start_timeout_secs: 60,
+            restart_max_retries: 3,
+            proxy_connect_timeout_ms: 2_000,
+            proxy_response_timeout_ms: 60_000,
+            proxy_max_idle_per_pod: 64,
+            max_log_lines_per_pod: 10_000,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -218,6 +267,7 @@ impl Default for Config {
             keyvalue: KeyValue::default(),
             builds: Builds::default(),
             logs: Logs::default(),
+            containers: Containers::default(),
             shutdown_grace_secs: 10,
         }
     }
@@ -420,13 +470,39 @@ impl Config {
             crate::secrets::parse_key(&self.encryption_key)
                 .map_err(|e| ConfigError::Invalid(format!("encryption_key: {e}")))?;
         }
-        if self.container_backend != ContainerBackend::None {
+        if self.container_backend == ContainerBackend::Kubernetes {
+            return bad(
+                "container_backend 'kubernetes' is not available in this version: use \"docker\" or \"none\""
+                    .into(),
+            );
+        }
+        let c = &self.containers;
+        if c.docker_timeout_secs == 0
+            || c.start_timeout_secs == 0
+            || c.proxy_connect_timeout_ms == 0
+            || c.proxy_response_timeout_ms == 0
+            || c.restart_max_retries < 0
+        {
+            return bad("containers.*_timeout_* must be positive and containers.restart_max_retries at least 0".into());
+        }
+        if c.listen_host.parse::<std::net::IpAddr>().is_err() {
             return bad(format!(
-                "container_backend '{}' is not available in this build: set container_backend = \"none\"",
-                match self.container_backend {
-                    ContainerBackend::Docker => "docker",
-                    _ => "kubernetes",
-                }
+                "containers.listen_host must be an IP address, got '{}'",
+                c.listen_host
+            ));
+        }
+        if let Some((name, tag)) = c.base_image.rsplit_once(':')
+            && let Some(problem) = (crate::model::BaseImage {
+                name: name.to_owned(),
+                tag: tag.to_owned(),
+            })
+            .problem()
+        {
+            return bad(format!("containers.base_image: {problem}"));
+        } else if !c.base_image.contains(':') {
+            return bad(format!(
+                "containers.base_image must be name:tag, got '{}'",
+                c.base_image
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod builder;
 pub mod config;
+pub mod docker;
 pub mod docs;
 pub mod lifecycle;
 pub mod logs;
@@ -51,6 +52,9 @@ pub enum StartupError {
     /// The wasm engine could not be built.
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
+    /// The configured Docker engine cannot be used.
+    #[error("container backend: {0}")]
+    Docker(#[from] docker::DockerError),
     /// Archive storage could not be opened.
     #[error(transparent)]
     Build(#[from] builder::BuildError),
@@ -101,6 +105,20 @@ impl Server {
             config.logs.max_line_bytes,
         )
         .map_err(StartupError::Thread)?;
+        let docker = match config.container_backend {
+            config::ContainerBackend::Docker => {
+                let engine = docker::DockerEngine::connect(&config.containers).await?;
+                tracing::info!(registry = %config.containers.registry, "container lambdas run on the local Docker engine");
+                Some(engine)
+            }
+            _ => None,
+        };
+        let containers = &config.containers;
+        let pods = runtime::PodClient::new(
+            Duration::from_millis(containers.proxy_connect_timeout_ms),
+            Duration::from_millis(containers.proxy_response_timeout_ms),
+            containers.proxy_max_idle_per_pod,
+        );
         let lifecycle = lifecycle::Lifecycle::new(
             config.clone(),
             store,
@@ -108,6 +126,7 @@ impl Server {
             sealer,
             engine,
             registry.clone(),
+            docker,
             logs,
             metrics.clone(),
         );
@@ -125,6 +144,7 @@ impl Server {
                 config,
                 lifecycle,
                 registry,
+                pods,
                 metrics,
             },
         })

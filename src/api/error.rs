@@ -231,6 +231,11 @@ impl ApiError {
         )
     }
 
+    /// 42009: a container lambda's pod refused, reset or answered garbage.
+    pub fn unavailable(detail: String) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, 42009, "Lambda unavailable", detail)
+    }
+
     /// 42010: the lambda's concurrency limit is reached.
     pub fn overloaded(detail: String) -> Self {
         Self::new(

@@ -40,8 +40,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Lambda lifecycle.
     pub lifecycle: Arc<Lifecycle>,
-    /// Loaded WASM lambdas.
+    /// Served lambdas (WASM versions and container pods).
     pub registry: Arc<Registry>,
+    /// The pooled client to container lambdas' pods.
+    pub pods: crate::runtime::PodClient,
     /// Metrics.
     pub metrics: Metrics,
 }

@@ -434,7 +434,12 @@ pub(super) async fn status(
     headers: HeaderMap,
 ) -> ApiResult {
     let (record, _) = scoped(&state, &raw_id, q.as_deref(), &headers, &[])?;
-    Ok(Json(status_dto(record.status)).into_response())
+    let (status, pod_statuses) = state.lifecycle.live_status(&record).await;
+    Ok(Json(StatusDto {
+        status,
+        pod_statuses,
+    })
+    .into_response())
 }
 
 const TAIL_MAX: u64 = 4_294_967_296;
@@ -448,10 +453,8 @@ pub(super) async fn logs(
 ) -> ApiResult {
     let (record, query) = scoped(&state, &raw_id, q.as_deref(), &headers, &["tail_lines"])?;
     let tail = query.int_in("tail_lines", 0..=TAIL_MAX)?;
-    let lines = state
-        .lifecycle
-        .lambda_logs(record.lambda_id, Some(record.account_id), tail)?;
-    Ok(Json(json!({ "logs": { "0": lines } })).into_response())
+    let logs = state.lifecycle.pod_logs(&record, tail).await?;
+    Ok(Json(json!({ "logs": logs })).into_response())
 }
 
 /// `POST /1/lambdas/{lambda_id}/update`.

@@ -16,6 +16,10 @@ pub const PYTHON_ENTRY: &str = "lambda_main.py";
 pub const DOCKERFILE_ENTRY: &str = "Dockerfile";
 const OPENAPI_ENTRIES: [&str; 3] = ["openapi.yml", "openapi.yaml", "openapi.json"];
 const MAX_OPENAPI_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest Python source or Dockerfile read for checking.
+const MAX_SOURCE_BYTES: u64 = 4 * 1024 * 1024;
+/// Served as files by the runner, never imported: not parsed.
+const STATIC_DIR: &str = "static/";
 const S_IFMT: u32 = 0o170_000;
 const S_IFLNK: u32 = 0o120_000;
 
@@ -30,6 +34,10 @@ pub struct ArchiveReport {
     pub wasm: Option<Vec<u8>>,
     /// The OpenAPI document it ships.
     pub openapi: Option<String>,
+    /// Container lambdas: every `.py` file outside `static/` as (path, source).
+    pub python: Vec<(String, String)>,
+    /// Container lambdas: the archive's own `Dockerfile`.
+    pub dockerfile: Option<String>,
 }
 
 /// Inspects an archive against the limits. Never panics, whatever the bytes.
@@ -128,8 +136,12 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> ArchiveReport {
                 .push(format!("entry '{name}' declares content but stores none"));
         }
         total_declared = total_declared.saturating_add(size);
+        let is_source = normalized == DOCKERFILE_ENTRY
+            || (normalized.ends_with(".py") && !normalized.starts_with(STATIC_DIR));
         if !entry.is_dir()
-            && (normalized == WASM_ENTRY || OPENAPI_ENTRIES.contains(&normalized.as_str()))
+            && (normalized == WASM_ENTRY
+                || OPENAPI_ENTRIES.contains(&normalized.as_str())
+                || is_source)
         {
             wanted.push((index, normalized));
         }
@@ -164,18 +176,35 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> ArchiveReport {
 
     // Entries are read with the real decompressed size capped: headers can lie.
     for (index, name) in wanted {
-        let cap = if name == WASM_ENTRY {
-            limits.max_uncompressed_bytes
-        } else {
-            MAX_OPENAPI_BYTES
+        let is_openapi = OPENAPI_ENTRIES.contains(&name.as_str());
+        let cap = match name.as_str() {
+            WASM_ENTRY => limits.max_uncompressed_bytes,
+            _ if is_openapi => MAX_OPENAPI_BYTES,
+            // Sources matter only to container lambdas.
+            _ if !is_container || is_wasm => continue,
+            _ => MAX_SOURCE_BYTES,
         };
-        match read_capped(&mut zip, index, cap) {
-            Ok(data) if name == WASM_ENTRY => report.wasm = Some(data),
-            Ok(data) => match String::from_utf8(data) {
-                Ok(text) => report.openapi = Some(text),
-                Err(_) => report.problems.push(format!("'{name}' is not UTF-8 text")),
-            },
-            Err(problem) => report.problems.push(format!("entry '{name}': {problem}")),
+        let data = match read_capped(&mut zip, index, cap) {
+            Ok(data) if name == WASM_ENTRY => {
+                report.wasm = Some(data);
+                continue;
+            }
+            Ok(data) => data,
+            Err(problem) => {
+                report.problems.push(format!("entry '{name}': {problem}"));
+                continue;
+            }
+        };
+        let Ok(text) = String::from_utf8(data) else {
+            report.problems.push(format!("'{name}' is not UTF-8 text"));
+            continue;
+        };
+        if is_openapi {
+            report.openapi = Some(text);
+        } else if name == DOCKERFILE_ENTRY {
+            report.dockerfile = Some(text);
+        } else {
+            report.python.push((name, text));
         }
     }
     report

@@ -1,9 +1,11 @@
 //! Turning uploads into runnable lambdas: validation of an upload (parameters, deploy
-//! parameters, archive, component), the content-addressed archive store, and the
-//! WASM build (compile into the artifact cache + link). Depends on `runtime`,
-//! `config`, `model`.
+//! parameters, archive, component or Python sources), the content-addressed archive
+//! store, the WASM build (compile into the artifact cache + link) and the Docker build
+//! context of container lambdas. Depends on `runtime`, `config`, `model`.
 
 pub mod archive;
+pub mod container;
+pub mod python;
 pub mod wasm;
 
 use std::path::{Path, PathBuf};
@@ -62,7 +64,33 @@ pub fn check_upload(
         Some(Runtime::Container) if config.container_backend == ContainerBackend::None => {
             no_container_backend = true;
         }
-        _ => {}
+        Some(Runtime::Container) => {
+            if deploy.sandbox.is_some() {
+                problems.push(
+                    "deploy_parameters.sandbox applies to WASM lambdas only (container lambdas use resources)"
+                        .to_owned(),
+                );
+            }
+            if report
+                .python
+                .iter()
+                .any(|(p, _)| p == archive::PYTHON_ENTRY)
+            {
+                problems.extend(python::problems(
+                    &report.python,
+                    parameters.lambda_type.unwrap_or_default(),
+                ));
+            } else if let Some(dockerfile) = &report.dockerfile
+                && !dockerfile.lines().any(|l| {
+                    l.split_whitespace()
+                        .next()
+                        .is_some_and(|i| i.eq_ignore_ascii_case("FROM"))
+                })
+            {
+                problems.push("'Dockerfile' has no FROM instruction".to_owned());
+            }
+        }
+        None => {}
     }
     UploadCheck {
         archive: report,

@@ -295,6 +295,74 @@ pub struct BaseImage {
     pub tag: String,
 }
 
+impl BaseImage {
+    /// Why the name or tag is not a valid image reference, if it is not.
+    pub fn problem(&self) -> Option<String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 255
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/:".contains(&b))
+            && self
+                .name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric());
+        let tag_ok = (1..=128).contains(&self.tag.len())
+            && self
+                .tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !self.tag.starts_with(['.', '-']);
+        (!name_ok || !tag_ok).then(|| {
+            format!(
+                "base_image '{}:{}' is not a valid image reference (name: lowercase letters, digits, '.', '_', '-', '/', ':'; tag: up to 128 letters, digits, '.', '_', '-')",
+                self.name, self.tag
+            )
+        })
+    }
+}
+
+/// Instructions `additional_user_docker_commands` may not use: another stage, or a
+/// change of what the runner is.
+const FORBIDDEN_DOCKER_INSTRUCTIONS: [&str; 4] = ["FROM", "ONBUILD", "CMD", "ENTRYPOINT"];
+
+/// Why one of `additional_user_docker_commands` is refused, if it is.
+pub fn docker_command_problem(cmd: &str) -> Option<String> {
+    if cmd.contains(['\n', '\r']) {
+        return Some(format!(
+            "additional_user_docker_commands entries are single lines; '{}' holds a line break",
+            cmd.escape_debug()
+        ));
+    }
+    let trimmed = cmd.trim();
+    let Some(instruction) = trimmed.split_whitespace().next() else {
+        return Some("additional_user_docker_commands holds an empty command".to_owned());
+    };
+    if trimmed.ends_with('\\') {
+        return Some(format!(
+            "additional_user_docker_commands must not end with a line continuation: '{cmd}'"
+        ));
+    }
+    if let Some(bad) = FORBIDDEN_DOCKER_INSTRUCTIONS
+        .iter()
+        .find(|i| instruction.eq_ignore_ascii_case(i))
+    {
+        return Some(format!(
+            "additional_user_docker_commands must not contain {bad}: '{cmd}'"
+        ));
+    }
+    // `COPY --from=...` / `RUN --mount=...,from=...` read other stages or images.
+    let lower = trimmed.to_ascii_lowercase();
+    if lower.contains("--from") || (lower.contains("--mount") && lower.contains("from=")) {
+        return Some(format!(
+            "additional_user_docker_commands must not read other stages or images (--from): '{cmd}'"
+        ));
+    }
+    None
+}
+
 /// `parameters` of create / recreate / validate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -344,15 +412,11 @@ impl Parameters {
         {
             problems.push(format!("workers must be in 1..32, got {w}"));
         }
-        if let Some(cmds) = &self.additional_user_docker_commands {
-            for cmd in cmds {
-                let first = cmd.split_whitespace().next().unwrap_or_default();
-                if first.eq_ignore_ascii_case("FROM") {
-                    problems.push(format!(
-                        "additional_user_docker_commands must not contain FROM: '{cmd}'"
-                    ));
-                }
-            }
+        for cmd in self.additional_user_docker_commands.iter().flatten() {
+            problems.extend(docker_command_problem(cmd));
+        }
+        if let Some(image) = &self.base_image {
+            problems.extend(image.problem());
         }
         problems
     }
@@ -654,6 +718,43 @@ mod tests {
         for bad in ["a", "-ab", "ab-", "Ab", "kube-system", &"a".repeat(64)] {
             assert!(namespace_problem(bad).is_some(), "{bad}");
         }
+    }
+
+    #[test]
+    fn docker_commands_cannot_escape_the_generated_image() {
+        for ok in [
+            "RUN apt-get update",
+            "ENV A=1",
+            "copy file /x",
+            "LABEL from=me",
+        ] {
+            assert_eq!(docker_command_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "FROM scratch",
+            " from x AS y",
+            "CMD [\"sh\"]",
+            "ENTRYPOINT sh",
+            "ONBUILD RUN x",
+            "COPY --from=builder /a /b",
+            "RUN --mount=type=bind,from=other,target=/x true",
+            "RUN a \\",
+            "RUN a\nFROM b",
+            "  ",
+        ] {
+            assert!(docker_command_problem(bad).is_some(), "{bad}");
+        }
+        let image = |name: &str, tag: &str| BaseImage {
+            name: name.into(),
+            tag: tag.into(),
+        };
+        assert_eq!(
+            image("127.0.0.1:5000/luna/python", "3.11-slim").problem(),
+            None
+        );
+        assert!(image("Bad Name", "1").problem().is_some());
+        assert!(image("x", "a\nRUN y").problem().is_some());
+        assert!(image("x", "").problem().is_some());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The proxy hot path: `/1/lambdas/{id}/proxy/{path...}` for the seven methods,
 //! handled without the management router. Tenancy, the request id header, hop-by-hop
-//! header removal, `account_id` stripping, then the WASM runtime with both bodies
-//! streamed; `rescue` maps every failure to one LUNA status. Depends on `api` (state,
-//! errors), `runtime`, `model`.
+//! header removal, `account_id` stripping, then the WASM runtime or a container
+//! lambda's pods (round robin), with both bodies streamed; `rescue` maps every failure
+//! to one LUNA status. Depends on `api` (state, errors), `runtime`, `model`.
 
 mod rescue;
 
@@ -17,9 +17,15 @@ use http_body_util::BodyExt as _;
 use crate::api::{ApiError, AppState, REQUEST_ID_HEADER, RouteTemplate, account_optional};
 
 use crate::model::{AccountId, LambdaId, LambdaStatus, RequestId};
-use crate::runtime::LoadedLambda;
+use crate::runtime::{LoadedLambda, PodBody, PodSet};
 
-pub use rescue::rescue;
+pub use rescue::{rescue, rescue_pod};
+
+/// The lambda a request was counted against.
+enum Counted {
+    Wasm(Arc<LoadedLambda>),
+    Pods(Arc<PodSet>),
+}
 
 /// The route template a proxy request is counted under (no per-request allocation).
 fn proxy_template(method: &Method) -> &'static str {
@@ -128,12 +134,15 @@ where
             Ok(response) => response,
             Err(error) => error.into_response(),
         };
-    if let Some(lambda) = lambda_for_metrics {
+    if let Some(counted) = lambda_for_metrics {
         let code = response
             .extensions()
             .get::<crate::api::error::ErrorCode>()
             .map(|c| c.0);
-        lambda.count_request(code);
+        match counted {
+            Counted::Wasm(lambda) => lambda.count_request(code),
+            Counted::Pods(pods) => pods.metrics.request(code),
+        }
     }
     response
         .extensions_mut()
@@ -146,7 +155,7 @@ async fn forward<B>(
     request: Request<B>,
     target: &ProxyTarget<'static>,
     request_id: &RequestId,
-    lambda_for_metrics: &mut Option<Arc<LoadedLambda>>,
+    lambda_for_metrics: &mut Option<Counted>,
 ) -> Result<Response, ApiError>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
@@ -182,7 +191,15 @@ where
         .map_err(|_| ApiError::lambda_not_found(&target.lambda_id))?;
 
     let Some(lambda) = state.registry.get(id) else {
-        // Not served in-process: say why, without leaking other accounts' lambdas.
+        if let Some(pods) = state.registry.pods(id) {
+            if account.is_some_and(|a| a != pods.account_id) {
+                return Err(ApiError::lambda_not_found(&target.lambda_id));
+            }
+            *lambda_for_metrics = Some(Counted::Pods(pods.clone()));
+            return forward_to_pods(state, request, target, forwarded_query, request_id, &pods)
+                .await;
+        }
+        // Not served: say why, without leaking other accounts' lambdas.
         let record = state.lifecycle.owned(id, account)?;
         let mut response =
             ApiError::not_running(&target.lambda_id, record.status.as_str()).into_response();
@@ -197,7 +214,7 @@ where
     if account.is_some_and(|a| a != lambda.account_id) {
         return Err(ApiError::lambda_not_found(&target.lambda_id));
     }
-    *lambda_for_metrics = Some(lambda.clone());
+    *lambda_for_metrics = Some(Counted::Wasm(lambda.clone()));
     // A declared oversize body is refused before the guest runs; an undeclared one is
     // cut off while streaming (runtime::LimitedBody).
     let limit = lambda.limits.max_request_body;
@@ -211,7 +228,31 @@ where
     }
 
     let (mut parts, body) = request.into_parts();
-    let path_and_query = match &forwarded_query {
+    rewrite(&mut parts, target, forwarded_query.as_deref(), request_id)?;
+    let response = lambda
+        .invoke(Request::from_parts(parts, body), request_id.as_str())
+        .await
+        .map_err(|e| rescue(&e, id))?;
+    let (mut parts, body) = response.into_parts();
+    for name in HOP_BY_HOP {
+        parts.headers.remove(name);
+    }
+    parts
+        .headers
+        .insert(LAMBDA_VERSION_HEADER, lambda.version_header.clone());
+    let body = body.map_err(|code| std::io::Error::other(format!("{code:?}")));
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Points a request at the lambda: the forwarded path and query, no hop-by-hop
+/// headers, the request id, a Host.
+fn rewrite(
+    parts: &mut http::request::Parts,
+    target: &ProxyTarget<'static>,
+    forwarded_query: Option<&str>,
+    request_id: &RequestId,
+) -> Result<(), ApiError> {
+    let path_and_query = match forwarded_query {
         Some(q) => format!("{}?{q}", target.rest),
         None => target.rest.to_string(),
     };
@@ -230,18 +271,55 @@ where
             .headers
             .insert(header::HOST, HeaderValue::from_static("localhost"));
     }
-    let response = lambda
-        .invoke(Request::from_parts(parts, body), request_id.as_str())
+    Ok(())
+}
+
+/// Forwards to the next pod of a container lambda; both bodies stream.
+async fn forward_to_pods<B>(
+    state: &AppState,
+    request: Request<B>,
+    target: &ProxyTarget<'static>,
+    forwarded_query: Option<String>,
+    request_id: &RequestId,
+    pods: &PodSet,
+) -> Result<Response, ApiError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    let limit = state.config.limits.max_proxy_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::too_large("request body", limit));
+    }
+    let Some(pod) = pods.pick() else {
+        return Err(ApiError::not_running(&target.lambda_id, "terminated"));
+    };
+    let (mut parts, body) = request.into_parts();
+    rewrite(&mut parts, target, forwarded_query.as_deref(), request_id)?;
+    // An undeclared body is cut off at the limit while it streams.
+    let body: PodBody = http_body_util::Limited::new(
+        body.map_err(|e| std::io::Error::other(e.to_string())),
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    )
+    .map_err(std::io::Error::other)
+    .boxed_unsync();
+    let response = state
+        .pods
+        .send(pod, Request::from_parts(parts, body))
         .await
-        .map_err(|e| rescue(&e, id))?;
+        .map_err(|e| rescue_pod(&e, pods.lambda_id, limit))?;
     let (mut parts, body) = response.into_parts();
     for name in HOP_BY_HOP {
         parts.headers.remove(name);
     }
     parts
         .headers
-        .insert(LAMBDA_VERSION_HEADER, lambda.version_header.clone());
-    let body = body.map_err(|code| std::io::Error::other(format!("{code:?}")));
+        .insert(LAMBDA_VERSION_HEADER, pods.version_header.clone());
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 

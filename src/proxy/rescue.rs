@@ -1,9 +1,31 @@
-//! The one place proxy failures become responses: each runtime error maps to a LUNA
-//! code and status; details of host-side failures go to the log, not the client.
+//! The one place proxy failures become responses: each runtime or pod error maps to a
+//! LUNA code and status; details of host-side failures go to the log, not the client.
 
 use crate::api::ApiError;
 use crate::model::LambdaId;
-use crate::runtime::InvokeError;
+use crate::runtime::{InvokeError, PodError};
+
+/// Maps a failed forward to a container lambda's pod. The pod's address is internal:
+/// it goes to the log only.
+pub fn rescue_pod(error: &PodError, lambda: LambdaId, body_limit: u64) -> ApiError {
+    tracing::warn!(%lambda, error = %error, "forwarding to a pod failed");
+    match error {
+        PodError::Timeout { after, .. } => ApiError::lambda_timeout(format!(
+            "Lambda with id '{lambda}' did not answer within {} ms",
+            after.as_millis()
+        )),
+        PodError::Broken { reason, .. } if reason.contains("length limit exceeded") => {
+            ApiError::too_large("request body", body_limit)
+        }
+        PodError::Connect { .. } => ApiError::unavailable(format!(
+            "Lambda with id '{lambda}' is unavailable: its pod refused the connection"
+        )),
+        PodError::Broken { .. } => ApiError::unavailable(format!(
+            "Lambda with id '{lambda}' is unavailable: its pod closed the connection or answered with invalid HTTP"
+        )),
+        PodError::Address(_) => ApiError::internal(error),
+    }
+}
 
 /// Maps a failed invocation of `lambda` to the response the caller gets.
 pub fn rescue(error: &InvokeError, lambda: LambdaId) -> ApiError {
@@ -87,6 +109,46 @@ mod tests {
             let api = rescue(&err, id);
             assert_eq!((api.status.as_u16(), api.code), (status, code), "{err}");
             assert!(!api.detail.contains("/secret/path"));
+        }
+        let pod: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let pod_table = [
+            (
+                PodError::Connect {
+                    pod,
+                    reason: "refused".into(),
+                },
+                502,
+                42009,
+            ),
+            (
+                PodError::Broken {
+                    pod,
+                    reason: "reset".into(),
+                },
+                502,
+                42009,
+            ),
+            (
+                PodError::Timeout {
+                    pod,
+                    after: Duration::from_millis(5),
+                },
+                504,
+                42008,
+            ),
+            (
+                PodError::Broken {
+                    pod,
+                    reason: "length limit exceeded".into(),
+                },
+                413,
+                12047,
+            ),
+        ];
+        for (err, status, code) in pod_table {
+            let api = rescue_pod(&err, id, 10);
+            assert_eq!((api.status.as_u16(), api.code), (status, code), "{err}");
+            assert!(!api.detail.contains("127.0.0.1"), "{}", api.detail);
         }
     }
 }

@@ -1,12 +1,13 @@
-//! Executing lambdas in-process: the wasmtime engine, per-version loaded lambdas, the
-//! registry the proxy reads (lambda id → current version, swapped atomically), and the
-//! host side of the `wit/` worlds. Depends on `config`, `model`, `logs`, `metrics`,
-//! `store` (key-value data).
+//! Executing lambdas: in-process (the wasmtime engine, per-version loaded lambdas, the
+//! host side of the `wit/` worlds) or in pods (forwarding to a container lambda's
+//! containers), and the registry the proxy reads (lambda id → current version, swapped
+//! atomically). Depends on `config`, `model`, `logs`, `metrics`, `store` (key-value data).
 
 mod engine;
 mod guest;
 mod host;
 mod outbound;
+mod pods;
 mod wasm;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use dashmap::DashMap;
 pub use engine::{Compiled, WasmEngine};
 pub use guest::{GuestEnv, flatten_config};
 pub use outbound::{OutboundLimits, OutboundPolicy};
+pub use pods::{PodBody, PodClient, PodError, PodSet};
 pub use wasm::{EXECUTE_PATH, LoadedLambda, SPLIT_PATH, SandboxLimits, export_problems};
 pub use wasmtime::component::Component;
 
@@ -79,11 +81,12 @@ pub enum InvokeError {
     Internal(String),
 }
 
-/// The lambdas currently served in-process. Readers clone an `Arc` and never block
-/// writers; replacing an entry is the atomic version swap.
+/// The lambdas currently served, in-process or by pods. Readers clone an `Arc` and never
+/// block writers; replacing an entry is the atomic version swap.
 #[derive(Debug, Default)]
 pub struct Registry {
     loaded: DashMap<LambdaId, Arc<LoadedLambda>>,
+    pods: DashMap<LambdaId, Arc<PodSet>>,
 }
 
 impl Registry {
@@ -94,15 +97,31 @@ impl Registry {
 
     /// Serves `lambda` from now on; requests already running finish on the old version.
     pub fn swap_in(&self, lambda: Arc<LoadedLambda>) {
-        self.loaded.insert(lambda.lambda_id, lambda);
+        let id = lambda.lambda_id;
+        self.loaded.insert(id, lambda);
+        // A recreate may have turned a container lambda into a WASM one.
+        self.pods.remove(&id);
     }
 
-    /// Stops serving `id` at once.
-    pub fn remove(&self, id: LambdaId) -> Option<Arc<LoadedLambda>> {
-        self.loaded.remove(&id).map(|(_, v)| v)
+    /// Stops serving `id` at once (in-process or by pods).
+    pub fn remove(&self, id: LambdaId) {
+        self.loaded.remove(&id);
+        self.pods.remove(&id);
     }
 
-    /// Number of lambdas loaded.
+    /// The pods serving container lambda `id`.
+    pub fn pods(&self, id: LambdaId) -> Option<Arc<PodSet>> {
+        self.pods.get(&id).map(|e| e.value().clone())
+    }
+
+    /// Routes `id` to these pods from now on; requests already sent finish where they are.
+    pub fn swap_in_pods(&self, pods: Arc<PodSet>) {
+        let id = pods.lambda_id;
+        self.pods.insert(id, pods);
+        self.loaded.remove(&id);
+    }
+
+    /// Number of WASM lambdas loaded.
     pub fn len(&self) -> usize {
         self.loaded.len()
     }

@@ -1,7 +1,10 @@
 //! Lambda lifecycle orchestration: create / recreate / update / patch / delete, the
 //! background build job (pending → in_progress → completed | error), the atomic
-//! version swap, and recovery after a restart. Depends on `builder`, `runtime`,
+//! version swap, and recovery after a restart; `container` holds the container
+//! lambdas' half (image build, pods). Depends on `builder`, `runtime`, `docker`,
 //! `store`, `secrets`, `logs`, `metrics`, `config`, `model`.
+
+mod container;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +16,7 @@ use tokio::sync::{Mutex, Semaphore};
 
 use crate::builder::{self, ArchiveStore, BuildError, UploadCheck};
 use crate::config::Config;
+use crate::docker::DockerEngine;
 use crate::logs::LogSink;
 use crate::metrics::Metrics;
 use crate::model::{
@@ -20,7 +24,7 @@ use crate::model::{
     LambdaType, Parameters, Runtime, Version,
 };
 use crate::runtime::{
-    self, GuestEnv, LoadedLambda, OutboundLimits, OutboundPolicy, Registry, SandboxLimits,
+    self, GuestEnv, LoadedLambda, OutboundLimits, OutboundPolicy, PodSet, Registry, SandboxLimits,
     WasmEngine,
 };
 use crate::secrets::{Sealer, SecretsError};
@@ -114,6 +118,8 @@ pub struct Lifecycle {
     sealer: Sealer,
     engine: Arc<WasmEngine>,
     registry: Arc<Registry>,
+    /// The engine that builds and runs container lambdas (`None`: WASM only).
+    docker: Option<DockerEngine>,
     logs: LogSink,
     metrics: Metrics,
     build_slots: Arc<Semaphore>,
@@ -144,6 +150,7 @@ impl Lifecycle {
         sealer: Sealer,
         engine: Arc<WasmEngine>,
         registry: Arc<Registry>,
+        docker: Option<DockerEngine>,
         logs: LogSink,
         metrics: Metrics,
     ) -> Arc<Self> {
@@ -155,6 +162,7 @@ impl Lifecycle {
             sealer,
             engine,
             registry,
+            docker,
             logs,
             metrics,
             locks: DashMap::new(),
@@ -490,6 +498,7 @@ impl Lifecycle {
         self.store.kv_delete_namespace(id)?;
         self.store.flush().await?;
         self.metrics.forget_lambda(id);
+        self.remove_container_resources(id).await;
         drop(guard);
         self.locks.remove(&id);
         let mut archives = vec![record.current.archive_digest.clone()];
@@ -594,17 +603,6 @@ impl Lifecycle {
         })
     }
 
-    /// The lambda's log lines (newest `tail`, oldest first).
-    pub fn lambda_logs(
-        &self,
-        id: LambdaId,
-        account: Option<AccountId>,
-        tail: Option<u64>,
-    ) -> Result<Vec<String>> {
-        self.owned(id, account)?;
-        Ok(self.store.tail_logs(id, tail)?)
-    }
-
     fn limits_for(&self, deploy: &DeployParameters) -> SandboxLimits {
         let defaults = &self.config.sandbox;
         let sandbox = deploy.sandbox.clone().unwrap_or_default();
@@ -676,13 +674,26 @@ impl Lifecycle {
         let started_line = format!("build of version {version} started ({:?})", build.kind);
         self.build_log(&mut build, &started_line);
         let timeout = Duration::from_secs(self.config.builds.timeout_secs);
-        let outcome =
-            match tokio::time::timeout(timeout, self.build_wasm(&mut build, record.account_id))
-                .await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Err(format!("build timed out after {}s", timeout.as_secs())),
-            };
+        let account = record.account_id;
+        let build_job = async {
+            match build.spec.runtime {
+                Runtime::Wasm => self.build_wasm(&mut build, account).await.map(Served::Wasm),
+                Runtime::Container => self
+                    .build_container(&mut build, account)
+                    .await
+                    .map(Served::Pods),
+            }
+        };
+        let outcome = match tokio::time::timeout(timeout, build_job).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // Pods the interrupted job may have started must not linger.
+                if build.spec.runtime == Runtime::Container {
+                    self.retire_pods(id, Some(version), true).await;
+                }
+                Err(format!("build timed out after {}s", timeout.as_secs()))
+            }
+        };
         drop(slot);
         self.metrics
             .observe_build(outcome.is_ok(), started.elapsed());
@@ -694,9 +705,6 @@ impl Lifecycle {
         build: &mut BuildRecord,
         record_account: AccountId,
     ) -> std::result::Result<Arc<LoadedLambda>, String> {
-        if build.spec.runtime != Runtime::Wasm {
-            return Err(builder::NO_CONTAINER_BACKEND.to_owned());
-        }
         let wasm = self.stored_wasm(&build.spec.archive_digest).await?;
         let wasm_digest = builder::digest(&wasm);
         self.build_log(
@@ -795,7 +803,7 @@ impl Lifecycle {
         &self,
         id: LambdaId,
         mut build: BuildRecord,
-        outcome: std::result::Result<Arc<LoadedLambda>, String>,
+        outcome: std::result::Result<Served, String>,
         started: Instant,
     ) {
         let lock = self.lock(id);
@@ -806,8 +814,19 @@ impl Lifecycle {
         let version = build.spec.version;
         let mut superseded = None;
         match outcome {
-            Ok(loaded) => {
-                self.registry.swap_in(loaded);
+            Ok(served) => {
+                match served {
+                    Served::Wasm(loaded) => {
+                        self.registry.swap_in(loaded);
+                        // A recreate may have turned a container lambda into a WASM one.
+                        self.retire_pods(id, None, false).await;
+                    }
+                    Served::Pods(pods) => {
+                        self.registry.swap_in_pods(pods);
+                        // Rolling: the new pods are serving; the old ones go now.
+                        self.retire_pods(id, Some(version), false).await;
+                    }
+                }
                 superseded = Some(std::mem::replace(&mut record.current, build.spec.clone()));
                 record.deployed = true;
                 record.status = LambdaStatus::Running;
@@ -862,9 +881,14 @@ impl Lifecycle {
         let archives = self.archives.digests()?;
         let components = self.store.artifact_digests()?;
         self.collect_garbage(&archives, &components).await?;
+        self.remove_orphan_pods().await;
         for mut build in self.store.builds()? {
             if build.status.is_finished() {
                 continue;
+            }
+            if build.spec.runtime == Runtime::Container {
+                self.retire_pods(build.lambda_id, Some(build.spec.version), true)
+                    .await;
             }
             build.status = ImageStatus::Error;
             build.finished = Some(now());
@@ -881,13 +905,20 @@ impl Lifecycle {
         }
         let mut loaded = 0usize;
         for mut record in self.store.lambdas()? {
-            if !record.deployed || record.current.runtime != Runtime::Wasm {
+            if !record.deployed {
                 continue;
             }
             let id = record.lambda_id;
-            match self.reload(&record).await {
-                Ok(lambda) => {
-                    self.registry.swap_in(lambda);
+            let served = match record.current.runtime {
+                Runtime::Wasm => self.reload(&record).await.map(Served::Wasm),
+                Runtime::Container => self.reattach(&record).await.map(Served::Pods),
+            };
+            match served {
+                Ok(served) => {
+                    match served {
+                        Served::Wasm(lambda) => self.registry.swap_in(lambda),
+                        Served::Pods(pods) => self.registry.swap_in_pods(pods),
+                    }
                     loaded += 1;
                     if record.status != LambdaStatus::Running {
                         record.status = LambdaStatus::Running;
@@ -945,6 +976,26 @@ impl Lifecycle {
             spec,
             &compiled.component,
         )
+    }
+
+    /// A stored archive's bytes, re-checked against the archive rules.
+    async fn stored_archive(&self, archive_digest: &str) -> std::result::Result<Vec<u8>, String> {
+        let archives = self.archives.clone();
+        let limits = self.config.limits.clone();
+        let digest = archive_digest.to_owned();
+        let (bytes, problems) = tokio::task::spawn_blocking(move || {
+            archives.get(&digest).map(|bytes| {
+                let problems = builder::archive::inspect(&bytes, &limits).problems;
+                (bytes, problems)
+            })
+        })
+        .await
+        .map_err(|e| format!("internal: {e}"))?
+        .map_err(|e| format!("stored archive {archive_digest} is unreadable: {e}"))?;
+        if !problems.is_empty() {
+            return Err(format!("archive check failed: {}", problems.join("; ")));
+        }
+        Ok(bytes)
     }
 
     /// `lambda.wasm` of a stored archive, re-checked against the archive rules.
@@ -1018,6 +1069,15 @@ impl Lifecycle {
         .map_err(|e| e.to_string())?;
         Ok(Arc::new(loaded))
     }
+}
+
+/// What a finished build serves.
+#[derive(Debug)]
+enum Served {
+    /// A WASM version, in-process.
+    Wasm(Arc<LoadedLambda>),
+    /// A container version's ready pods.
+    Pods(Arc<PodSet>),
 }
 
 fn stamp(line: &str) -> String {

@@ -1,0 +1,627 @@
+//! The Docker Engine API (through `bollard`): building, tagging, pushing and removing
+//! lambda images, and running a lambda's pods as containers on the host network. Knows
+//! names, labels and engine calls, nothing of lambdas' lifecycle. Depends on `config`
+//! and `model`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, DeviceRequest, HostConfig, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListImagesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+};
+use futures::StreamExt;
+
+use crate::config::Containers;
+use crate::model::{LambdaId, Resources, Version};
+
+/// Label every container and image of ours carries (the Kubernetes convention).
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "luna-lambda");
+/// Label: the lambda a container serves.
+pub const LABEL_LAMBDA: &str = "luna-lambda.lambda-id";
+/// Label: the lambda version a container serves.
+pub const LABEL_VERSION: &str = "luna-lambda.version";
+/// Label: the pod number (0-based) within its version.
+pub const LABEL_POD: &str = "luna-lambda.pod";
+/// Label: the host port the container listens on.
+pub const LABEL_PORT: &str = "luna-lambda.port";
+/// Label on images: sha256 of what went into the build; equal keys, equal images.
+pub const LABEL_BUILD_KEY: &str = "luna-lambda.build-key";
+
+/// A Docker engine call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// The engine cannot be reached.
+    #[error("cannot reach the Docker engine: {0}")]
+    Connect(String),
+    /// An engine call failed.
+    #[error("Docker engine {call} failed: {message}")]
+    Api {
+        /// The call.
+        call: &'static str,
+        /// The engine's message.
+        message: String,
+    },
+    /// An engine call ran past its timeout.
+    #[error("Docker engine {0} timed out")]
+    Timeout(&'static str),
+    /// The image build failed.
+    #[error("image build failed at '{step}': {message}")]
+    Build {
+        /// The Dockerfile step that failed.
+        step: String,
+        /// The builder's message.
+        message: String,
+    },
+    /// The image push failed.
+    #[error("image push failed: {0}")]
+    Push(String),
+    /// A pod did not become ready.
+    #[error("{0}")]
+    NotReady(String),
+}
+
+type Result<T, E = DockerError> = std::result::Result<T, E>;
+
+fn api(call: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    move |e| DockerError::Api {
+        call,
+        message: e.to_string(),
+    }
+}
+
+/// A lambda version's pods as the engine sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// Container id.
+    pub container_id: String,
+    /// Version served.
+    pub version: Version,
+    /// Pod number within the version.
+    pub index: u32,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// `running`, `restarting`, `exited`, ... (the engine's word).
+    pub state: String,
+}
+
+/// What to run for one lambda version.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    /// The lambda.
+    pub lambda_id: LambdaId,
+    /// The version.
+    pub version: Version,
+    /// Image reference.
+    pub image: String,
+    /// Containers to run.
+    pub pod_count: u32,
+    /// `KEY=value` environment (PORT and the listen host are added per pod).
+    pub env: Vec<String>,
+    /// CPU and memory.
+    pub resources: Option<Resources>,
+    /// Ask the engine for every GPU.
+    pub gpu: bool,
+}
+
+/// The local Docker engine.
+#[derive(Debug, Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    settings: Containers,
+}
+
+impl DockerEngine {
+    /// Connects and negotiates the API version (Debian's engine speaks 1.41).
+    pub async fn connect(settings: &Containers) -> Result<Self> {
+        let timeout = settings.docker_timeout_secs;
+        let docker = if settings.docker_socket.is_empty() {
+            Docker::connect_with_local_defaults()
+        } else {
+            Docker::connect_with_unix(
+                &settings.docker_socket,
+                timeout,
+                bollard::API_DEFAULT_VERSION,
+            )
+        }
+        .map_err(|e| DockerError::Connect(e.to_string()))?;
+        let docker = tokio::time::timeout(Duration::from_secs(timeout), docker.negotiate_version())
+            .await
+            .map_err(|_| DockerError::Timeout("version negotiation"))?
+            .map_err(|e| DockerError::Connect(e.to_string()))?
+            .with_timeout(Duration::from_secs(timeout));
+        Ok(Self {
+            docker,
+            settings: settings.clone(),
+        })
+    }
+
+    /// The repository of a lambda's images (`<registry>/luna-lambda-<id>`).
+    pub fn repository(&self, lambda_id: LambdaId) -> String {
+        image_repository(&self.settings.registry, lambda_id)
+    }
+
+    /// Whether images are pushed to a registry.
+    pub fn pushes(&self) -> bool {
+        !self.settings.registry.is_empty()
+    }
+
+    /// The id of an image built with this build key, if the engine still has one.
+    pub async fn image_with_key(&self, build_key: &str) -> Result<Option<String>> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_BUILD_KEY}={build_key}")],
+        )]);
+        let images = self
+            .docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(api("image list"))?;
+        Ok(images.into_iter().next().map(|i| i.id))
+    }
+
+    /// Builds `context` (a tar with the Dockerfile at its root) as `reference`, calling
+    /// `progress` with every line the builder prints as it prints it.
+    pub async fn build(
+        &self,
+        context: Vec<u8>,
+        reference: &str,
+        build_key: &str,
+        mut progress: impl FnMut(&str),
+    ) -> Result<()> {
+        let labels = HashMap::from([
+            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+            (LABEL_BUILD_KEY.to_owned(), build_key.to_owned()),
+        ]);
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(reference)
+            .rm(true)
+            .forcerm(true)
+            .labels(&labels)
+            // RUN steps (pip install) reach package indexes through the host network:
+            // the engine runs without a bridge.
+            .networkmode("host")
+            .build();
+        let mut stream =
+            self.docker
+                .build_image(options, None, Some(bollard::body_full(context.into())));
+        let mut step = String::from("(before the first step)");
+        let mut partial = String::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| DockerError::Build {
+                step: step.clone(),
+                message: e.to_string(),
+            })?;
+            if let Some(detail) = info.error_detail {
+                return Err(DockerError::Build {
+                    step,
+                    message: detail.message.unwrap_or_default(),
+                });
+            }
+            if let Some(text) = info.stream {
+                partial.push_str(&text);
+                while let Some(end) = partial.find('\n') {
+                    let line: String = partial.drain(..=end).collect();
+                    let line = line.trim_end();
+                    if line.starts_with("Step ") {
+                        step = line.to_owned();
+                    }
+                    if !line.trim().is_empty() {
+                        progress(line);
+                    }
+                }
+            }
+        }
+        if !partial.trim().is_empty() {
+            progress(partial.trim_end());
+        }
+        Ok(())
+    }
+
+    /// Tags an existing image (a cache hit) as `repository:tag`.
+    pub async fn tag(&self, image: &str, repository: &str, tag: &str) -> Result<()> {
+        self.docker
+            .tag_image(
+                image,
+                Some(
+                    TagImageOptionsBuilder::default()
+                        .repo(repository)
+                        .tag(tag)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(api("image tag"))
+    }
+
+    /// Pushes `repository:tag` to its registry, reporting each change of state (not
+    /// every byte count).
+    pub async fn push(
+        &self,
+        repository: &str,
+        tag: &str,
+        mut progress: impl FnMut(&str),
+    ) -> Result<()> {
+        let options = bollard::query_parameters::PushImageOptionsBuilder::default()
+            .tag(tag)
+            .build();
+        let mut stream = self.docker.push_image(
+            repository,
+            Some(options),
+            Some(bollard::auth::DockerCredentials::default()),
+        );
+        let mut last = String::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| DockerError::Push(e.to_string()))?;
+            if let Some(detail) = info.error_detail {
+                return Err(DockerError::Push(detail.message.unwrap_or_default()));
+            }
+            let Some(status) = info.status else { continue };
+            if status != last {
+                progress(&status);
+                last = status;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every image tag of a lambda (layers shared with other tags stay).
+    pub async fn remove_images(&self, lambda_id: LambdaId) -> Result<usize> {
+        let filters = HashMap::from([(
+            "reference".to_owned(),
+            vec![format!("{}:*", self.repository(lambda_id))],
+        )]);
+        let images = self
+            .docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(api("image list"))?;
+        let mut removed = 0;
+        for tag in images.into_iter().flat_map(|i| i.repo_tags) {
+            match self
+                .docker
+                .remove_image(
+                    &tag,
+                    Some(RemoveImageOptionsBuilder::default().build()),
+                    None,
+                )
+                .await
+            {
+                Ok(_) => removed += 1,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => return Err(api("image remove")(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Creates and starts the pods of a version, each on a free host port.
+    pub async fn run(&self, spec: &PodSpec) -> Result<Vec<Pod>> {
+        let mut taken: Vec<u16> = self
+            .all_pods()
+            .await?
+            .iter()
+            .map(|(_, p)| p.address.port())
+            .collect();
+        let host: std::net::IpAddr = self
+            .settings
+            .listen_host
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let mut pods = Vec::new();
+        for index in 0..spec.pod_count {
+            let port = free_port(host, &taken)?;
+            taken.push(port);
+            let name = container_name(spec.lambda_id, spec.version, index);
+            // A leftover of an interrupted start has the same name.
+            self.remove_container(&name).await?;
+            let mut env = spec.env.clone();
+            env.push(format!("PORT={port}"));
+            env.push(format!("LUNA_LAMBDA_LISTEN_HOST={host}"));
+            let body = ContainerCreateBody {
+                image: Some(spec.image.clone()),
+                env: Some(env),
+                labels: Some(HashMap::from([
+                    (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                    (LABEL_LAMBDA.to_owned(), spec.lambda_id.to_string()),
+                    (LABEL_VERSION.to_owned(), spec.version.to_string()),
+                    (LABEL_POD.to_owned(), index.to_string()),
+                    (LABEL_PORT.to_owned(), port.to_string()),
+                ])),
+                host_config: Some(host_config(
+                    spec.resources.as_ref(),
+                    spec.gpu,
+                    self.settings.restart_max_retries,
+                )),
+                ..Default::default()
+            };
+            let created = self
+                .docker
+                .create_container(
+                    Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                    body,
+                )
+                .await
+                .map_err(api("container create"))?;
+            self.docker
+                .start_container(&created.id, None)
+                .await
+                .map_err(api("container start"))?;
+            pods.push(Pod {
+                container_id: created.id,
+                version: spec.version,
+                index,
+                address: SocketAddr::new(host, port),
+                state: "running".to_owned(),
+            });
+        }
+        Ok(pods)
+    }
+
+    /// Every pod of every lambda we manage.
+    pub async fn all_pods(&self) -> Result<Vec<(LambdaId, Pod)>> {
+        self.pods_labelled(format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
+            .await
+    }
+
+    /// The pods of one lambda (any version), by version then index.
+    pub async fn pods(&self, lambda_id: LambdaId) -> Result<Vec<Pod>> {
+        Ok(self
+            .pods_labelled(format!("{LABEL_LAMBDA}={lambda_id}"))
+            .await?
+            .into_iter()
+            .map(|(_, pod)| pod)
+            .collect())
+    }
+
+    async fn pods_labelled(&self, label: String) -> Result<Vec<(LambdaId, Pod)>> {
+        let filters = HashMap::from([("label".to_owned(), vec![label])]);
+        let containers = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(api("container list"))?;
+        let host: std::net::IpAddr = self
+            .settings
+            .listen_host
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let mut pods: Vec<(LambdaId, Pod)> = containers
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels?;
+                let label = |k: &str| labels.get(k).cloned();
+                Some((
+                    label(LABEL_LAMBDA)?.parse().ok()?,
+                    Pod {
+                        container_id: c.id?,
+                        version: Version(label(LABEL_VERSION)?.parse().ok()?),
+                        index: label(LABEL_POD)?.parse().ok()?,
+                        address: SocketAddr::new(host, label(LABEL_PORT)?.parse().ok()?),
+                        state: c.state.map_or_else(|| "unknown".to_owned(), state_word),
+                    },
+                ))
+            })
+            .collect();
+        pods.sort_by_key(|(_, p)| (p.version, p.index));
+        Ok(pods)
+    }
+
+    /// The last `tail` lines a container wrote (stdout and stderr).
+    pub async fn logs(&self, container_id: &str, tail: usize) -> Result<Vec<String>> {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail.to_string())
+            .build();
+        let mut stream = self.docker.logs(container_id, Some(options));
+        let mut text = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(output) => text.extend_from_slice(&output.into_bytes()),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => break,
+                Err(e) => return Err(api("container logs")(e)),
+            }
+        }
+        Ok(String::from_utf8_lossy(&text)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Whether the container still runs (or is being restarted), and if not, why.
+    pub async fn exited(&self, container_id: &str) -> Result<Option<String>> {
+        let inspect = self
+            .docker
+            .inspect_container(container_id, None)
+            .await
+            .map_err(api("container inspect"))?;
+        let state = inspect.state.unwrap_or_default();
+        if state.running == Some(true) {
+            return Ok(None);
+        }
+        let restarting = state.restarting == Some(true);
+        let retries_left =
+            inspect.restart_count.unwrap_or_default() < self.settings.restart_max_retries;
+        if restarting && retries_left {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "container exited with code {}{}{}",
+            state.exit_code.unwrap_or_default(),
+            if state.oom_killed == Some(true) {
+                " (out of memory)"
+            } else {
+                ""
+            },
+            state
+                .error
+                .filter(|e| !e.is_empty())
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default(),
+        )))
+    }
+
+    /// Stops and removes a container (gone already is fine).
+    pub async fn remove_container(&self, container: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_container(
+                container,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(api("container remove")(e)),
+        }
+    }
+}
+
+/// The repository of a lambda's images.
+pub fn image_repository(registry: &str, lambda_id: LambdaId) -> String {
+    let registry = registry.trim_end_matches('/');
+    if registry.is_empty() {
+        format!("luna-lambda-{lambda_id}")
+    } else {
+        format!("{registry}/luna-lambda-{lambda_id}")
+    }
+}
+
+/// `luna-lambda-<id>-v<version>-<pod>`.
+pub fn container_name(lambda_id: LambdaId, version: Version, index: u32) -> String {
+    format!("luna-lambda-{lambda_id}-v{version}-{index}")
+}
+
+/// CPU, memory, GPU and restart policy of a pod. CPU is in millicores, memory in GiB
+/// (LUNA's units).
+pub fn host_config(
+    resources: Option<&Resources>,
+    gpu: bool,
+    restart_max_retries: i64,
+) -> HostConfig {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    let r = resources.cloned().unwrap_or_default();
+    HostConfig {
+        // The engine runs without a bridge (no private address ever used): pods listen
+        // on the host's loopback.
+        network_mode: Some("host".to_owned()),
+        nano_cpus: r.cpu_limit.map(|m| i64::from(m) * 1_000_000),
+        cpu_shares: r.cpu_request.map(|m| (i64::from(m) * 1024 / 1000).max(2)),
+        memory: r.ram_limit.map(|g| (g * GIB) as i64),
+        memory_reservation: r.ram_request.map(|g| (g * GIB) as i64),
+        device_requests: gpu.then(|| {
+            vec![DeviceRequest {
+                driver: Some("nvidia".to_owned()),
+                count: Some(-1),
+                capabilities: Some(vec![vec!["gpu".to_owned()]]),
+                ..Default::default()
+            }]
+        }),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::ON_FAILURE),
+            maximum_retry_count: Some(restart_max_retries),
+        }),
+        ..Default::default()
+    }
+}
+
+fn state_word(state: ContainerSummaryStateEnum) -> String {
+    let word = state.to_string();
+    if word.is_empty() {
+        "unknown".to_owned()
+    } else {
+        word
+    }
+}
+
+/// A port on `host` that nothing listens on now and no pod of ours was given.
+fn free_port(host: std::net::IpAddr, taken: &[u16]) -> Result<u16> {
+    for _ in 0..64 {
+        let listener = std::net::TcpListener::bind(SocketAddr::new(host, 0))
+            .map_err(|e| DockerError::NotReady(format!("no free port on {host}: {e}")))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| DockerError::NotReady(e.to_string()))?
+            .port();
+        if !taken.contains(&port) {
+            return Ok(port);
+        }
+    }
+    Err(DockerError::NotReady(format!("no free port on {host}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_repositories() {
+        let id: LambdaId = "0d5f0e3a-58a4-4b3c-9f0e-6c4b3d1d2a11".parse().unwrap();
+        assert_eq!(
+            image_repository("127.0.0.1:5000/", id),
+            "127.0.0.1:5000/luna-lambda-0d5f0e3a-58a4-4b3c-9f0e-6c4b3d1d2a11"
+        );
+        assert_eq!(image_repository("", id), format!("luna-lambda-{id}"));
+        assert_eq!(
+            container_name(id, Version::FIRST.next(), 3),
+            format!("luna-lambda-{id}-v2-3")
+        );
+    }
+
+    #[test]
+    fn resources_map_to_engine_units() {
+        let r = Resources {
+            cpu_limit: Some(1500),
+            cpu_request: Some(250),
+            ram_limit: Some(0.5),
+            ram_request: Some(0.25),
+        };
+        let hc = host_config(Some(&r), true, 3);
+        assert_eq!(hc.network_mode.as_deref(), Some("host"));
+        assert_eq!(hc.nano_cpus, Some(1_500_000_000));
+        assert_eq!(hc.cpu_shares, Some(256));
+        assert_eq!(hc.memory, Some(512 * 1024 * 1024));
+        assert_eq!(hc.memory_reservation, Some(256 * 1024 * 1024));
+        let gpu = &hc.device_requests.unwrap()[0];
+        assert_eq!(
+            (gpu.driver.as_deref(), gpu.count),
+            (Some("nvidia"), Some(-1))
+        );
+        let restart = hc.restart_policy.unwrap();
+        assert_eq!(restart.maximum_retry_count, Some(3));
+        let none = host_config(None, false, 0);
+        assert_eq!(
+            (none.memory, none.nano_cpus, none.device_requests),
+            (None, None, None)
+        );
+    }
+}
