@@ -77,6 +77,24 @@ pub enum StartupError {
     },
 }
 
+/// This data directory's service instance id (generated at first start): it labels the
+/// containers this instance owns, so services sharing an engine never touch each
+/// other's.
+fn instance_id(data: &std::path::Path) -> std::io::Result<String> {
+    let path = data.join("instance-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            let temp = data.join("instance-id.tmp");
+            std::fs::write(&temp, &id)?;
+            std::fs::rename(&temp, &path)?;
+            Ok(id)
+        }
+    }
+}
+
 /// A started service, bound and recovered, not yet serving.
 #[derive(Debug)]
 pub struct Server {
@@ -107,7 +125,11 @@ impl Server {
         .map_err(StartupError::Thread)?;
         let docker = match config.container_backend {
             config::ContainerBackend::Docker => {
-                let engine = docker::DockerEngine::connect(&config.containers).await?;
+                let owner = instance_id(&data).map_err(|source| StartupError::DataDir {
+                    path: data.display().to_string(),
+                    source,
+                })?;
+                let engine = docker::DockerEngine::connect(&config.containers, &owner).await?;
                 tracing::info!(registry = %config.containers.registry, "container lambdas run on the local Docker engine");
                 Some(engine)
             }

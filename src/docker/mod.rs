@@ -24,6 +24,9 @@ use crate::model::{LambdaId, Resources, Version};
 
 /// Label every container and image of ours carries (the Kubernetes convention).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "luna-lambda");
+/// Label: the service instance (data directory) that owns a container. Several
+/// services may share one engine; each touches only its own containers.
+pub const LABEL_OWNER: &str = "luna-lambda.owner";
 /// Label: the lambda a container serves.
 pub const LABEL_LAMBDA: &str = "luna-lambda.lambda-id";
 /// Label: the lambda version a container serves.
@@ -116,11 +119,13 @@ pub struct PodSpec {
 pub struct DockerEngine {
     docker: Docker,
     settings: Containers,
+    owner: String,
 }
 
 impl DockerEngine {
-    /// Connects and negotiates the API version (Debian's engine speaks 1.41).
-    pub async fn connect(settings: &Containers) -> Result<Self> {
+    /// Connects and negotiates the API version (Debian's engine speaks 1.41). `owner`
+    /// names this service instance on its containers.
+    pub async fn connect(settings: &Containers, owner: &str) -> Result<Self> {
         let timeout = settings.docker_timeout_secs;
         let docker = if settings.docker_socket.is_empty() {
             Docker::connect_with_local_defaults()
@@ -140,6 +145,7 @@ impl DockerEngine {
         Ok(Self {
             docker,
             settings: settings.clone(),
+            owner: owner.to_owned(),
         })
     }
 
@@ -341,6 +347,7 @@ impl DockerEngine {
                 env: Some(env),
                 labels: Some(HashMap::from([
                     (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                    (LABEL_OWNER.to_owned(), self.owner.clone()),
                     (LABEL_LAMBDA.to_owned(), spec.lambda_id.to_string()),
                     (LABEL_VERSION.to_owned(), spec.version.to_string()),
                     (LABEL_POD.to_owned(), index.to_string()),
@@ -376,24 +383,26 @@ impl DockerEngine {
         Ok(pods)
     }
 
-    /// Every pod of every lambda we manage.
+    /// Every pod of every lambda this service instance manages.
     pub async fn all_pods(&self) -> Result<Vec<(LambdaId, Pod)>> {
-        self.pods_labelled(format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
-            .await
+        self.pods_labelled(None).await
     }
 
     /// The pods of one lambda (any version), by version then index.
     pub async fn pods(&self, lambda_id: LambdaId) -> Result<Vec<Pod>> {
         Ok(self
-            .pods_labelled(format!("{LABEL_LAMBDA}={lambda_id}"))
+            .pods_labelled(Some(format!("{LABEL_LAMBDA}={lambda_id}")))
             .await?
             .into_iter()
             .map(|(_, pod)| pod)
             .collect())
     }
 
-    async fn pods_labelled(&self, label: String) -> Result<Vec<(LambdaId, Pod)>> {
-        let filters = HashMap::from([("label".to_owned(), vec![label])]);
+    async fn pods_labelled(&self, label: Option<String>) -> Result<Vec<(LambdaId, Pod)>> {
+        // Label filters are ANDed: ours, and (if given) the lambda's.
+        let mut labels = vec![format!("{LABEL_OWNER}={}", self.owner)];
+        labels.extend(label);
+        let filters = HashMap::from([("label".to_owned(), labels)]);
         let containers = self
             .docker
             .list_containers(Some(

@@ -373,13 +373,12 @@ impl Lifecycle {
         // Containers of other versions are leftovers of an interrupted roll.
         self.retire_pods(id, Some(version), false).await;
         if !running.is_empty() {
-            self.logs.line(
-                id,
-                &format!(
-                    "service restarted: re-attached to {} running pod(s) of version {version}",
-                    running.len()
-                ),
+            let line = format!(
+                "service restarted: re-attached to {} running pod(s) of version {version}",
+                running.len()
             );
+            tracing::info!(lambda = %id, "{line}");
+            self.logs.line(id, &line);
             return Ok(self.pod_set(id, record.account_id, version, &running));
         }
         self.retire_pods(id, Some(version), true).await;

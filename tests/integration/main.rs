@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod containers;
 mod examples;
 mod host;
 mod lifecycle;

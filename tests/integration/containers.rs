@@ -1,0 +1,580 @@
+//! Container lambdas on a real Docker engine and a real loopback registry (both started
+//! by `.ci/run`; `deploy/base-image/build.sh` makes the base image): Python standalone
+//! and tasks lambdas, a Dockerfile lambda, a failing build, recreate with a rolling
+//! swap, a dead pod, re-attach after a restart, and delete.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::common::{ACCOUNT, OTHER_ACCOUNT, Server, assert_error, upload_form, wait_log, zip_of};
+
+/// The registry the tests push to (`.ci/run` serves one on 127.0.0.1:5000).
+fn registry() -> String {
+    std::env::var("LUNA_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".to_owned())
+}
+
+/// The `docker` CLI, to observe the engine independently of the service.
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs (.ci/run installs docker.io)");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn containers_of(id: &str) -> Vec<String> {
+    docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=luna-lambda.lambda-id={id}"),
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// Removes whatever a test leaves in the engine, also when it fails.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            for container in containers_of(id) {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", &container])
+                    .output();
+            }
+        }
+    }
+}
+
+fn docker_server() -> Server {
+    assert!(
+        docker(&["info", "--format", "{{.ServerVersion}}"]).len() > 1,
+        "a Docker engine must run for the container tests (see .ci/run)"
+    );
+    assert!(
+        !docker(&["images", "-q", "luna-lambda/python:bookworm"]).is_empty(),
+        "the base image is missing: run deploy/base-image/build.sh"
+    );
+    Server::start(&[
+        ("LUNA_LAMBDA_CONTAINER_BACKEND", "docker"),
+        ("LUNA_LAMBDA_CONTAINERS_REGISTRY", &registry()),
+    ])
+}
+
+/// A wheel with no dependencies: pip installs it offline.
+fn greet_wheel() -> Vec<u8> {
+    zip_of(&[
+        ("greet/__init__.py", b"def greet(name):\n    return 'hello ' + name\n"),
+        ("greet-1.0.dist-info/METADATA", b"Metadata-Version: 2.1\nName: greet\nVersion: 1.0\n"),
+        (
+            "greet-1.0.dist-info/WHEEL",
+            b"Wheel-Version: 1.0\nGenerator: luna-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        ),
+        (
+            "greet-1.0.dist-info/RECORD",
+            b"greet/__init__.py,,\ngreet-1.0.dist-info/METADATA,,\ngreet-1.0.dist-info/WHEEL,,\ngreet-1.0.dist-info/RECORD,,\n",
+        ),
+    ])
+}
+
+const STANDALONE: &str = r#"
+from luna_lambda_tools import StandaloneLambdaRequest, logger
+from greet import greet
+from helpers.shape import shape
+
+async def main(request: StandaloneLambdaRequest) -> dict:
+    logger.info("greeting %s", request.args.get("name"))
+    return {
+        "greeting": greet(request.args.get("name", "nobody")),
+        "shape": shape(request.json),
+        "path": request.path,
+        "request_id": request.requestId,
+        "config": request.config,
+        "credentials": sorted(request.credentials),
+        "version": "one",
+    }
+"#;
+
+fn standalone_zip(version_word: &str) -> Vec<u8> {
+    let main = STANDALONE.replace("\"one\"", &format!("\"{version_word}\""));
+    let wheel = greet_wheel();
+    zip_of(&[
+        ("lambda_main.py", main.as_bytes()),
+        ("helpers/__init__.py", b""),
+        (
+            "helpers/shape.py",
+            b"def shape(doc):\n    return sorted(doc) if isinstance(doc, dict) else None\n",
+        ),
+        (
+            "requirements.txt",
+            b"--no-index\n./wheels/greet-1.0-py3-none-any.whl\n",
+        ),
+        ("wheels/greet-1.0-py3-none-any.whl", &wheel),
+    ])
+}
+
+async fn image_logs(server: &Server, id: &str) -> String {
+    server
+        .get_json(&format!("/1/lambdas/{id}/image/logs"))
+        .await
+        .1
+        .to_string()
+}
+
+async fn call(server: &Server, id: &str, path: &str, body: Value) -> reqwest::Response {
+    server
+        .http
+        .post(server.url(&format!("/1/lambdas/{id}/proxy{path}")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .header(
+            "Luna-Request-Id",
+            "1700000000,00000000-0000-4000-8000-000000000042",
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn python_lambda_builds_pushes_runs_recreates_and_is_deleted() {
+    let server = docker_server();
+    let created = server
+        .create_raw(
+            ACCOUNT,
+            standalone_zip("one"),
+            json!({"lambda_name": "py-standalone", "config": {"greeting": {"lang": "en"}}, "workers": 2}),
+            Some(json!({"pod_count": 2, "resources": {"cpu_limit": 500, "ram_limit": 0.25}})),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["lambda_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let status = server.wait_status(&id, "running").await;
+    assert_eq!(
+        status["pod_statuses"],
+        json!({"0": "running", "1": "running"})
+    );
+
+    // The build log streamed the real build: generated Dockerfile, steps, pip, push.
+    let logs = image_logs(&server, &id).await;
+    for needle in [
+        "FROM luna-lambda/python:bookworm",
+        "Step 1/",
+        "pip install --no-cache-dir -r requirements.txt",
+        "Successfully installed greet-1.0",
+        "cache miss",
+        "pushed ",
+        "pod 1 (",
+    ] {
+        assert!(logs.contains(needle), "no '{needle}' in {logs}");
+    }
+    let repo = format!("luna-lambda-{id}");
+    let tags = reqwest::get(format!("http://{}/v2/{repo}/tags/list", registry()))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        tags["tags"],
+        json!(["1"]),
+        "the registry holds the pushed image"
+    );
+
+    // Calls go round robin to both pods, with config, credentials and the request id.
+    for _ in 0..4 {
+        let r = call(&server, &id, "/main?name=ann", json!({"b": 1, "a": 2})).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["lambda-version"], "1");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["greeting"], "hello ann");
+        assert_eq!(body["shape"], json!(["a", "b"]));
+        assert_eq!(body["path"], "/main");
+        assert_eq!(
+            body["request_id"],
+            "1700000000,00000000-0000-4000-8000-000000000042"
+        );
+        assert_eq!(body["config"], json!({"greeting": {"lang": "en"}}));
+        assert_eq!(body["credentials"], json!(["login", "password"]));
+    }
+    wait_log(
+        &server,
+        &id,
+        "[1700000000,00000000-0000-4000-8000-000000000042] greeting ann",
+    )
+    .await;
+    let (_, logs) = server
+        .get_json(&format!("/1/lambdas/{id}/logs?tail_lines=50"))
+        .await;
+    let pods = logs["logs"].as_object().unwrap();
+    assert_eq!(pods.len(), 2, "{logs}");
+    let greeted: usize = pods
+        .values()
+        .map(|lines| lines.to_string().matches("greeting ann").count())
+        .sum();
+    assert_eq!(
+        greeted, 4,
+        "each call logged once, spread over the pods: {logs}"
+    );
+    assert!(
+        pods.values()
+            .all(|l| l.to_string().contains("greeting ann")),
+        "round robin: {logs}"
+    );
+
+    // Another account cannot see or call it.
+    let r = server
+        .http
+        .get(server.url(&format!("/1/lambdas/{id}/proxy/main")))
+        .header("Luna-Account-Id", OTHER_ACCOUNT)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 404, 42001).await;
+
+    // Recreate: version 2 is built and started while version 1 serves, then swapped.
+    let old_containers = containers_of(&id);
+    assert_eq!(old_containers.len(), 2);
+    let r = server
+        .http
+        .put(server.url(&format!("/1/lambdas/{id}")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .multipart(upload_form(
+            standalone_zip("two"),
+            json!({"lambda_name": "py-standalone"}),
+            None,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        server.wait_image(&id).await,
+        "completed",
+        "{}",
+        image_logs(&server, &id).await
+    );
+    let r = call(&server, &id, "/main", json!({})).await;
+    assert_eq!(r.headers()["lambda-version"], "2");
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], "two");
+    let new_containers = containers_of(&id);
+    assert_eq!(
+        new_containers.len(),
+        1,
+        "pod_count defaults to 1 on the new version"
+    );
+    assert!(
+        old_containers.iter().all(|c| !new_containers.contains(c)),
+        "old pods removed"
+    );
+
+    // Delete removes the containers and the image tags.
+    let r = server
+        .http
+        .delete(server.url(&format!("/1/lambdas/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(containers_of(&id).is_empty());
+    assert!(docker(&["images", "-q", &format!("{}/{repo}", registry())]).is_empty());
+}
+
+#[tokio::test]
+async fn tasks_and_dockerfile_lambdas_run() {
+    let server = docker_server();
+    let tasks = zip_of(&[(
+        "lambda_main.py",
+        b"from luna_lambda_tools import BaseLambdaTask\n\nclass WordCount(BaseLambdaTask):\n    async def splitTasksContent(self, content):\n        return [{'text': t} for t in content['texts']]\n\n    def executeSubtask(self, sub):\n        return {'words': len(sub['text'].split())}\n",
+    )]);
+    let r = server
+        .create_raw(
+            ACCOUNT,
+            tasks,
+            json!({"lambda_name": "py-tasks", "lambda_type": "tasks"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let tasks_id = r.json::<Value>().await.unwrap()["lambda_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let server_py = br#"
+import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"custom": True, "path": self.path, "rid": self.headers.get("Luna-Request-Id")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+HTTPServer((os.environ["LUNA_LAMBDA_LISTEN_HOST"], int(os.environ["PORT"])), H).serve_forever()
+"#;
+    let custom = zip_of(&[
+        ("Dockerfile", b"FROM luna-lambda/python:bookworm\nCOPY server.py /app/server.py\nCMD [\"python3\", \"/app/server.py\"]\n"),
+        ("server.py", server_py),
+    ]);
+    let custom_id = server
+        .create(ACCOUNT, "custom-dockerfile", custom, None)
+        .await;
+    let _cleanup = Cleanup(vec![tasks_id.clone(), custom_id.clone()]);
+
+    server.wait_status(&tasks_id, "running").await;
+    let r = call(
+        &server,
+        &tasks_id,
+        "/split",
+        json!({"texts": ["a b", "c d e"]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!([{"text": "a b"}, {"text": "c d e"}])
+    );
+    let r = call(&server, &tasks_id, "/execute", json!({"text": "c d e"})).await;
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"words": 3}));
+    let r = server
+        .proxy(reqwest::Method::GET, &tasks_id, "/split")
+        .await;
+    assert_error(r, 405, 12005).await;
+
+    server.wait_status(&custom_id, "running").await;
+    let logs = image_logs(&server, &custom_id).await;
+    assert!(logs.contains("the archive's own Dockerfile"), "{logs}");
+    let r = server
+        .proxy(reqwest::Method::GET, &custom_id, "/anything?x=1")
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (body["custom"].clone(), body["path"].clone()),
+        (json!(true), json!("/anything?x=1"))
+    );
+    assert!(
+        body["rid"].as_str().is_some_and(|r| r.contains(',')),
+        "{body}"
+    );
+
+    // The same archive again is an image cache hit: tagged, not rebuilt.
+    let again = server
+        .create_raw(
+            ACCOUNT,
+            zip_of(&[
+                ("Dockerfile", b"FROM luna-lambda/python:bookworm\nCOPY server.py /app/server.py\nCMD [\"python3\", \"/app/server.py\"]\n"),
+                ("server.py", server_py),
+            ]),
+            json!({"lambda_name": "custom-again"}),
+            None,
+        )
+        .await;
+    let again_id = again.json::<Value>().await.unwrap()["lambda_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _cleanup_again = Cleanup(vec![again_id.clone()]);
+    server.wait_status(&again_id, "running").await;
+    let logs = image_logs(&server, &again_id).await;
+    assert!(
+        logs.contains("image cache hit") && !logs.contains("Step 1/"),
+        "{logs}"
+    );
+    for id in [&tasks_id, &custom_id, &again_id] {
+        let r = server
+            .http
+            .delete(server.url(&format!("/1/lambdas/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+}
+
+#[tokio::test]
+async fn bad_sources_are_refused_and_failing_builds_say_where() {
+    let server = docker_server();
+    // Validation parses the Python and names every problem.
+    let broken = zip_of(&[
+        ("lambda_main.py", b"def handler(request):\n    return {}\n"),
+        ("util.py", b"def f(:\n    pass\n"),
+    ]);
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "archive",
+            reqwest::multipart::Part::bytes(broken).file_name("l.zip").mime_str("application/zip").unwrap(),
+        )
+        .part(
+            "parameters",
+            crate::common::json_part(&json!({"lambda_name": "x", "additional_user_docker_commands": ["COPY --from=other /a /b"]})),
+        );
+    let r = server
+        .http
+        .post(server.url("/1/lambdas/validate"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let errors = r.json::<Value>().await.unwrap()["errors"].to_string();
+    for needle in [
+        "--from",
+        "'util.py' is not valid Python",
+        "line 1",
+        "must define 'main'",
+    ] {
+        assert!(errors.contains(needle), "no '{needle}' in {errors}");
+    }
+
+    // A build step that fails: image error naming the step, lambda failed, proxy 503.
+    let r = server
+        .create_raw(
+            ACCOUNT,
+            zip_of(&[("lambda_main.py", b"def main(request):\n    return {}\n")]),
+            json!({"lambda_name": "fails", "additional_user_docker_commands": ["RUN echo about to fail && exit 3"]}),
+            None,
+        )
+        .await;
+    let id = r.json::<Value>().await.unwrap()["lambda_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _cleanup = Cleanup(vec![id.clone()]);
+    assert_eq!(server.wait_image(&id).await, "error");
+    let logs = image_logs(&server, &id).await;
+    assert!(
+        logs.contains("about to fail"),
+        "the step's output streamed: {logs}"
+    );
+    assert!(
+        logs.contains("build failed: image build failed at 'Step 4/6 : RUN echo about to fail")
+            && logs.contains("returned a non-zero code: 3"),
+        "{logs}"
+    );
+    server.wait_status(&id, "failed").await;
+    let r = server.proxy(reqwest::Method::GET, &id, "/main").await;
+    assert_error(r, 503, 42007).await;
+    assert!(containers_of(&id).is_empty());
+
+    // A lambda that crashes at start: the build says why, quoting its output.
+    let r = server
+        .create_raw(
+            ACCOUNT,
+            zip_of(&[(
+                "lambda_main.py",
+                b"raise SystemExit('missing settings: cannot start')\n",
+            )]),
+            json!({"lambda_name": "crashes", "lambda_type": "tasks"}),
+            None,
+        )
+        .await;
+    assert_error(r, 400, 42005).await;
+    let r = server
+        .create_raw(
+            ACCOUNT,
+            zip_of(&[(
+                "lambda_main.py",
+                b"import missing_module\ndef main(request):\n    return {}\n",
+            )]),
+            json!({"lambda_name": "crashes"}),
+            None,
+        )
+        .await;
+    let id = r.json::<Value>().await.unwrap()["lambda_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _cleanup = Cleanup(vec![id.clone()]);
+    assert_eq!(server.wait_image(&id).await, "error");
+    let logs = image_logs(&server, &id).await;
+    assert!(
+        logs.contains("ModuleNotFoundError") && logs.contains("pods did not start"),
+        "{logs}"
+    );
+    assert!(containers_of(&id).is_empty(), "the failed pods are removed");
+}
+
+#[tokio::test]
+async fn a_dead_pod_costs_its_requests_and_a_restart_reattaches() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let env = [
+        ("LUNA_LAMBDA_CONTAINER_BACKEND", "docker"),
+        ("LUNA_LAMBDA_CONTAINERS_REGISTRY", ""),
+    ];
+    let server = Server::start_in(&dir, &env);
+    let id = server
+        .create(
+            ACCOUNT,
+            "survivor",
+            zip_of(&[(
+                "lambda_main.py",
+                b"import os\ndef main(request):\n    return {'pid': os.getpid()}\n",
+            )]),
+            None,
+        )
+        .await;
+    let _cleanup = Cleanup(vec![id.clone()]);
+    server.wait_status(&id, "running").await;
+    let before = containers_of(&id);
+    assert_eq!(before.len(), 1);
+    assert_eq!(
+        server
+            .proxy(reqwest::Method::GET, &id, "/main")
+            .await
+            .status(),
+        200
+    );
+
+    // The service stops (SIGTERM); the container keeps running and is re-attached.
+    assert!(server.terminate().success());
+    let server = Server::start_in(&dir, &env);
+    assert_eq!(
+        containers_of(&id),
+        before,
+        "no new container after the restart"
+    );
+    server.wait_status(&id, "running").await;
+    assert_eq!(
+        server
+            .proxy(reqwest::Method::GET, &id, "/main")
+            .await
+            .status(),
+        200
+    );
+    assert!(
+        server
+            .log()
+            .contains("re-attached to 1 running pod(s) of version 1"),
+        "{}",
+        server.log()
+    );
+
+    // The pod is stopped behind the service's back: 502 42009, status terminated.
+    docker(&["stop", "-t", "1", &before[0]]);
+    let r = server.proxy(reqwest::Method::GET, &id, "/main").await;
+    assert_error(r, 502, 42009).await;
+    let (_, status) = server.get_json(&format!("/1/lambdas/{id}/status")).await;
+    assert_eq!(status["status"], "terminated", "{status}");
+    assert_eq!(status["pod_statuses"]["0"], "exited", "{status}");
+    // The service itself keeps serving.
+    assert_eq!(server.get("/healthcheck").await.status(), 200);
+}
