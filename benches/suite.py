@@ -17,11 +17,14 @@ other made every server slower here than sharing both).
 Scenarios:
   1. in-process WASM (our proxy route, full management stack) vs `wasmtime serve`, pooling
      allocator on for both, the same plain wasi:http component, c = 1, 16, 64;
-  2. pod proxy vs direct vs nginx: the anchors only until container lambdas exist;
+  2. pod proxy vs direct vs nginx in front of the same container lambda's pod (Docker
+     engine, loopback registry and base image made ready by deploy/local-docker.sh);
   3. upload -> first 200 for the hello lambda: cold (compile) and cache hit;
   4. scale: RSS with 1 / 100 / 1,000 idle lambdas (shared and distinct components), 1,000
      concurrent creates to `running`, list latency at 10,000 stored lambdas;
-  5. per-request instantiation p50 / p99 from the service's own histogram.
+  5. per-request instantiation p50 / p99 from the service's own histogram;
+  6. a Python container lambda: create -> first 200 (cold build, image cache hit) and
+     requests/sec through the proxy vs its pod directly.
 """
 
 import argparse
@@ -274,39 +277,142 @@ def scenario_instantiation(service, lambda_id, rows):
                  f"{0.00001 / p50:.2f}× / {0.00005 / p99:.2f}×", "target (ratio ≥ 1: met)"))
 
 
+UPSTREAM_DOCKERFILE = """FROM luna-lambda/debian-python-rootfs:bookworm
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light && rm -rf /var/lib/apt/lists/*
+COPY upstream.conf /etc/upstream.conf
+COPY start.sh /start.sh
+CMD ["sh", "/start.sh"]
+"""
+UPSTREAM_START = """sed "s/@PORT@/$PORT/; s/@HOST@/$LUNA_LAMBDA_LISTEN_HOST/" /etc/upstream.conf > /tmp/nginx.conf
+exec nginx -c /tmp/nginx.conf -g 'daemon off;'
+"""
+UPSTREAM_CONF = """worker_processes 1;
+pid /tmp/nginx.pid;
+error_log /dev/null;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server {
+    listen @HOST@:@PORT@;
+    location / { return 200 "hello from the upstream\\n"; }
+  }
+}
+"""
+
+
+def container_service(work):
+    """The service with the Docker backend (engine, registry and base image made ready)."""
+    sh(os.path.join(ROOT, "deploy", "local-docker.sh"))
+    return Service(work, env={"LUNA_LAMBDA_CONTAINER_BACKEND": "docker",
+                              "LUNA_LAMBDA_CONTAINERS_REGISTRY": "127.0.0.1:5000"})
+
+
+def pod_port(lambda_id):
+    out = subprocess.run(
+        ["docker", "ps", "--filter", f"label=luna-lambda.lambda-id={lambda_id}",
+         "--format", '{{.Label "luna-lambda.port"}}'],
+        check=True, capture_output=True, text=True).stdout.split()
+    return int(out[0])
+
+
 def scenario_pod_proxy(work, args, rows):
-    """2: the anchors of the pod proxy. Our route needs container lambdas (not built yet)."""
-    upstream_port, nginx_port = free_port(), free_port()
-    processes = []
-    for name, port, location in (
-            ("upstream", upstream_port, 'return 200 "hello from the upstream\\n";'),
-            ("proxy", nginx_port, "proxy_pass http://lambda; proxy_http_version 1.1; "
-                                  'proxy_set_header Connection "";')):
-        conf = os.path.join(work, f"nginx-{name}.conf")
-        with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(port=port, upstream=upstream_port, work=work, name=name,
-                                      location=location))
-        processes.append(subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    COMMANDS.append("nginx -c nginx-upstream.conf (answers 200 itself: the stand-in lambda); "
-                    "nginx -c nginx-proxy.conf (proxy_pass to it, keepalive 64)")
+    """2: our pod proxy vs calling the pod directly vs nginx in front of the same pod.
+
+    The stand-in lambda is a Dockerfile lambda whose container runs nginx answering 200
+    itself, so all three paths end at the same upstream process."""
+    service = container_service(work)
+    path = os.path.join(work, "upstream.zip")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("Dockerfile", UPSTREAM_DOCKERFILE)
+        z.writestr("start.sh", UPSTREAM_START)
+        z.writestr("upstream.conf", UPSTREAM_CONF)
+    lambda_id = service.create(path, "upstream")
+    service.wait_running(lambda_id)
+    upstream_port, nginx_port = pod_port(lambda_id), free_port()
+    conf = os.path.join(work, "nginx-proxy.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(port=nginx_port, upstream=upstream_port, work=work, name="proxy",
+                                  location="proxy_pass http://lambda; proxy_http_version 1.1; "
+                                           'proxy_set_header Connection "";'))
+    nginx = subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    COMMANDS.append("stand-in lambda: a Dockerfile lambda running nginx that answers 200 itself; "
+                    "anchor: nginx -c nginx-proxy.conf (proxy_pass to the pod, keepalive 64)")
     try:
         direct_url = f"http://127.0.0.1:{upstream_port}/main"
         nginx_url = f"http://127.0.0.1:{nginx_port}/main"
-        wait_http(direct_url)
+        ours_url = service.proxy_url(lambda_id, "/main")
         wait_http(nginx_url)
         for connections in (1, 16, 64):
             direct = wrk_median(direct_url, connections, args.runs, args.seconds)
+            ours = wrk_median(ours_url, connections, args.runs, args.seconds)
             proxied = wrk_median(nginx_url, connections, args.runs, args.seconds)
+            failures = f"; {ours[3]} failed requests" if ours[3] else ""
             rows.append((f"2. added p50 / req/s, c={connections}",
-                         "n/a (container lambdas: issue 4)",
-                         f"{ms(proxied[1] - direct[1])} / {proxied[0]:,.0f}", "",
-                         f"nginx in front of the upstream (direct: {ms(direct[1])}, "
-                         f"{direct[0]:,.0f} req/s)"))
+                         f"{ms(ours[1] - direct[1])} / {ours[0]:,.0f}",
+                         f"{ms(proxied[1] - direct[1])} / {proxied[0]:,.0f}",
+                         f"{ours[0] / proxied[0]:.2f}× req/s",
+                         f"nginx in front of the same pod (direct: p50 {ms(direct[1])}, "
+                         f"{direct[0]:,.0f} req/s; ours p99 {ms(ours[2])}, nginx p99 "
+                         f"{ms(proxied[2])}){failures}"))
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait()
+        nginx.terminate()
+        nginx.wait()
+        delete(service, lambda_id)
+        service.stop()
+
+
+def delete(service, lambda_id):
+    request = urllib.request.Request(f"{service.base}/1/lambdas/{lambda_id}", method="DELETE")
+    with urllib.request.urlopen(request):
+        pass
+
+
+PYTHON_HELLO = """async def main(request):
+    return {"hello": "world", "bytes": len(request.body)}
+"""
+
+
+def scenario_python_lambda(work, args, rows):
+    """6: a Python container lambda: build cold and cached, create -> first 200, and
+    requests/sec through our proxy vs calling its pod directly."""
+    service = container_service(work)
+    created = []
+    try:
+        def create_and_time(tag, name):
+            path = os.path.join(work, f"python-{tag}.zip")
+            with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+                # A distinct comment makes a distinct archive: a cold build.
+                z.writestr("lambda_main.py", f"# {tag}\n" + PYTHON_HELLO)
+            started = time.monotonic()
+            lambda_id = service.create(path, name)
+            created.append(lambda_id)
+            elapsed = first_200(service, lambda_id, started)
+            return lambda_id, elapsed, path
+
+        tag = f"{time.time_ns()}"
+        cold_id, cold, path = create_and_time(tag, "python-cold")
+        started = time.monotonic()
+        cached_id = service.create(path, "python-cached")
+        created.append(cached_id)
+        cached = first_200(service, cached_id, started)
+        rows.append(("6. Python hello: create → first 200, cold build / image cache hit",
+                     f"{cold * 1000:,.0f} ms / {cached * 1000:,.0f} ms", "", "",
+                     "generated Dockerfile on luna-lambda/python:bookworm, push to the "
+                     "loopback registry, 1 pod, health waited"))
+        direct_url = f"http://127.0.0.1:{pod_port(cold_id)}/main"
+        ours_url = service.proxy_url(cold_id, "/main")
+        for connections in (1, 16):
+            direct = wrk_median(direct_url, connections, args.runs, args.seconds)
+            ours = wrk_median(ours_url, connections, args.runs, args.seconds)
+            rows.append((f"6. Python hello req/s (p50), c={connections}",
+                         f"{ours[0]:,.0f} ({ms(ours[1])})", f"{direct[0]:,.0f} ({ms(direct[1])})",
+                         f"{ours[0] / direct[0]:.2f}×",
+                         "through our proxy vs the pod directly (the runner, 1 worker)"))
+    finally:
+        for lambda_id in created:
+            delete(service, lambda_id)
+        service.stop()
 
 
 NGINX_CONF = """
@@ -477,7 +583,7 @@ def report(rows, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenarios", default="1,2,3,4")
+    parser.add_argument("--scenarios", default="1,2,3,4,6")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--idle", type=int, default=1000)
@@ -504,6 +610,8 @@ def main():
             scenario_upload(work, args, rows)
         if 4 in scenarios:
             scenario_scale(work, args, rows)
+        if 6 in scenarios:
+            scenario_python_lambda(work, args, rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(rows, args)
