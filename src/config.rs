@@ -88,6 +88,8 @@ pub struct Config {
     pub logs: Logs,
     /// Container lambdas: image builds, the Docker engine, the pod proxy.
     pub containers: Containers,
+    /// The Kubernetes backend.
+    pub kubernetes: Kubernetes,
     /// Seconds to wait for in-flight requests on shutdown.
     pub shutdown_grace_secs: u64,
 }
@@ -232,6 +234,32 @@ pub struct Containers {
     pub max_log_lines_per_pod: usize,
 }
 
+/// The Kubernetes backend (`container_backend = "kubernetes"`): images are still built
+/// by the Docker engine and pushed to `containers.registry`, which the cluster pulls from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kubernetes {
+    /// A kubeconfig file; empty: in-cluster config, else `KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: String,
+    /// Context of the kubeconfig; empty: its current context.
+    pub context: String,
+    /// Port of each lambda's ClusterIP Service (the proxy sends there).
+    pub service_port: i32,
+    /// Connecting to, and waiting on, the API server.
+    pub api_timeout_secs: u64,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Self {
+            kubeconfig: String::new(),
+            context: String::new(),
+            service_port: 80,
+            api_timeout_secs: 30,
+        }
+    }
+}
+
 impl Default for Containers {
     fn default() -> Self {
         Self {
@@ -268,6 +296,7 @@ impl Default for Config {
             builds: Builds::default(),
             logs: Logs::default(),
             containers: Containers::default(),
+            kubernetes: Kubernetes::default(),
             shutdown_grace_secs: 10,
         }
     }
@@ -471,10 +500,16 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("encryption_key: {e}")))?;
         }
         if self.container_backend == ContainerBackend::Kubernetes {
-            return bad(
-                "container_backend 'kubernetes' is not available in this version: use \"docker\" or \"none\""
-                    .into(),
-            );
+            if self.containers.registry.is_empty() {
+                return bad("container_backend 'kubernetes' needs containers.registry: the cluster pulls the images from it".into());
+            }
+            let k = &self.kubernetes;
+            if !(1..=65_535).contains(&k.service_port) || k.api_timeout_secs == 0 {
+                return bad(format!(
+                    "kubernetes.service_port must be in 1..65535 and kubernetes.api_timeout_secs positive, got {} and {}",
+                    k.service_port, k.api_timeout_secs
+                ));
+            }
         }
         let c = &self.containers;
         if c.docker_timeout_secs == 0

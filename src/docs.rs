@@ -13,6 +13,7 @@ const MANUAL: &[(&str, &str)] = &[
     ("index", include_str!("../docs/dev/index.md")),
     ("writing", include_str!("../docs/dev/writing.md")),
     ("sdk", include_str!("../docs/dev/sdk.md")),
+    ("python", include_str!("../docs/dev/python.md")),
     ("packing", include_str!("../docs/dev/packing.md")),
     ("validating", include_str!("../docs/dev/validating.md")),
     ("deploying", include_str!("../docs/dev/deploying.md")),

@@ -7,6 +7,7 @@ pub mod builder;
 pub mod config;
 pub mod docker;
 pub mod docs;
+pub mod k8s;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
@@ -55,6 +56,9 @@ pub enum StartupError {
     /// The configured Docker engine cannot be used.
     #[error("container backend: {0}")]
     Docker(#[from] docker::DockerError),
+    /// The configured Kubernetes cluster cannot be used.
+    #[error("container backend: {0}")]
+    Kube(#[from] k8s::KubeError),
     /// Archive storage could not be opened.
     #[error(transparent)]
     Build(#[from] builder::BuildError),
@@ -123,17 +127,28 @@ impl Server {
             config.logs.max_line_bytes,
         )
         .map_err(StartupError::Thread)?;
+        // Images are built by the Docker engine for both backends; Kubernetes runs them.
         let docker = match config.container_backend {
-            config::ContainerBackend::Docker => {
+            config::ContainerBackend::None => None,
+            _ => {
                 let owner = instance_id(&data).map_err(|source| StartupError::DataDir {
                     path: data.display().to_string(),
                     source,
                 })?;
-                let engine = docker::DockerEngine::connect(&config.containers, &owner).await?;
-                tracing::info!(registry = %config.containers.registry, "container lambdas run on the local Docker engine");
-                Some(engine)
+                Some(docker::DockerEngine::connect(&config.containers, &owner).await?)
             }
-            _ => None,
+        };
+        let kube = match config.container_backend {
+            config::ContainerBackend::Kubernetes => {
+                let backend = k8s::KubeBackend::connect(&config.kubernetes).await?;
+                tracing::info!(registry = %config.containers.registry, "container lambdas run on Kubernetes");
+                Some(backend)
+            }
+            config::ContainerBackend::Docker => {
+                tracing::info!(registry = %config.containers.registry, "container lambdas run on the local Docker engine");
+                None
+            }
+            config::ContainerBackend::None => None,
         };
         let containers = &config.containers;
         let pods = runtime::PodClient::new(
@@ -149,6 +164,7 @@ impl Server {
             engine,
             registry.clone(),
             docker,
+            kube,
             logs,
             metrics.clone(),
         );

@@ -1,7 +1,8 @@
 //! The container half of the lifecycle: building a container lambda's image through the
 //! Docker engine (build log streamed into the image logs, cache by build key, push),
-//! starting its pods and waiting for their health, rolling from one version's pods to
-//! the next, pod statuses and logs, re-attaching after a restart, and removal.
+//! running it on Docker (pods started and health-waited here, rolled from one version's
+//! pods to the next) or on Kubernetes (Deployment + Service applied, rollout waited,
+//! rolled back on failure), pod statuses and logs, re-attaching after a restart, removal.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{Lifecycle, LifecycleError};
 use crate::builder;
 use crate::docker::{DockerEngine, Pod, PodSpec};
+use crate::k8s::{KubeBackend, LambdaDeployment};
 use crate::model::{AccountId, LambdaId, LambdaStatus, Runtime, Version};
 use crate::runtime::PodSet;
 use crate::store::{BuildRecord, LambdaRecord, LambdaSpec};
@@ -123,12 +125,20 @@ impl Lifecycle {
             );
         }
         let spec = build.spec.clone();
+        if let Some(kube) = self.kube.clone() {
+            let endpoint = self
+                .deploy_kube(&kube, id, account, &spec, &reference, |line| {
+                    self.build_log(build, line);
+                })
+                .await?;
+            return Ok(self.pod_set(id, account, version, vec![endpoint]));
+        }
         let pods = self
             .start_pods(&docker, id, account, &spec, &reference, |line| {
                 self.build_log(build, line);
             })
             .await?;
-        Ok(self.pod_set(id, account, version, &pods))
+        Ok(self.pod_set(id, account, version, addresses(&pods)))
     }
 
     fn pod_set(
@@ -136,15 +146,126 @@ impl Lifecycle {
         id: LambdaId,
         account: AccountId,
         version: Version,
-        pods: &[Pod],
+        endpoints: Vec<SocketAddr>,
     ) -> Arc<PodSet> {
         Arc::new(PodSet::new(
             id,
             account,
             version,
-            pods.iter().map(|p| p.address).collect(),
+            endpoints,
             self.metrics.for_lambda(id),
         ))
+    }
+
+    /// The lambda's config and credentials as the JSON its pods read from the environment.
+    fn pod_settings(&self, spec: &LambdaSpec) -> std::result::Result<(String, String), String> {
+        let credentials = self
+            .sealer
+            .unseal(&spec.credentials_sealed)
+            .map_err(|e| format!("cannot unseal the lambda's credentials: {e}"))?;
+        let config = serde_json::to_string(&spec.parameters.config.clone().unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+        let credentials = serde_json::to_string(&credentials).map_err(|e| e.to_string())?;
+        Ok((config, credentials))
+    }
+
+    fn kube_deployment(
+        &self,
+        kube: &KubeBackend,
+        id: LambdaId,
+        account: AccountId,
+        spec: &LambdaSpec,
+        image: &str,
+    ) -> std::result::Result<LambdaDeployment, String> {
+        let (config_json, credentials_json) = self.pod_settings(spec)?;
+        let deploy = &spec.deploy_parameters;
+        Ok(LambdaDeployment {
+            lambda_id: id,
+            account_id: account,
+            version: spec.version,
+            lambda_type: spec.lambda_type,
+            namespace: deploy.namespace().to_owned(),
+            image: image.to_owned(),
+            pod_count: deploy.pod_count.unwrap_or(1),
+            workers: spec.parameters.workers.unwrap_or(1),
+            resources: deploy.resources.clone(),
+            gpu: deploy.gpu_enabled == Some(1),
+            selector: deploy.selector.clone().unwrap_or_default(),
+            config_json,
+            credentials_json,
+            service_port: kube.service_port(),
+        })
+    }
+
+    /// The spec of the container version that serves now, if one does.
+    fn serving_container_spec(&self, id: LambdaId) -> Option<LambdaSpec> {
+        let record = self.store.lambda(id).ok()??;
+        (record.deployed && record.current.runtime == Runtime::Container).then_some(record.current)
+    }
+
+    /// Applies `spec`'s objects and waits for the rollout; returns the Service's address.
+    /// A failed rollout is rolled back to the serving version (or removed when nothing
+    /// served yet); a version that moved to another namespace leaves the old one empty.
+    async fn deploy_kube(
+        &self,
+        kube: &KubeBackend,
+        id: LambdaId,
+        account: AccountId,
+        spec: &LambdaSpec,
+        image: &str,
+        mut progress: impl FnMut(&str),
+    ) -> std::result::Result<SocketAddr, String> {
+        let deployment = self.kube_deployment(kube, id, account, spec, image)?;
+        let namespace = deployment.namespace.clone();
+        progress(&format!(
+            "applying Secret, Service and Deployment luna-lambda-{id} in namespace {namespace}: {} replica(s) of {image}",
+            deployment.pod_count
+        ));
+        kube.apply(&deployment).await.map_err(|e| e.to_string())?;
+        let timeout = Duration::from_secs(self.config.containers.start_timeout_secs);
+        let previous = self
+            .serving_container_spec(id)
+            .filter(|p| p.version != spec.version);
+        if let Err(e) = kube
+            .wait_rolled_out(&namespace, id, deployment.pod_count, timeout, &mut progress)
+            .await
+        {
+            match &previous {
+                Some(prev) if prev.deploy_parameters.namespace() == namespace => {
+                    let image = format!("{}:{}", self.docker()?.repository(id), prev.version);
+                    let restore = self.kube_deployment(kube, id, account, prev, &image)?;
+                    match kube.apply(&restore).await {
+                        Ok(()) => progress(&format!("rolled back to version {}", prev.version)),
+                        Err(r) => {
+                            progress(&format!("rollback to version {} failed: {r}", prev.version))
+                        }
+                    }
+                }
+                _ => {
+                    if let Err(r) = kube.delete(&namespace, id).await {
+                        progress(&format!("cannot remove the failed deployment: {r}"));
+                    }
+                }
+            }
+            return Err(e.to_string());
+        }
+        let endpoint = kube
+            .endpoint(&namespace, id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("Service luna-lambda-{id} has no cluster IP"))?;
+        if let Some(prev) = previous
+            && prev.deploy_parameters.namespace() != namespace
+            && let Err(e) = kube.delete(prev.deploy_parameters.namespace(), id).await
+        {
+            progress(&format!(
+                "cannot remove the previous namespace's objects: {e}"
+            ));
+        }
+        progress(&format!(
+            "rollout complete: Service luna-lambda-{id} at {endpoint}"
+        ));
+        Ok(endpoint)
     }
 
     /// Starts `spec`'s pods from `image` and waits for their health; on failure the
@@ -158,13 +279,7 @@ impl Lifecycle {
         image: &str,
         mut progress: impl FnMut(&str),
     ) -> std::result::Result<Vec<Pod>, String> {
-        let credentials = self
-            .sealer
-            .unseal(&spec.credentials_sealed)
-            .map_err(|e| format!("cannot unseal the lambda's credentials: {e}"))?;
-        let config = serde_json::to_string(&spec.parameters.config.clone().unwrap_or_default())
-            .map_err(|e| e.to_string())?;
-        let credentials = serde_json::to_string(&credentials).map_err(|e| e.to_string())?;
+        let (config, credentials) = self.pod_settings(spec)?;
         let pod_spec = PodSpec {
             lambda_id: id,
             version: spec.version,
@@ -254,8 +369,21 @@ impl Lifecycle {
         }
     }
 
-    /// Everything a deleted lambda had in the engine: containers and image tags.
-    pub(super) async fn remove_container_resources(&self, id: LambdaId) {
+    /// Everything a deleted lambda had in the engine and the cluster: containers, its
+    /// Kubernetes objects in each of `namespaces`, image tags.
+    pub(super) async fn remove_container_resources(&self, id: LambdaId, namespaces: &[&str]) {
+        if let Some(kube) = &self.kube {
+            for namespace in namespaces {
+                match kube.delete(namespace, id).await {
+                    Ok(()) => {
+                        tracing::info!(lambda = %id, %namespace, "Kubernetes objects removed")
+                    }
+                    Err(e) => {
+                        tracing::error!(lambda = %id, error = %e, "cannot remove the Kubernetes objects")
+                    }
+                }
+            }
+        }
         let Some(docker) = &self.docker else { return };
         self.retire_pods(id, None, false).await;
         match docker.remove_images(id).await {
@@ -266,46 +394,74 @@ impl Lifecycle {
         }
     }
 
-    /// The lambda's status as the engine sees it and the state of each pod of the
-    /// serving version. A running container lambda whose pods all stopped is
+    /// (name or container id, state) of each pod of the serving version, in pod order.
+    async fn serving_pods(
+        &self,
+        record: &LambdaRecord,
+    ) -> std::result::Result<Vec<(String, String)>, String> {
+        let version = record.current.version;
+        if let Some(kube) = &self.kube {
+            let namespace = record.current.deploy_parameters.namespace();
+            let pods = kube
+                .pods(namespace, record.lambda_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(pods
+                .into_iter()
+                .filter(|p| p.version == Some(version))
+                .map(|p| (p.name, p.state))
+                .collect());
+        }
+        let Some(docker) = &self.docker else {
+            return Ok(Vec::new());
+        };
+        let pods = docker
+            .pods(record.lambda_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(pods
+            .into_iter()
+            .filter(|p| p.version == version)
+            .map(|p| (p.container_id, p.state))
+            .collect())
+    }
+
+    /// The lambda's status as the engine or cluster sees it and the state of each pod of
+    /// the serving version. A running container lambda whose pods all stopped is
     /// `terminated`.
     pub async fn live_status(
         &self,
         record: &LambdaRecord,
     ) -> (LambdaStatus, BTreeMap<String, String>) {
-        let fallback = || BTreeMap::from([("0".to_owned(), record.status.as_str().to_owned())]);
-        let (Some(docker), Runtime::Container, true) =
-            (&self.docker, record.current.runtime, record.deployed)
-        else {
-            return (record.status, fallback());
-        };
-        let pods = match docker.pods(record.lambda_id).await {
+        let single =
+            |status: LambdaStatus| BTreeMap::from([("0".to_owned(), status.as_str().to_owned())]);
+        if record.current.runtime != Runtime::Container || !record.deployed {
+            return (record.status, single(record.status));
+        }
+        let pods = match self.serving_pods(record).await {
             Ok(pods) => pods,
             Err(e) => {
                 tracing::warn!(lambda = %record.lambda_id, error = %e, "cannot read pod states");
-                return (record.status, fallback());
+                return (record.status, single(record.status));
             }
         };
-        let serving: BTreeMap<String, String> = pods
-            .into_iter()
-            .filter(|p| p.version == record.current.version)
-            .map(|p| (p.index.to_string(), p.state))
-            .collect();
-        let alive = serving
-            .values()
-            .any(|s| s == "running" || s == "restarting");
+        let alive = pods
+            .iter()
+            .any(|(_, s)| s == "running" || s == "restarting");
         let status = if record.status == LambdaStatus::Running && !alive {
             LambdaStatus::Terminated
         } else {
             record.status
         };
-        if serving.is_empty() {
-            return (
-                status,
-                BTreeMap::from([("0".to_owned(), status.as_str().to_owned())]),
-            );
+        if pods.is_empty() {
+            return (status, single(status));
         }
-        (status, serving)
+        let states = pods
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, state))| (i.to_string(), state))
+            .collect();
+        (status, states)
     }
 
     /// Per pod, the newest `tail` lines of the serving version's containers; the
@@ -321,42 +477,43 @@ impl Lifecycle {
                 self.store.tail_logs(record.lambda_id, tail)?,
             )]))
         };
-        let (Some(docker), Runtime::Container) = (&self.docker, record.current.runtime) else {
+        if record.current.runtime != Runtime::Container {
             return service_lines();
-        };
-        let pods: Vec<Pod> = match docker.pods(record.lambda_id).await {
-            Ok(pods) => pods
-                .into_iter()
-                .filter(|p| p.version == record.current.version)
-                .collect(),
+        }
+        let pods = match self.serving_pods(record).await {
+            Ok(pods) if !pods.is_empty() => pods,
+            Ok(_) => return service_lines(),
             Err(e) => {
                 tracing::warn!(lambda = %record.lambda_id, error = %e, "cannot read pod logs");
                 return service_lines();
             }
         };
-        if pods.is_empty() {
-            return service_lines();
-        }
         let cap = self.config.containers.max_log_lines_per_pod;
         let lines = tail.map_or(cap, |t| usize::try_from(t).unwrap_or(usize::MAX).min(cap));
+        let namespace = record.current.deploy_parameters.namespace();
         let mut out = BTreeMap::new();
-        for pod in pods {
-            let text = if lines == 0 {
-                Vec::new()
-            } else {
-                docker
-                    .logs(&pod.container_id, lines)
+        for (index, (pod, _)) in pods.iter().enumerate() {
+            let text = match (&self.kube, &self.docker) {
+                _ if lines == 0 => Vec::new(),
+                (Some(kube), _) => kube
+                    .logs(namespace, pod, i64::try_from(lines).unwrap_or(i64::MAX))
                     .await
-                    .map_err(|e| LifecycleError::Task(e.to_string()))?
+                    .map_err(|e| LifecycleError::Task(e.to_string()))?,
+                (None, Some(docker)) => docker
+                    .logs(pod, lines)
+                    .await
+                    .map_err(|e| LifecycleError::Task(e.to_string()))?,
+                (None, None) => Vec::new(),
             };
-            out.insert(pod.index.to_string(), text);
+            out.insert(index.to_string(), text);
         }
         Ok(out)
     }
 
-    /// After a restart: the pods of a deployed container lambda's serving version that
-    /// still run are used as they are; if none runs, they are started again from the
-    /// image.
+    /// After a restart. On Docker: the pods of a deployed container lambda's serving
+    /// version that still run are used as they are; if none runs, they are started again
+    /// from the image. On Kubernetes: the serving version is applied again (a no-op when
+    /// the cluster runs it; it takes back a rollout the stopped service had started).
     pub(super) async fn reattach(
         &self,
         record: &LambdaRecord,
@@ -364,6 +521,24 @@ impl Lifecycle {
         let docker = self.docker()?.clone();
         let id = record.lambda_id;
         let version = record.current.version;
+        let image = format!("{}:{version}", docker.repository(id));
+        let logs = self.logs.clone();
+        if let Some(kube) = self.kube.clone() {
+            let endpoint = self
+                .deploy_kube(
+                    &kube,
+                    id,
+                    record.account_id,
+                    &record.current,
+                    &image,
+                    |line| {
+                        logs.line(id, line);
+                    },
+                )
+                .await?;
+            tracing::info!(lambda = %id, %endpoint, "service restarted: re-attached to the lambda's Kubernetes Service");
+            return Ok(self.pod_set(id, record.account_id, version, vec![endpoint]));
+        }
         let pods = docker.pods(id).await.map_err(|e| e.to_string())?;
         let running: Vec<Pod> = pods
             .iter()
@@ -379,11 +554,9 @@ impl Lifecycle {
             );
             tracing::info!(lambda = %id, "{line}");
             self.logs.line(id, &line);
-            return Ok(self.pod_set(id, record.account_id, version, &running));
+            return Ok(self.pod_set(id, record.account_id, version, addresses(&running)));
         }
         self.retire_pods(id, Some(version), true).await;
-        let image = format!("{}:{version}", docker.repository(id));
-        let logs = self.logs.clone();
         let pods = self
             .start_pods(
                 &docker,
@@ -396,7 +569,7 @@ impl Lifecycle {
                 },
             )
             .await?;
-        Ok(self.pod_set(id, record.account_id, version, &pods))
+        Ok(self.pod_set(id, record.account_id, version, addresses(&pods)))
     }
 
     /// Containers of lambdas the store no longer knows (deleted while the service was
@@ -461,6 +634,10 @@ async fn healthy(address: SocketAddr) -> bool {
         tokio::time::timeout(Duration::from_secs(2), probe).await,
         Ok(Some(true))
     )
+}
+
+fn addresses(pods: &[Pod]) -> Vec<SocketAddr> {
+    pods.iter().map(|p| p.address).collect()
 }
 
 fn short(container_id: &str) -> &str {

@@ -17,6 +17,7 @@ use tokio::sync::{Mutex, Semaphore};
 use crate::builder::{self, ArchiveStore, BuildError, UploadCheck};
 use crate::config::Config;
 use crate::docker::DockerEngine;
+use crate::k8s::KubeBackend;
 use crate::logs::LogSink;
 use crate::metrics::Metrics;
 use crate::model::{
@@ -118,8 +119,11 @@ pub struct Lifecycle {
     sealer: Sealer,
     engine: Arc<WasmEngine>,
     registry: Arc<Registry>,
-    /// The engine that builds and runs container lambdas (`None`: WASM only).
+    /// The engine that builds container lambdas' images, and runs them unless
+    /// `kube` is set (`None`: WASM only).
     docker: Option<DockerEngine>,
+    /// The cluster that runs container lambdas (`container_backend = "kubernetes"`).
+    kube: Option<KubeBackend>,
     logs: LogSink,
     metrics: Metrics,
     build_slots: Arc<Semaphore>,
@@ -151,6 +155,7 @@ impl Lifecycle {
         engine: Arc<WasmEngine>,
         registry: Arc<Registry>,
         docker: Option<DockerEngine>,
+        kube: Option<KubeBackend>,
         logs: LogSink,
         metrics: Metrics,
     ) -> Arc<Self> {
@@ -163,6 +168,7 @@ impl Lifecycle {
             engine,
             registry,
             docker,
+            kube,
             logs,
             metrics,
             locks: DashMap::new(),
@@ -498,7 +504,12 @@ impl Lifecycle {
         self.store.kv_delete_namespace(id)?;
         self.store.flush().await?;
         self.metrics.forget_lambda(id);
-        self.remove_container_resources(id).await;
+        let mut namespaces = vec![record.current.deploy_parameters.namespace()];
+        if let Some(build) = &build {
+            namespaces.push(build.spec.deploy_parameters.namespace());
+        }
+        namespaces.dedup();
+        self.remove_container_resources(id, &namespaces).await;
         drop(guard);
         self.locks.remove(&id);
         let mut archives = vec![record.current.archive_digest.clone()];
@@ -819,7 +830,10 @@ impl Lifecycle {
                     Served::Wasm(loaded) => {
                         self.registry.swap_in(loaded);
                         // A recreate may have turned a container lambda into a WASM one.
-                        self.retire_pods(id, None, false).await;
+                        if record.current.runtime == Runtime::Container {
+                            let namespace = record.current.deploy_parameters.namespace().to_owned();
+                            self.remove_container_resources(id, &[&namespace]).await;
+                        }
                     }
                     Served::Pods(pods) => {
                         self.registry.swap_in_pods(pods);

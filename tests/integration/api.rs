@@ -662,6 +662,7 @@ async fn documents_config_plugins_metrics_health() {
     for page in [
         "writing.html",
         "sdk.html",
+        "python.html",
         "packing.html",
         "validating.html",
         "deploying.html",
