@@ -239,9 +239,10 @@ pub struct Containers {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Kubernetes {
-    /// A kubeconfig file; empty: in-cluster config, else `KUBECONFIG` or `~/.kube/config`.
+    /// A kubeconfig file; empty: kube's inference (`KUBECONFIG` or `~/.kube/config`,
+    /// else the in-cluster service account).
     pub kubeconfig: String,
-    /// Context of the kubeconfig; empty: its current context.
+    /// Context of the `kubeconfig` file; empty: its current context.
     pub context: String,
     /// Port of each lambda's ClusterIP Service (the proxy sends there).
     pub service_port: i32,

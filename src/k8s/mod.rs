@@ -87,8 +87,8 @@ impl std::fmt::Debug for KubeBackend {
 }
 
 impl KubeBackend {
-    /// Connects with `kubernetes.kubeconfig` (and its context), or in-cluster /
-    /// `KUBECONFIG` / `~/.kube/config` when none is set.
+    /// Connects with `kubernetes.kubeconfig` (and its context), or, when none is set,
+    /// `KUBECONFIG` / `~/.kube/config`, else the in-cluster service account.
     pub async fn connect(settings: &Kubernetes) -> Result<Self> {
         let mut config = if settings.kubeconfig.is_empty() {
             kube::Config::infer()

@@ -512,8 +512,8 @@ impl Lifecycle {
 
     /// After a restart. On Docker: the pods of a deployed container lambda's serving
     /// version that still run are used as they are; if none runs, they are started again
-    /// from the image. On Kubernetes: the serving version is applied again (a no-op when
-    /// the cluster runs it; it takes back a rollout the stopped service had started).
+    /// from the image. On Kubernetes: the serving version is applied again and its
+    /// Service used.
     pub(super) async fn reattach(
         &self,
         record: &LambdaRecord,
@@ -524,19 +524,26 @@ impl Lifecycle {
         let image = format!("{}:{version}", docker.repository(id));
         let logs = self.logs.clone();
         if let Some(kube) = self.kube.clone() {
-            let endpoint = self
-                .deploy_kube(
-                    &kube,
-                    id,
-                    record.account_id,
-                    &record.current,
-                    &image,
-                    |line| {
-                        logs.line(id, line);
-                    },
-                )
-                .await?;
+            // Applying the serving version again is a no-op when the cluster runs it, and
+            // takes back a rollout the stopped service had started. The rollout is not
+            // waited for: the cluster converges by itself, the Service routes to ready
+            // pods meanwhile, and a slow cluster must neither hold up the start nor cost
+            // a healthy lambda its objects.
+            let deployment =
+                self.kube_deployment(&kube, id, record.account_id, &record.current, &image)?;
+            kube.apply(&deployment).await.map_err(|e| e.to_string())?;
+            let endpoint = kube
+                .endpoint(deployment.namespace.as_str(), id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("Service luna-lambda-{id} has no cluster IP"))?;
             tracing::info!(lambda = %id, %endpoint, "service restarted: re-attached to the lambda's Kubernetes Service");
+            logs.line(
+                id,
+                &format!(
+                    "service restarted: version {version} applied again, Service at {endpoint}"
+                ),
+            );
             return Ok(self.pod_set(id, record.account_id, version, vec![endpoint]));
         }
         let pods = docker.pods(id).await.map_err(|e| e.to_string())?;
