@@ -16,7 +16,8 @@ other made every server slower here than sharing both).
 
 Scenarios:
   1. in-process WASM (our proxy route, full management stack) vs `wasmtime serve`, pooling
-     allocator on for both, the same plain wasi:http component, c = 1, 16, 64;
+     allocator on for both, the same plain wasi:http component, c = 1, 16, 64; and the full
+     stack vs the same runtime behind a bare hyper server (benches/bare_guest.rs);
   2. pod proxy vs direct vs nginx in front of the same container lambda's pod (Docker
      engine, loopback registry and base image made ready by deploy/local-docker.sh);
   3. upload -> first 200 for the hello lambda: cold (compile) and cache hit;
@@ -102,6 +103,7 @@ def install_tools(scenarios):
 
 def build():
     sh("cargo", "build", "--release", "--bin", "luna-lambda")
+    sh("cargo", "build", "--release", "--bench", "bare_guest")
     sh("cargo", "build", "--release", "--target", "wasm32-wasip2", "-p", "hello")
     sh("cargo", "build", "--release", "--target", "wasm32-wasip2",
        "--manifest-path", "tests/guests/Cargo.toml",
@@ -222,7 +224,12 @@ def scenario_throughput(work, args, rows):
     COMMANDS.append(" ".join(serve).replace(ROOT + "/", ""))
     wasmtime = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=CLEAN_ENV)
+    bare = subprocess.Popen([bare_guest_binary(), PLAIN_HELLO], stdout=subprocess.PIPE, text=True,
+                            env=CLEAN_ENV)
+    COMMANDS.append("target/release/deps/bare_guest-* tests/guests/.../bindgen_proxy.wasm "
+                    "(benches/bare_guest.rs: the runtime behind a bare hyper server)")
     try:
+        bare_url = re.search(r"listening on (\S+)", bare.stdout.readline()).group(1) + "/hello"
         lambda_id = service.create(archive(work, PLAIN_HELLO), "plain-hello")
         service.wait_running(lambda_id)
         ours_url = service.proxy_url(lambda_id)
@@ -240,11 +247,30 @@ def scenario_throughput(work, args, rows):
             if ours[3] or anchor[3]:
                 rows.append((f"1. failed responses, c={connections}", str(ours[3]), str(anchor[3]),
                              "", "non-2xx + socket errors"))
+            bare_run = wrk_median(bare_url, connections, args.runs, args.seconds)
+            rows.append((f"1. full stack vs bare guest: req/s (p50), c={connections}",
+                         f"{ours[0]:,.0f} ({ms(ours[1])})", f"{bare_run[0]:,.0f} ({ms(bare_run[1])})",
+                         f"{ours[0] / bare_run[0]:.2f}×",
+                         "the same runtime behind a bare hyper server (no request id, tenancy, "
+                         "routing, metrics, spans)"))
         scenario_instantiation(service, lambda_id, rows)
     finally:
-        wasmtime.terminate()
-        wasmtime.wait()
+        for process in (wasmtime, bare):
+            process.terminate()
+            process.wait()
         service.stop()
+
+
+def bare_guest_binary():
+    """The executable `cargo build --release --bench bare_guest` produced."""
+    out = subprocess.run(["cargo", "build", "--release", "--bench", "bare_guest",
+                          "--message-format=json"], check=True, cwd=ROOT, capture_output=True,
+                         text=True).stdout
+    for line in out.splitlines():
+        message = json.loads(line)
+        if message.get("target", {}).get("name") == "bare_guest" and message.get("executable"):
+            return message["executable"]
+    raise RuntimeError("no bare_guest executable")
 
 
 def histogram_quantiles(text, metric, lambda_id, quantiles):

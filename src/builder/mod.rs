@@ -36,8 +36,9 @@ pub struct UploadCheck {
 
 /// Message for a container archive on a server without a container backend.
 pub const NO_CONTAINER_BACKEND: &str = "this archive is a container lambda (lambda_main.py or Dockerfile), \
-    but this server has no container backend (container_backend = \"none\"; this build runs WASM \
-    lambdas only): ship a WebAssembly component as lambda.wasm instead";
+    but this server has no container backend (container_backend = \"none\"): start it with \
+    container_backend = \"docker\" or \"kubernetes\" (LUNA_LAMBDA_CONTAINER_BACKEND) to run \
+    container lambdas, or ship a WebAssembly component as lambda.wasm";
 
 /// Checks everything about an upload that does not need the compiler.
 pub fn check_upload(

@@ -559,6 +559,10 @@ pub fn host_config(
             name: Some(RestartPolicyNameEnum::ON_FAILURE),
             maximum_retry_count: Some(restart_max_retries),
         }),
+        // On the host network a capability such as NET_RAW would reach every loopback
+        // service; a lambda needs none of them, nor to gain privileges.
+        cap_drop: Some(vec!["ALL".to_owned()]),
+        security_opt: Some(vec!["no-new-privileges".to_owned()]),
         ..Default::default()
     }
 }
@@ -627,6 +631,8 @@ mod tests {
         );
         let restart = hc.restart_policy.unwrap();
         assert_eq!(restart.maximum_retry_count, Some(3));
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_owned()]));
         let none = host_config(None, false, 0);
         assert_eq!(
             (none.memory, none.nano_cpus, none.device_requests),

@@ -142,6 +142,10 @@ pub fn deployment(d: &LambdaDeployment) -> Result<Deployment, serde_json::Error>
                         "env": env,
                         "resources": {"limits": limits, "requests": requests},
                         "readinessProbe": probe,
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
                     }],
                 },
             },

@@ -207,6 +207,13 @@ impl Lifecycle {
         let config = self.config.clone();
         let engine = self.engine.clone();
         let store = self.store.clone();
+        // Validation compiles like a build: it waits for a build slot, so a flood of
+        // validate calls cannot take every core from the builds and requests.
+        let _slot = self
+            .build_slots
+            .acquire()
+            .await
+            .map_err(|e| LifecycleError::Task(e.to_string()))?;
         let outcome = tokio::task::spawn_blocking(move || {
             let check = builder::check_upload(
                 &config,

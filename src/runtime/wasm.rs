@@ -190,8 +190,19 @@ impl LoadedLambda {
             HostState::new(&self.env, request_id, self.limits.memory_bytes),
         );
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(self.engine.ticks_for(self.limits.timeout));
-        store.epoch_deadline_trap();
+        // Checked at every epoch tick: a guest computing without calling the host gives
+        // its worker thread back each tick (so other requests and the API keep running
+        // however many guests spin), and traps once its deadline has passed.
+        let mut remaining = self.engine.ticks_for(self.limits.timeout);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            remaining = remaining.saturating_sub(1);
+            if remaining == 0 {
+                Err(wasmtime::Trap::Interrupt.into())
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
         store
     }
 

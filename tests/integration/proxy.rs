@@ -385,6 +385,52 @@ async fn components_from_plain_wit_bindgen_run_unchanged() {
 }
 
 #[tokio::test]
+async fn spinning_guests_do_not_stall_the_service() {
+    let s = Server::start(&[]);
+    let id = s
+        .running_fixture(
+            ACCOUNT,
+            "spinner",
+            Some(json!({"sandbox": {"request_timeout_ms": 3000}})),
+        )
+        .await;
+    // More spinning guests than the service has worker threads.
+    let spinners: Vec<_> = (0..8)
+        .map(|_| {
+            let request = s
+                .http
+                .get(s.url(&format!("/1/lambdas/{id}/proxy/loop")))
+                .header("Luna-Account-Id", ACCOUNT)
+                .send();
+            tokio::spawn(request)
+        })
+        .collect();
+    // Wait until they all run (the lambda's in-flight gauge), then use the API.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while s
+        .metric(&format!("lambda_pool_in_flight{{lambda_id=\"{id}\"}}"))
+        .await
+        < 8.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spinners never all ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.get("/version").await.status(), 200);
+    assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
+    // Answered while every spinner was still running: none had finished.
+    assert!(
+        spinners.iter().all(|t| !t.is_finished()),
+        "the API waited for the spinners"
+    );
+    for spinner in spinners {
+        assert_error(spinner.await.unwrap().unwrap(), 504, 42008).await;
+    }
+}
+
+#[tokio::test]
 async fn concurrency_limit_sheds_load() {
     let s = std::sync::Arc::new(Server::start(&[]));
     let id = s

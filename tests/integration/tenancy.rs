@@ -82,6 +82,17 @@ async fn another_accounts_lambda_is_invisible_everywhere() {
         r.json::<Value>().await.unwrap()["lambdas"],
         Value::Array(vec![])
     );
+    // Names are unique per account: another account may take the same name, so a
+    // create cannot reveal that the name exists elsewhere.
+    let r = s
+        .create_raw(
+            OTHER_ACCOUNT,
+            fixture_zip(),
+            json!({"lambda_name": "private"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     // Untouched for its owner.
     let (_, l) = s
         .get_json(&format!("/1/lambdas/{id}?account_id={ACCOUNT}"))
