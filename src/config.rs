@@ -110,6 +110,9 @@ pub struct Limits {
     pub max_json_bytes: usize,
     /// Request body of a proxied call.
     pub max_proxy_body_bytes: u64,
+    /// Time a client has to send a request head (slowloris guard); then the
+    /// connection is closed.
+    pub header_read_timeout_ms: u64,
 }
 
 /// Default and maximum WASM sandbox limits.
@@ -312,6 +315,7 @@ impl Default for Limits {
             max_compression_ratio: 100,
             max_json_bytes: 1024 * 1024,
             max_proxy_body_bytes: 64 * MIB,
+            header_read_timeout_ms: 30_000,
         }
     }
 }
@@ -493,8 +497,11 @@ impl Config {
         if self.builds.max_concurrent == 0 || self.builds.timeout_secs == 0 {
             return bad("builds.max_concurrent and builds.timeout_secs must be positive".into());
         }
-        if self.limits.max_archive_bytes == 0 || self.limits.max_entries == 0 {
-            return bad("limits.max_archive_bytes and limits.max_entries must be positive".into());
+        if self.limits.max_archive_bytes == 0
+            || self.limits.max_entries == 0
+            || self.limits.header_read_timeout_ms == 0
+        {
+            return bad("limits.max_archive_bytes, limits.max_entries and limits.header_read_timeout_ms must be positive".into());
         }
         if !self.encryption_key.is_empty() {
             crate::secrets::parse_key(&self.encryption_key)

@@ -46,15 +46,51 @@ pub fn escape(text: &str) -> String {
 fn markdown(text: &str) -> String {
     let options = pulldown_cmark::Options::ENABLE_TABLES;
     // Raw HTML in Markdown is shown as text: documents may come from lambda archives.
+    // Link targets too: only web, mail and relative ones survive (no `javascript:`).
     let parser = pulldown_cmark::Parser::new_ext(text, options).map(|event| match event {
         pulldown_cmark::Event::Html(html) | pulldown_cmark::Event::InlineHtml(html) => {
             pulldown_cmark::Event::Text(html)
         }
+        pulldown_cmark::Event::Start(pulldown_cmark::Tag::Link {
+            link_type,
+            dest_url,
+            title,
+            id,
+        }) => pulldown_cmark::Event::Start(pulldown_cmark::Tag::Link {
+            link_type,
+            dest_url: safe_url(dest_url),
+            title,
+            id,
+        }),
+        pulldown_cmark::Event::Start(pulldown_cmark::Tag::Image {
+            link_type,
+            dest_url,
+            title,
+            id,
+        }) => pulldown_cmark::Event::Start(pulldown_cmark::Tag::Image {
+            link_type,
+            dest_url: safe_url(dest_url),
+            title,
+            id,
+        }),
         other => other,
     });
     let mut html = String::new();
     pulldown_cmark::html::push_html(&mut html, parser);
     html
+}
+
+/// `url` if it is relative or http(s)/mailto, else a harmless `#`.
+fn safe_url(url: pulldown_cmark::CowStr<'_>) -> pulldown_cmark::CowStr<'_> {
+    let scheme = url
+        .split_once(':')
+        .map(|(scheme, _)| scheme)
+        .filter(|s| !s.contains(['/', '?', '#']));
+    match scheme {
+        None => url,
+        Some(s) if ["http", "https", "mailto"].contains(&s.to_ascii_lowercase().as_str()) => url,
+        Some(_) => "#".into(),
+    }
 }
 
 fn page(title: &str, body: &str) -> String {
@@ -210,6 +246,18 @@ mod tests {
         let text = default_lambda_spec("id", "it's");
         let v: serde_json::Value = serde_yaml::from_str(&text).unwrap();
         assert_eq!(v["info"]["title"], "it's");
+    }
+
+    #[test]
+    fn link_schemes_are_filtered() {
+        let html = markdown(
+            "[a](javascript:alert(1)) [b](https://x.test/p) [c](./rel.html) [d](JaVaScRiPt:x) ![e](data:x) [f](/p?q=a:b)",
+        );
+        assert!(!html.to_ascii_lowercase().contains("javascript"), "{html}");
+        assert!(!html.contains("data:x"), "{html}");
+        for kept in ["https://x.test/p", "./rel.html", "/p?q=a:b"] {
+            assert!(html.contains(kept), "{kept} in {html}");
+        }
     }
 
     #[test]

@@ -30,9 +30,6 @@ use tokio::net::TcpListener;
 use crate::api::AppState;
 use crate::config::Config;
 
-/// Time a client has to send its request head (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -201,7 +198,9 @@ impl Server {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(Duration::from_millis(
+                state.config.limits.header_read_timeout_ms,
+            ))
             .keep_alive(true);
         tokio::pin!(shutdown);
         loop {

@@ -501,8 +501,19 @@ pub(super) async fn image_logs(
     Ok(Json(json!({ "logs": lines })).into_response())
 }
 
+/// Pages are self-contained (inline style, no scripts) and may render documents from
+/// lambda archives: the policy forbids every script, frame and outside fetch.
+const DOCS_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 fn typed(content_type: &'static str, body: String) -> Response {
-    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+    let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    if content_type.starts_with(HTML) {
+        response.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            http::HeaderValue::from_static(DOCS_CSP),
+        );
+    }
+    response
 }
 
 /// `GET /1/lambdas/{lambda_id}/docs`.

@@ -385,6 +385,42 @@ async fn components_from_plain_wit_bindgen_run_unchanged() {
 }
 
 #[tokio::test]
+async fn a_slowloris_client_is_cut_off_and_costs_nothing_else() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start(&[("LUNA_LAMBDA_LIMITS_HEADER_READ_TIMEOUT_MS", "300")]);
+    let address = s.base.trim_start_matches("http://").to_owned();
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        // Half a request head, then nothing.
+        socket
+            .write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(socket);
+    }
+    // Others are served meanwhile.
+    assert_eq!(s.get("/version").await.status(), 200);
+    // Each slow connection is closed by the server (with a 408 or without a response).
+    for mut socket in slow {
+        let mut answer = Vec::new();
+        // Well under the 30 s default: the configured 300 ms is what closes it.
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer)).await;
+        assert!(
+            read.is_ok(),
+            "the slow connection was not closed at the configured timeout"
+        );
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
+    }
+    assert_eq!(s.get("/version").await.status(), 200);
+}
+
+#[tokio::test]
 async fn spinning_guests_do_not_stall_the_service() {
     let s = Server::start(&[]);
     let id = s
