@@ -304,7 +304,7 @@ impl Lifecycle {
         let pods = match docker.run(&pod_spec).await {
             Ok(pods) => pods,
             Err(e) => {
-                self.retire_pods(id, Some(spec.version), true).await;
+                self.retire_pods(id, Retire::Only(spec.version)).await;
                 return Err(e.to_string());
             }
         };
@@ -335,15 +335,14 @@ impl Lifecycle {
             }
         }
         if !failures.is_empty() {
-            self.retire_pods(id, Some(spec.version), true).await;
+            self.retire_pods(id, Retire::Only(spec.version)).await;
             return Err(format!("pods did not start: {}", failures.join("; ")));
         }
         Ok(pods)
     }
 
-    /// Removes the lambda's containers: those of every version but `version` or, when
-    /// `only` is set, those of `version` alone (`None`: every container).
-    pub(super) async fn retire_pods(&self, id: LambdaId, version: Option<Version>, only: bool) {
+    /// Removes the lambda's Docker containers that `which` selects.
+    pub(super) async fn retire_pods(&self, id: LambdaId, which: Retire) {
         let Some(docker) = &self.docker else { return };
         let pods = match docker.pods(id).await {
             Ok(pods) => pods,
@@ -352,14 +351,7 @@ impl Lifecycle {
                 return;
             }
         };
-        for pod in pods {
-            let selected = match version {
-                None => true,
-                Some(v) => (pod.version == v) == only,
-            };
-            if !selected {
-                continue;
-            }
+        for pod in pods.into_iter().filter(|p| which.selects(p.version)) {
             match docker.remove_container(&pod.container_id).await {
                 Ok(()) => {
                     tracing::info!(lambda = %id, version = %pod.version, pod = pod.index, "container removed")
@@ -385,7 +377,7 @@ impl Lifecycle {
             }
         }
         let Some(docker) = &self.docker else { return };
-        self.retire_pods(id, None, false).await;
+        self.retire_pods(id, Retire::All).await;
         match docker.remove_images(id).await {
             Ok(n) => tracing::info!(lambda = %id, tags = n, "lambda images removed"),
             Err(e) => {
@@ -553,7 +545,7 @@ impl Lifecycle {
             .cloned()
             .collect();
         // Containers of other versions are leftovers of an interrupted roll.
-        self.retire_pods(id, Some(version), false).await;
+        self.retire_pods(id, Retire::AllBut(version)).await;
         if !running.is_empty() {
             let line = format!(
                 "service restarted: re-attached to {} running pod(s) of version {version}",
@@ -563,7 +555,7 @@ impl Lifecycle {
             self.logs.line(id, &line);
             return Ok(self.pod_set(id, record.account_id, version, addresses(&running)));
         }
-        self.retire_pods(id, Some(version), true).await;
+        self.retire_pods(id, Retire::Only(version)).await;
         let pods = self
             .start_pods(
                 &docker,
@@ -641,6 +633,27 @@ async fn healthy(address: SocketAddr) -> bool {
         tokio::time::timeout(Duration::from_secs(2), probe).await,
         Ok(Some(true))
     )
+}
+
+/// Which of a lambda's containers to remove.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Retire {
+    /// Every one.
+    All,
+    /// Those of this version (a failed or interrupted start).
+    Only(Version),
+    /// Those of every other version (after a roll to this one).
+    AllBut(Version),
+}
+
+impl Retire {
+    fn selects(self, version: Version) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(v) => version == v,
+            Self::AllBut(v) => version != v,
+        }
+    }
 }
 
 fn addresses(pods: &[Pod]) -> Vec<SocketAddr> {

@@ -707,7 +707,7 @@ impl Lifecycle {
             Err(_) => {
                 // Pods the interrupted job may have started must not linger.
                 if build.spec.runtime == Runtime::Container {
-                    self.retire_pods(id, Some(version), true).await;
+                    self.retire_pods(id, container::Retire::Only(version)).await;
                 }
                 Err(format!("build timed out after {}s", timeout.as_secs()))
             }
@@ -845,7 +845,8 @@ impl Lifecycle {
                     Served::Pods(pods) => {
                         self.registry.swap_in_pods(pods);
                         // Rolling: the new pods are serving; the old ones go now.
-                        self.retire_pods(id, Some(version), false).await;
+                        self.retire_pods(id, container::Retire::AllBut(version))
+                            .await;
                     }
                 }
                 superseded = Some(std::mem::replace(&mut record.current, build.spec.clone()));
@@ -908,7 +909,7 @@ impl Lifecycle {
                 continue;
             }
             if build.spec.runtime == Runtime::Container {
-                self.retire_pods(build.lambda_id, Some(build.spec.version), true)
+                self.retire_pods(build.lambda_id, container::Retire::Only(build.spec.version))
                     .await;
             }
             build.status = ImageStatus::Error;
