@@ -33,6 +33,9 @@ pub fn rescue(error: &InvokeError, lambda: LambdaId) -> ApiError {
         InvokeError::Overloaded => ApiError::overloaded(format!(
             "Lambda with id '{lambda}' is handling its maximum number of concurrent requests"
         )),
+        InvokeError::PoolExhausted => ApiError::overloaded(format!(
+            "Lambda with id '{lambda}' cannot run now: every instance slot of the service is in use"
+        )),
         InvokeError::Timeout(after) => ApiError::lambda_timeout(format!(
             "Lambda with id '{lambda}' did not answer within {} ms",
             after.as_millis()
@@ -87,6 +90,7 @@ mod tests {
         let id = LambdaId::generate();
         let table = [
             (InvokeError::Overloaded, 503, 42010),
+            (InvokeError::PoolExhausted, 503, 42010),
             (InvokeError::Timeout(Duration::from_millis(5)), 504, 42008),
             (InvokeError::Trap("unreachable".into()), 500, 42013),
             (InvokeError::NoResponse, 500, 42013),

@@ -44,6 +44,9 @@ pub enum InvokeError {
     /// Every concurrency permit of the lambda is taken.
     #[error("the lambda is handling its maximum number of concurrent requests")]
     Overloaded,
+    /// Every instance slot of the engine's pool is in use (`engine.pool_instances`).
+    #[error("every instance slot of the service is in use")]
+    PoolExhausted,
     /// The guest ran past its deadline.
     #[error("the lambda did not answer within {0:?}")]
     Timeout(Duration),

@@ -555,6 +555,13 @@ pub fn export_problems(
 }
 
 fn classify_trap(error: &wasmtime::Error, timeout: Duration) -> InvokeError {
+    // Every pool slot is in use: a capacity limit of the service, not a guest failure.
+    if error
+        .chain()
+        .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
+    {
+        return InvokeError::PoolExhausted;
+    }
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => InvokeError::Timeout(timeout),
         Some(trap) => InvokeError::Trap(trap.to_string()),

@@ -14,4 +14,5 @@ mod kubernetes;
 mod lifecycle;
 mod proxy;
 mod restart;
+mod soak;
 mod tenancy;

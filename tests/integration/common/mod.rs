@@ -292,6 +292,13 @@ impl Server {
             .expect("VmRSS in /proc/PID/status")
     }
 
+    /// File descriptors the server process holds open, from `/proc`.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("the server process is alive")
+            .count()
+    }
+
     /// The value of a metric line starting with `prefix` (summed over matches).
     pub async fn metric(&self, prefix: &str) -> f64 {
         let text = self.get("/metrics").await.text().await.unwrap();
