@@ -47,15 +47,7 @@ async fn main() -> anyhow::Result<()> {
             max_value_bytes: config.keyvalue.max_value_bytes,
             max_total_bytes: config.keyvalue.max_total_bytes,
         },
-        outbound: OutboundPolicy::new(
-            &[],
-            OutboundLimits {
-                max_requests: sandbox.max_outbound_requests,
-                connect_timeout: Duration::from_millis(sandbox.outbound_connect_timeout_ms),
-                response_timeout: Duration::from_millis(sandbox.outbound_response_timeout_ms),
-                max_response_bytes: sandbox.max_outbound_response_bytes,
-            },
-        ),
+        outbound: OutboundPolicy::new(&[], OutboundLimits::from(sandbox)),
         max_resources: sandbox.max_resources,
         logs,
         metrics: Metrics::new()

@@ -154,6 +154,28 @@ impl DockerEngine {
         image_repository(&self.settings.registry, lambda_id)
     }
 
+    /// The image of one version of a lambda (`repository:version`).
+    pub fn image(&self, lambda_id: LambdaId, version: Version) -> String {
+        format!("{}:{version}", self.repository(lambda_id))
+    }
+
+    /// Images matching one engine list filter (`label=…`, `reference=…`).
+    async fn images_where(
+        &self,
+        filter: &str,
+        value: String,
+    ) -> Result<Vec<bollard::models::ImageSummary>> {
+        let filters = HashMap::from([(filter.to_owned(), vec![value])]);
+        self.docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(api("image list"))
+    }
+
     /// Whether images are pushed to a registry.
     pub fn pushes(&self) -> bool {
         !self.settings.registry.is_empty()
@@ -161,19 +183,9 @@ impl DockerEngine {
 
     /// The id of an image built with this build key, if the engine still has one.
     pub async fn image_with_key(&self, build_key: &str) -> Result<Option<String>> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{LABEL_BUILD_KEY}={build_key}")],
-        )]);
         let images = self
-            .docker
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(api("image list"))?;
+            .images_where("label", format!("{LABEL_BUILD_KEY}={build_key}"))
+            .await?;
         Ok(images.into_iter().next().map(|i| i.id))
     }
 
@@ -285,19 +297,9 @@ impl DockerEngine {
 
     /// Removes every image tag of a lambda (layers shared with other tags stay).
     pub async fn remove_images(&self, lambda_id: LambdaId) -> Result<usize> {
-        let filters = HashMap::from([(
-            "reference".to_owned(),
-            vec![format!("{}:*", self.repository(lambda_id))],
-        )]);
         let images = self
-            .docker
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(api("image list"))?;
+            .images_where("reference", format!("{}:*", self.repository(lambda_id)))
+            .await?;
         let mut removed = 0;
         for tag in images.into_iter().flat_map(|i| i.repo_tags) {
             match self

@@ -76,7 +76,7 @@ impl Lifecycle {
         }
         let repository = docker.repository(id);
         let tag = version.to_string();
-        let reference = format!("{repository}:{tag}");
+        let reference = docker.image(id, version);
         let started = Instant::now();
         match docker
             .image_with_key(&context.build_key)
@@ -232,7 +232,7 @@ impl Lifecycle {
         {
             match &previous {
                 Some(prev) if prev.deploy_parameters.namespace() == namespace => {
-                    let image = format!("{}:{}", self.docker()?.repository(id), prev.version);
+                    let image = self.docker()?.image(id, prev.version);
                     let restore = self.kube_deployment(kube, id, account, prev, &image)?;
                     match kube.apply(&restore).await {
                         Ok(()) => progress(&format!("rolled back to version {}", prev.version)),
@@ -513,7 +513,7 @@ impl Lifecycle {
         let docker = self.docker()?.clone();
         let id = record.lambda_id;
         let version = record.current.version;
-        let image = format!("{}:{version}", docker.repository(id));
+        let image = docker.image(id, version);
         let logs = self.logs.clone();
         if let Some(kube) = self.kube.clone() {
             // Applying the serving version again is a no-op when the cluster runs it, and

@@ -1071,12 +1071,7 @@ impl Lifecycle {
                     .as_ref()
                     .and_then(|s| s.allowed_outbound_hosts.as_deref())
                     .unwrap_or_default(),
-                OutboundLimits {
-                    max_requests: sandbox.max_outbound_requests,
-                    connect_timeout: Duration::from_millis(sandbox.outbound_connect_timeout_ms),
-                    response_timeout: Duration::from_millis(sandbox.outbound_response_timeout_ms),
-                    max_response_bytes: sandbox.max_outbound_response_bytes,
-                },
+                OutboundLimits::from(sandbox),
             ),
             max_resources: sandbox.max_resources,
             logs: self.logs.clone(),

@@ -218,14 +218,7 @@ where
     // A declared oversize body is refused before the guest runs; an undeclared one is
     // cut off while streaming (runtime::LimitedBody).
     let limit = lambda.limits.max_request_body;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::too_large("request body", limit));
-    }
+    refuse_declared_oversize(request.headers(), limit)?;
 
     let (mut parts, body) = request.into_parts();
     rewrite(&mut parts, target, forwarded_query.as_deref(), request_id)?;
@@ -234,14 +227,30 @@ where
         .await
         .map_err(|e| rescue(&e, id))?;
     let (mut parts, body) = response.into_parts();
+    finish_response(&mut parts, &lambda.version_header);
+    let body = body.map_err(|code| std::io::Error::other(format!("{code:?}")));
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// A body whose `Content-Length` is over `limit` is refused before anything runs.
+fn refuse_declared_oversize(headers: &http::HeaderMap, limit: u64) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::too_large("request body", limit));
+    }
+    Ok(())
+}
+
+/// The lambda's response as the caller gets it: no hop-by-hop headers, the version
+/// that served it.
+fn finish_response(parts: &mut http::response::Parts, version: &HeaderValue) {
     for name in HOP_BY_HOP {
         parts.headers.remove(name);
     }
-    parts
-        .headers
-        .insert(LAMBDA_VERSION_HEADER, lambda.version_header.clone());
-    let body = body.map_err(|code| std::io::Error::other(format!("{code:?}")));
-    Ok(Response::from_parts(parts, Body::new(body)))
+    parts.headers.insert(LAMBDA_VERSION_HEADER, version.clone());
 }
 
 /// Points a request at the lambda: the forwarded path and query, no hop-by-hop
@@ -288,14 +297,7 @@ where
     B::Error: std::fmt::Display,
 {
     let limit = state.config.limits.max_proxy_body_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::too_large("request body", limit));
-    }
+    refuse_declared_oversize(request.headers(), limit)?;
     let Some(pod) = pods.pick() else {
         return Err(ApiError::not_running(&target.lambda_id, "terminated"));
     };
@@ -314,12 +316,7 @@ where
         .await
         .map_err(|e| rescue_pod(&e, pods.lambda_id, limit))?;
     let (mut parts, body) = response.into_parts();
-    for name in HOP_BY_HOP {
-        parts.headers.remove(name);
-    }
-    parts
-        .headers
-        .insert(LAMBDA_VERSION_HEADER, pods.version_header.clone());
+    finish_response(&mut parts, &pods.version_header);
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 

@@ -28,6 +28,17 @@ pub struct OutboundLimits {
     pub max_response_bytes: u64,
 }
 
+impl From<&crate::config::Sandbox> for OutboundLimits {
+    fn from(sandbox: &crate::config::Sandbox) -> Self {
+        Self {
+            max_requests: sandbox.max_outbound_requests,
+            connect_timeout: Duration::from_millis(sandbox.outbound_connect_timeout_ms),
+            response_timeout: Duration::from_millis(sandbox.outbound_response_timeout_ms),
+            max_response_bytes: sandbox.max_outbound_response_bytes,
+        }
+    }
+}
+
 /// A lambda version's outbound policy.
 #[derive(Debug, Clone)]
 pub struct OutboundPolicy {

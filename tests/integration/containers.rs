@@ -7,12 +7,10 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::common::{ACCOUNT, OTHER_ACCOUNT, Server, assert_error, upload_form, wait_log, zip_of};
-
-/// The registry the tests push to (`.ci/run` serves one on 127.0.0.1:5000).
-fn registry() -> String {
-    std::env::var("LUNA_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".to_owned())
-}
+use crate::common::{
+    ACCOUNT, OTHER_ACCOUNT, Server, assert_error, created_id, registry, upload_form, wait_log,
+    zip_of,
+};
 
 /// The `docker` CLI, to observe the engine independently of the service.
 fn docker(args: &[&str]) -> String {
@@ -122,14 +120,6 @@ fn standalone_zip(version_word: &str) -> Vec<u8> {
     ])
 }
 
-async fn image_logs(server: &Server, id: &str) -> String {
-    server
-        .get_json(&format!("/1/lambdas/{id}/image/logs"))
-        .await
-        .1
-        .to_string()
-}
-
 async fn call(server: &Server, id: &str, path: &str, body: Value) -> reqwest::Response {
     server
         .http
@@ -157,10 +147,7 @@ async fn python_lambda_builds_pushes_runs_recreates_and_is_deleted() {
         )
         .await;
     assert_eq!(created.status(), 201);
-    let id = created.json::<Value>().await.unwrap()["lambda_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = created_id(created).await;
     let _cleanup = Cleanup(vec![id.clone()]);
     let status = server.wait_status(&id, "running").await;
     assert_eq!(
@@ -169,7 +156,7 @@ async fn python_lambda_builds_pushes_runs_recreates_and_is_deleted() {
     );
 
     // The build log streamed the real build: generated Dockerfile, steps, pip, push.
-    let logs = image_logs(&server, &id).await;
+    let logs = server.image_logs(&id).await;
     for needle in [
         "FROM luna-lambda/python:bookworm",
         "Step 1/",
@@ -265,7 +252,7 @@ async fn python_lambda_builds_pushes_runs_recreates_and_is_deleted() {
         server.wait_image(&id).await,
         "completed",
         "{}",
-        image_logs(&server, &id).await
+        server.image_logs(&id).await
     );
     let r = call(&server, &id, "/main", json!({})).await;
     assert_eq!(r.headers()["lambda-version"], "2");
@@ -282,12 +269,7 @@ async fn python_lambda_builds_pushes_runs_recreates_and_is_deleted() {
     );
 
     // Delete removes the containers and the image tags.
-    let r = server
-        .http
-        .delete(server.url(&format!("/1/lambdas/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = server.delete_lambda(&id).await;
     assert_eq!(r.status(), 204);
     assert!(containers_of(&id).is_empty());
     assert!(docker(&["images", "-q", &format!("{}/{repo}", registry())]).is_empty());
@@ -309,10 +291,7 @@ async fn tasks_and_dockerfile_lambdas_run() {
         )
         .await;
     assert_eq!(r.status(), 201);
-    let tasks_id = r.json::<Value>().await.unwrap()["lambda_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let tasks_id = created_id(r).await;
 
     let server_py = br#"
 import json, os
@@ -359,7 +338,7 @@ HTTPServer((os.environ["LUNA_LAMBDA_LISTEN_HOST"], int(os.environ["PORT"])), H).
     assert_error(r, 405, 12005).await;
 
     server.wait_status(&custom_id, "running").await;
-    let logs = image_logs(&server, &custom_id).await;
+    let logs = server.image_logs(&custom_id).await;
     assert!(logs.contains("the archive's own Dockerfile"), "{logs}");
     let r = server
         .proxy(reqwest::Method::GET, &custom_id, "/anything?x=1")
@@ -387,24 +366,16 @@ HTTPServer((os.environ["LUNA_LAMBDA_LISTEN_HOST"], int(os.environ["PORT"])), H).
             None,
         )
         .await;
-    let again_id = again.json::<Value>().await.unwrap()["lambda_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let again_id = created_id(again).await;
     let _cleanup_again = Cleanup(vec![again_id.clone()]);
     server.wait_status(&again_id, "running").await;
-    let logs = image_logs(&server, &again_id).await;
+    let logs = server.image_logs(&again_id).await;
     assert!(
         logs.contains("image cache hit") && !logs.contains("Step 1/"),
         "{logs}"
     );
     for id in [&tasks_id, &custom_id, &again_id] {
-        let r = server
-            .http
-            .delete(server.url(&format!("/1/lambdas/{id}")))
-            .send()
-            .await
-            .unwrap();
+        let r = server.delete_lambda(id).await;
         assert_eq!(r.status(), 204);
     }
 }
@@ -453,13 +424,10 @@ async fn bad_sources_are_refused_and_failing_builds_say_where() {
             None,
         )
         .await;
-    let id = r.json::<Value>().await.unwrap()["lambda_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = created_id(r).await;
     let _cleanup = Cleanup(vec![id.clone()]);
     assert_eq!(server.wait_image(&id).await, "error");
-    let logs = image_logs(&server, &id).await;
+    let logs = server.image_logs(&id).await;
     assert!(
         logs.contains("about to fail"),
         "the step's output streamed: {logs}"
@@ -498,13 +466,10 @@ async fn bad_sources_are_refused_and_failing_builds_say_where() {
             None,
         )
         .await;
-    let id = r.json::<Value>().await.unwrap()["lambda_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = created_id(r).await;
     let _cleanup = Cleanup(vec![id.clone()]);
     assert_eq!(server.wait_image(&id).await, "error");
-    let logs = image_logs(&server, &id).await;
+    let logs = server.image_logs(&id).await;
     assert!(
         logs.contains("ModuleNotFoundError") && logs.contains("pods did not start"),
         "{logs}"

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::common::{ACCOUNT, Server, upload_form, zip_of};
+use crate::common::{ACCOUNT, Server, created_id, registry, upload_form, zip_of};
 use crate::fake_kube::FakeKube;
 
 /// An HTTP server standing in for the pods behind a lambda's Service.
@@ -31,23 +31,11 @@ async fn stand_in_pods() -> u16 {
     port
 }
 
-fn registry() -> String {
-    std::env::var("LUNA_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".to_owned())
-}
-
 fn python(main_body: &str) -> Vec<u8> {
     zip_of(&[(
         "lambda_main.py",
         format!("def main(request):\n    {main_body}\n").as_bytes(),
     )])
-}
-
-async fn image_logs(server: &Server, id: &str) -> String {
-    server
-        .get_json(&format!("/1/lambdas/{id}/image/logs"))
-        .await
-        .1
-        .to_string()
 }
 
 async fn recreate(server: &Server, id: &str, archive: Vec<u8>, parameters: Value, deploy: Value) {
@@ -96,16 +84,13 @@ async fn container_lambdas_roll_out_roll_back_and_reattach_on_kubernetes() {
         )
         .await;
     assert_eq!(r.status(), 201);
-    let id = r.json::<Value>().await.unwrap()["lambda_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = created_id(r).await;
     let status = server.wait_status(&id, "running").await;
     assert_eq!(
         status["pod_statuses"],
         json!({"0": "running", "1": "running"})
     );
-    let logs = image_logs(&server, &id).await;
+    let logs = server.image_logs(&id).await;
     for needle in [
         "applying Secret, Service and Deployment",
         "in namespace lambdas: 2 replica(s)",
@@ -177,7 +162,7 @@ async fn container_lambdas_roll_out_roll_back_and_reattach_on_kubernetes() {
     )
     .await;
     assert_eq!(server.wait_image(&id).await, "error");
-    let logs = image_logs(&server, &id).await;
+    let logs = server.image_logs(&id).await;
     assert!(
         logs.contains("is CrashLoopBackOff") && logs.contains("rolled back to version 1"),
         "{logs}"
@@ -201,7 +186,7 @@ async fn container_lambdas_roll_out_roll_back_and_reattach_on_kubernetes() {
         server.wait_image(&id).await,
         "completed",
         "{}",
-        image_logs(&server, &id).await
+        server.image_logs(&id).await
     );
     let r = server.proxy(reqwest::Method::GET, &id, "/main").await;
     assert_eq!(r.headers()["lambda-version"], "3");
@@ -224,12 +209,7 @@ async fn container_lambdas_roll_out_roll_back_and_reattach_on_kubernetes() {
     );
 
     // Delete removes every object.
-    let r = server
-        .http
-        .delete(server.url(&format!("/1/lambdas/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = server.delete_lambda(&id).await;
     assert_eq!(r.status(), 204);
     for kind in ["deployments", "services", "secrets", "pods"] {
         assert!(
@@ -247,18 +227,10 @@ async fn container_lambdas_roll_out_roll_back_and_reattach_on_kubernetes() {
             Some(json!({"namespace": "lambdas"})),
         )
         .await;
-    let id = r.json::<Value>().await.unwrap()["lambda_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = created_id(r).await;
     server.wait_status(&id, "failed").await;
     assert!(fake.objects("deployments", "lambdas").is_empty());
-    let r = server
-        .http
-        .delete(server.url(&format!("/1/lambdas/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = server.delete_lambda(&id).await;
     assert_eq!(r.status(), 204);
 }
 
@@ -364,11 +336,6 @@ async fn real_cluster_runs_a_python_lambda() {
     server.wait_status(&id, "running").await;
     let r = server.proxy(reqwest::Method::GET, &id, "/main").await;
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"ok": true}));
-    let r = server
-        .http
-        .delete(server.url(&format!("/1/lambdas/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = server.delete_lambda(&id).await;
     assert_eq!(r.status(), 204);
 }

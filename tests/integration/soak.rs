@@ -92,12 +92,7 @@ async fn mixed_load_with_churn_costs_nothing_but_documented_limits() {
                     ids.remove(index)
                 };
                 retiring.write().await.insert(victim.clone());
-                let r = s
-                    .http
-                    .delete(s.url(&format!("/1/lambdas/{victim}")))
-                    .send()
-                    .await
-                    .unwrap();
+                let r = s.delete_lambda(&victim).await;
                 assert_eq!(r.status(), 204);
                 // From now on every call to it must be refused.
                 deleted.write().await.push(victim);

@@ -292,6 +292,23 @@ impl Server {
             .expect("VmRSS in /proc/PID/status")
     }
 
+    /// The build job's log lines, as one JSON text to search.
+    pub async fn image_logs(&self, id: &str) -> String {
+        self.get_json(&format!("/1/lambdas/{id}/image/logs"))
+            .await
+            .1
+            .to_string()
+    }
+
+    /// `DELETE /1/lambdas/{id}` with no account (the operator's view).
+    pub async fn delete_lambda(&self, id: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(&format!("/1/lambdas/{id}")))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// File descriptors the server process holds open, from `/proc`.
     pub fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
@@ -314,6 +331,18 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The registry container tests push to (`.ci/run` serves one on 127.0.0.1:5000).
+pub fn registry() -> String {
+    std::env::var("LUNA_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".to_owned())
+}
+
+/// The id of a created lambda (asserting 201).
+pub async fn created_id(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    body["lambda_id"].as_str().unwrap().to_owned()
 }
 
 /// The multipart form of create / recreate.
