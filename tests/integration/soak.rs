@@ -139,12 +139,24 @@ async fn mixed_load_with_churn_costs_nothing_but_documented_limits() {
                             )
                         }
                     };
-                    let r = load
-                        .get(s.url(&path))
-                        .header("Luna-Account-Id", ACCOUNT)
-                        .send()
-                        .await
-                        .unwrap();
+                    let send = || {
+                        load.get(s.url(&path))
+                            .header("Luna-Account-Id", ACCOUNT)
+                            .send()
+                    };
+                    // A pooled keep-alive connection the server closed as idle just as the
+                    // client reused it fails in transport; a GET is retried once, as HTTP
+                    // clients do. A second failure is a failure.
+                    let r = match send().await {
+                        Ok(r) => r,
+                        Err(_) => match send().await {
+                            Ok(r) => r,
+                            Err(e) => {
+                                tally.failures.lock().unwrap().push(format!("{path}: {e}"));
+                                continue;
+                            }
+                        },
+                    };
                     let status = r.status().as_u16();
                     let code = r
                         .json::<Value>()
