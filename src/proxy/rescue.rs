@@ -23,7 +23,6 @@ pub fn rescue_pod(error: &PodError, lambda: LambdaId, body_limit: u64) -> ApiErr
         PodError::Broken { .. } => ApiError::unavailable(format!(
             "Lambda with id '{lambda}' is unavailable: its pod closed the connection or answered with invalid HTTP"
         )),
-        PodError::Address(_) => ApiError::internal(error),
     }
 }
 

@@ -18,7 +18,7 @@ use dashmap::DashMap;
 pub use engine::{Compiled, WasmEngine};
 pub use guest::{GuestEnv, flatten_config};
 pub use outbound::{OutboundLimits, OutboundPolicy};
-pub use pods::{PodBody, PodClient, PodError, PodSet};
+pub use pods::{Pod, PodBody, PodClient, PodError, PodResponseBody, PodSet};
 pub use wasm::{EXECUTE_PATH, LoadedLambda, SPLIT_PATH, SandboxLimits, export_problems};
 pub use wasmtime::component::Component;
 

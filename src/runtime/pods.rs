@@ -1,18 +1,25 @@
 //! Forwarding to container lambdas: the pods serving each lambda version (swapped
-//! atomically like WASM versions) and one pooled HTTP/1 client to all of them, with
-//! connect and response timeouts. Bodies stream in both directions. Depends on
-//! `model`, `metrics`.
+//! atomically like WASM versions) and the HTTP/1 connections to them. Each pod keeps
+//! its own idle connections; a request checks one out and drives it in its own task
+//! (no connection task, no hand-off between tasks), and the response body hands the
+//! connection back when it has streamed to its end. Depends on `model`, `metrics`.
 
+use std::future::{Future as _, poll_fn};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::metrics::LambdaMetrics;
 use crate::model::{AccountId, LambdaId, Version};
@@ -47,9 +54,137 @@ pub enum PodError {
         /// Why.
         reason: String,
     },
-    /// The request could not be rewritten for the pod.
-    #[error("cannot address the pod: {0}")]
-    Address(String),
+}
+
+/// One HTTP/1 connection to a pod: the handle requests are sent through and the
+/// connection state machine, which whoever uses the connection polls.
+struct Upstream {
+    sender: http1::SendRequest<PodBody>,
+    connection: http1::Connection<TokioIo<TcpStream>, PodBody>,
+    idle_since: Instant,
+}
+
+/// What one exchange on a connection came to.
+enum Exchange {
+    Answered(Response<Incoming>),
+    /// The connection was closed before the request was written: it can go elsewhere.
+    Unsent(Request<PodBody>),
+    Failed(String),
+}
+
+impl Upstream {
+    /// Polls the connection once: false when it has ended (the pod closed it while it
+    /// sat idle) or cannot take a request.
+    fn usable(&mut self, cx: &mut Context<'_>) -> bool {
+        Pin::new(&mut self.connection).poll(cx).is_pending() && self.sender.is_ready()
+    }
+
+    /// Sends `request` and drives the connection until the response headers arrive.
+    async fn exchange(&mut self, request: Request<PodBody>) -> Exchange {
+        let mut response = std::pin::pin!(self.sender.try_send_request(request));
+        let connection = &mut self.connection;
+        let mut connection_done = false;
+        poll_fn(|cx| {
+            if let Poll::Ready(result) = response.as_mut().poll(cx) {
+                return Poll::Ready(match result {
+                    Ok(response) => Exchange::Answered(response),
+                    Err(mut unsent) => match unsent.take_message() {
+                        Some(request) => Exchange::Unsent(request),
+                        None => Exchange::Failed(error_chain(unsent.error())),
+                    },
+                });
+            }
+            if connection_done {
+                // The connection ended and its dispatcher answered nothing: never
+                // wait on it.
+                return Poll::Ready(Exchange::Failed("connection closed".to_owned()));
+            }
+            match Pin::new(&mut *connection).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(outcome) => {
+                    connection_done = true;
+                    if let Err(error) = outcome {
+                        // The dispatcher hands the same failure to the response
+                        // future; poll it once more to get it.
+                        tracing::debug!(error = %error, "pod connection failed");
+                    }
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// One pod (or, on Kubernetes, the lambda's Service) and its idle connections.
+pub struct Pod {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    idle: Mutex<Vec<Upstream>>,
+    connections_opened: AtomicU64,
+}
+
+impl std::fmt::Debug for Pod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pod")
+            .field("addr", &self.addr)
+            .field("connections_opened", &self.connections_opened())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pod {
+    /// A pod with no connections yet.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            connections_opened: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections opened to this pod so far (keep-alive makes this small).
+    pub fn connections_opened(&self) -> u64 {
+        self.connections_opened.load(Ordering::Relaxed)
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Upstream>> {
+        // A panic while holding the lock cannot leave the list inconsistent (push and
+        // pop only), so a poisoned lock is still usable.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection that is still open and not older than
+    /// `max_idle`; stale ones are dropped (closed) on the way.
+    async fn checkout(&self, max_idle: Duration) -> Option<Upstream> {
+        loop {
+            let mut upstream = self.idle().pop()?;
+            if upstream.idle_since.elapsed() > max_idle {
+                // Everything below it is older still.
+                self.idle().clear();
+                return None;
+            }
+            if poll_fn(|cx| Poll::Ready(upstream.usable(cx))).await {
+                return Some(upstream);
+            }
+        }
+    }
+
+    /// Keeps a connection whose exchange has ended for the next request, if it is
+    /// still usable and the pod has room for it.
+    fn release(&self, mut upstream: Upstream, cx: &mut Context<'_>, max_idle_connections: usize) {
+        if !upstream.usable(cx) {
+            return;
+        }
+        upstream.idle_since = Instant::now();
+        let mut idle = self.idle();
+        if idle.len() < max_idle_connections {
+            idle.push(upstream);
+        }
+    }
 }
 
 /// The ready pods of a container lambda's serving version.
@@ -63,8 +198,8 @@ pub struct PodSet {
     pub version: Version,
     /// `Lambda-Version` of every response.
     pub version_header: HeaderValue,
-    /// Where the pods listen.
-    pub pods: Vec<SocketAddr>,
+    /// The pods.
+    pub pods: Vec<Arc<Pod>>,
     next: AtomicUsize,
     /// The lambda's request counters.
     pub metrics: LambdaMetrics,
@@ -84,27 +219,29 @@ impl PodSet {
             account_id,
             version,
             version_header: HeaderValue::from(version.0),
-            pods,
+            pods: pods.into_iter().map(|addr| Arc::new(Pod::new(addr))).collect(),
             next: AtomicUsize::new(0),
             metrics,
         }
     }
 
     /// The next pod, round robin.
-    pub fn pick(&self) -> Option<SocketAddr> {
+    pub fn pick(&self) -> Option<&Arc<Pod>> {
         if self.pods.is_empty() {
             return None;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.pods.get(n % self.pods.len()).copied()
+        self.pods.get(n % self.pods.len())
     }
 }
 
-/// One pooled client for every pod.
+/// How requests reach pods: timeouts and how many idle connections each pod keeps.
 #[derive(Debug, Clone)]
 pub struct PodClient {
-    client: Client<HttpConnector, PodBody>,
+    connect_timeout: Duration,
     response_timeout: Duration,
+    max_idle_per_pod: usize,
+    idle_timeout: Duration,
 }
 
 impl PodClient {
@@ -114,52 +251,157 @@ impl PodClient {
         response_timeout: Duration,
         max_idle_per_pod: usize,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(max_idle_per_pod)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         Self {
-            client,
+            connect_timeout,
             response_timeout,
+            max_idle_per_pod,
+            // Below the usual keep-alive timeouts of pod servers (Python's, nginx's
+            // 75 s), so a pod rarely closes a connection we are about to reuse.
+            idle_timeout: Duration::from_secs(30),
         }
     }
 
-    /// Sends `request` (origin-form URI: path and query) to `pod`; the response body
-    /// streams from the pod as it arrives.
+    async fn connect(&self, pod: &Pod) -> Result<Upstream, PodError> {
+        let failed = |reason: String| PodError::Connect {
+            pod: pod.addr,
+            reason,
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(pod.addr))
+            .await
+            .map_err(|_| failed(format!("no connection within {:?}", self.connect_timeout)))?
+            .map_err(|e| failed(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| failed(e.to_string()))?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
+        pod.connections_opened.fetch_add(1, Ordering::Relaxed);
+        Ok(Upstream {
+            sender,
+            connection,
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Sends `request` (origin-form URI, a Host header) to `pod`; the response body
+    /// streams from the pod as it arrives. A request refused unsent by a reused
+    /// connection (the pod closed it while idle) goes once more on a new connection.
     pub async fn send(
         &self,
-        pod: SocketAddr,
-        mut request: Request<PodBody>,
-    ) -> Result<Response<hyper::body::Incoming>, PodError> {
-        let path_and_query = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        *request.uri_mut() = http::Uri::builder()
-            .scheme("http")
-            .authority(pod.to_string())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| PodError::Address(e.to_string()))?;
-        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
-            Err(_) => Err(PodError::Timeout {
-                pod,
-                after: self.response_timeout,
-            }),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => Err(PodError::Connect {
-                pod,
-                reason: error_chain(&e),
-            }),
-            Ok(Err(e)) => Err(PodError::Broken {
-                pod,
-                reason: error_chain(&e),
-            }),
+        pod: &Arc<Pod>,
+        request: Request<PodBody>,
+    ) -> Result<Response<PodResponseBody>, PodError> {
+        let deadline = tokio::time::Instant::now() + self.response_timeout;
+        let timed_out = || PodError::Timeout {
+            pod: pod.addr,
+            after: self.response_timeout,
+        };
+        let mut request = request;
+        let mut idle = pod.checkout(self.idle_timeout).await;
+        loop {
+            let (mut upstream, was_reused) = match idle.take() {
+                Some(upstream) => (upstream, true),
+                None => {
+                    let fresh = tokio::time::timeout_at(deadline, self.connect(pod))
+                        .await
+                        .map_err(|_| timed_out())??;
+                    (fresh, false)
+                }
+            };
+            match tokio::time::timeout_at(deadline, upstream.exchange(request)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Exchange::Answered(response)) => {
+                    let (parts, body) = response.into_parts();
+                    let mut body = PodResponseBody {
+                        body,
+                        upstream: Some(upstream),
+                        pod: pod.clone(),
+                        max_idle_connections: self.max_idle_per_pod,
+                    };
+                    if body.body.is_end_stream() {
+                        // No body to stream (HEAD, 204, empty): the server will not
+                        // poll it, so the connection goes back now.
+                        poll_fn(|cx| {
+                            body.release(cx);
+                            Poll::Ready(())
+                        })
+                        .await;
+                    }
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Ok(Exchange::Unsent(unsent)) if was_reused => request = unsent,
+                Ok(Exchange::Unsent(_)) => {
+                    return Err(PodError::Broken {
+                        pod: pod.addr,
+                        reason: "the connection closed before the request was sent".into(),
+                    });
+                }
+                Ok(Exchange::Failed(reason)) => {
+                    return Err(PodError::Broken {
+                        pod: pod.addr,
+                        reason,
+                    });
+                }
+            }
         }
+    }
+}
+
+/// A pod's response body as it streams to the caller. Polling it also drives the
+/// connection it arrives on; at its end the connection goes back to the pod's idle
+/// list, and dropped early it closes the connection (the rest of the response is
+/// still on it).
+pub struct PodResponseBody {
+    body: Incoming,
+    upstream: Option<Upstream>,
+    pod: Arc<Pod>,
+    max_idle_connections: usize,
+}
+
+impl std::fmt::Debug for PodResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodResponseBody")
+            .field("pod", &self.pod.addr)
+            .field("holds_connection", &self.upstream.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PodResponseBody {
+    fn release(&mut self, cx: &mut Context<'_>) {
+        if let Some(upstream) = self.upstream.take() {
+            self.pod.release(upstream, cx, self.max_idle_connections);
+        }
+    }
+}
+
+impl Body for PodResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(upstream) = this.upstream.as_mut()
+            && Pin::new(&mut upstream.connection).poll(cx).is_ready()
+        {
+            // The connection has ended; what it read is already in the body.
+            this.upstream = None;
+        }
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        if frame.is_none() {
+            this.release(cx);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -177,32 +419,197 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::{BodyExt as _, Empty, Full};
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
 
-    #[test]
-    fn pods_are_picked_round_robin() {
+    fn pod_set(pods: Vec<SocketAddr>) -> PodSet {
         let metrics = crate::metrics::Metrics::new()
             .unwrap()
             .for_lambda(LambdaId::generate());
-        let pods: Vec<SocketAddr> = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+        PodSet::new(
+            LambdaId::generate(),
+            AccountId::generate(),
+            Version::FIRST,
+            pods,
+            metrics,
+        )
+    }
+
+    #[test]
+    fn pods_are_picked_round_robin() {
+        let addrs: Vec<SocketAddr> = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
             .iter()
             .map(|a| a.parse().unwrap())
             .collect();
-        let set = PodSet::new(
-            LambdaId::generate(),
-            AccountId::generate(),
-            Version::FIRST,
-            pods.clone(),
-            metrics.clone(),
-        );
-        let picked: Vec<SocketAddr> = (0..6).filter_map(|_| set.pick()).collect();
-        assert_eq!(picked, [&pods[..], &pods[..]].concat());
-        let empty = PodSet::new(
-            LambdaId::generate(),
-            AccountId::generate(),
-            Version::FIRST,
-            vec![],
-            metrics,
-        );
-        assert_eq!(empty.pick(), None);
+        let set = pod_set(addrs.clone());
+        let picked: Vec<SocketAddr> = (0..6).filter_map(|_| set.pick().map(|p| p.addr)).collect();
+        assert_eq!(picked, [&addrs[..], &addrs[..]].concat());
+        assert!(pod_set(vec![]).pick().is_none());
+    }
+
+    /// A pod answering `GET /n` with n bytes, `/slow` after a minute, `/close` with
+    /// `Connection: close`, and `/nothing` with 204. Counts connections accepted.
+    async fn test_pod() -> (SocketAddr, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let service = service_fn(|request: Request<Incoming>| async move {
+                        let path = request.uri().path().to_owned();
+                        let mut response = Response::new(Full::new(Bytes::new()));
+                        match path.as_str() {
+                            "/slow" => tokio::time::sleep(Duration::from_secs(60)).await,
+                            "/close" => {
+                                response
+                                    .headers_mut()
+                                    .insert("connection", HeaderValue::from_static("close"));
+                            }
+                            "/nothing" => *response.status_mut() = http::StatusCode::NO_CONTENT,
+                            "/echo" => {
+                                let body = request.into_body().collect().await?.to_bytes();
+                                *response.body_mut() = Full::new(body);
+                            }
+                            n => {
+                                let n: usize = n[1..].parse().unwrap_or(0);
+                                *response.body_mut() = Full::new(Bytes::from(vec![b'x'; n]));
+                            }
+                        }
+                        Ok::<_, hyper::Error>(response)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get(path: &str) -> Request<PodBody> {
+        let body = Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        Request::builder()
+            .uri(path)
+            .header("host", "pod")
+            .body(body)
+            .unwrap()
+    }
+
+    fn client() -> PodClient {
+        PodClient::new(Duration::from_secs(2), Duration::from_secs(2), 4)
+    }
+
+    async fn body_len(response: Response<PodResponseBody>) -> usize {
+        response.into_body().collect().await.unwrap().to_bytes().len()
+    }
+
+    #[tokio::test]
+    async fn connections_are_kept_alive_and_reused() {
+        let (addr, accepted) = test_pod().await;
+        let pod = Arc::new(Pod::new(addr));
+        let client = client();
+        for size in [0, 10, 100_000, 3, 0] {
+            let response = client.send(&pod, get(&format!("/{size}"))).await.unwrap();
+            assert_eq!(body_len(response).await, size);
+        }
+        // A body with nothing in it (204) hands the connection back at once.
+        let response = client.send(&pod, get("/nothing")).await.unwrap();
+        assert_eq!(response.status(), 204);
+        drop(response);
+        let response = client.send(&pod, get("/7")).await.unwrap();
+        assert_eq!(body_len(response).await, 7);
+        assert_eq!(pod.connections_opened(), 1);
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+
+        // Concurrent requests each get a connection; at most 4 stay idle.
+        let calls = (0..8).map(|_| {
+            let (client, pod) = (client.clone(), pod.clone());
+            async move { body_len(client.send(&pod, get("/5")).await.unwrap()).await }
+        });
+        let sizes = futures::future::join_all(calls).await;
+        assert_eq!(sizes, vec![5; 8]);
+        assert!(pod.idle().len() <= 4);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_pod_closed_is_not_reused() {
+        let (addr, accepted) = test_pod().await;
+        let pod = Arc::new(Pod::new(addr));
+        let client = client();
+        for _ in 0..3 {
+            let response = client.send(&pod, get("/close")).await.unwrap();
+            assert_eq!(body_len(response).await, 0);
+        }
+        let response = client.send(&pod, get("/2")).await.unwrap();
+        assert_eq!(body_len(response).await, 2);
+        assert_eq!(accepted.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_midway_closes_its_connection() {
+        let (addr, accepted) = test_pod().await;
+        let pod = Arc::new(Pod::new(addr));
+        let client = client();
+        let mut response = client.send(&pod, get("/4000000")).await.unwrap();
+        let first = response.body_mut().frame().await.unwrap().unwrap();
+        assert!(first.data_ref().is_some());
+        drop(response);
+        assert!(pod.idle().is_empty());
+        let response = client.send(&pod, get("/1")).await.unwrap();
+        assert_eq!(body_len(response).await, 1);
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn request_bodies_stream_to_the_pod() {
+        let (addr, _) = test_pod().await;
+        let pod = Arc::new(Pod::new(addr));
+        let body = Full::new(Bytes::from_static(b"hello pod"))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let request = Request::builder()
+            .method("POST")
+            .uri("/echo")
+            .header("host", "pod")
+            .body(body)
+            .unwrap();
+        let response = client().send(&pod, request).await.unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello pod");
+    }
+
+    #[tokio::test]
+    async fn failures_are_told_apart() {
+        let (addr, _) = test_pod().await;
+        let pod = Arc::new(Pod::new(addr));
+        let quick = PodClient::new(Duration::from_secs(2), Duration::from_millis(100), 4);
+        let error = quick.send(&pod, get("/slow")).await.unwrap_err();
+        assert!(matches!(error, PodError::Timeout { .. }), "{error}");
+
+        // Nothing listens on a port just released.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = Arc::new(Pod::new(closed.local_addr().unwrap()));
+        drop(closed);
+        let error = client().send(&gone, get("/")).await.unwrap_err();
+        assert!(matches!(error, PodError::Connect { .. }), "{error}");
+
+        // A pod that answers garbage.
+        let liar = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let liar_pod = Arc::new(Pod::new(liar.local_addr().unwrap()));
+        tokio::spawn(async move {
+            let (mut stream, _) = liar.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, b"NOT HTTP\r\n\r\n").await;
+        });
+        let error = client().send(&liar_pod, get("/")).await.unwrap_err();
+        assert!(matches!(error, PodError::Broken { .. }), "{error}");
     }
 }
