@@ -158,7 +158,9 @@ class Service:
             if status == "running":
                 return
             if status == "failed":
-                raise RuntimeError(f"{lambda_id} failed")
+                with urllib.request.urlopen(f"{self.base}/1/lambdas/{lambda_id}/image/logs") as r:
+                    lines = [entry.get("message", entry) for entry in json.load(r).get("logs", [])]
+                raise RuntimeError(f"{lambda_id} failed; image logs:\n" + "\n".join(map(str, lines[-30:])))
             time.sleep(0.01)
         raise RuntimeError(f"{lambda_id} never ran")
 
