@@ -219,7 +219,10 @@ impl PodSet {
             account_id,
             version,
             version_header: HeaderValue::from(version.0),
-            pods: pods.into_iter().map(|addr| Arc::new(Pod::new(addr))).collect(),
+            pods: pods
+                .into_iter()
+                .map(|addr| Arc::new(Pod::new(addr)))
+                .collect(),
             next: AtomicUsize::new(0),
             metrics,
         }
@@ -270,7 +273,9 @@ impl PodClient {
             .await
             .map_err(|_| failed(format!("no connection within {:?}", self.connect_timeout)))?
             .map_err(|e| failed(e.to_string()))?;
-        stream.set_nodelay(true).map_err(|e| failed(e.to_string()))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| failed(e.to_string()))?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| failed(error_chain(&e)))?;
@@ -507,7 +512,13 @@ mod tests {
     }
 
     async fn body_len(response: Response<PodResponseBody>) -> usize {
-        response.into_body().collect().await.unwrap().to_bytes().len()
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .len()
     }
 
     #[tokio::test]
