@@ -159,7 +159,7 @@ class Service:
                 return
             if status == "failed":
                 with urllib.request.urlopen(f"{self.base}/1/lambdas/{lambda_id}/image/logs") as r:
-                    lines = [entry.get("message", entry) for entry in json.load(r).get("logs", [])]
+                    lines = json.load(r).get("logs", [])
                 raise RuntimeError(f"{lambda_id} failed; image logs:\n" + "\n".join(map(str, lines[-30:])))
             time.sleep(0.01)
         raise RuntimeError(f"{lambda_id} never ran")
@@ -314,12 +314,15 @@ CMD ["sh", "/start.sh"]
 UPSTREAM_START = """sed "s/@PORT@/$PORT/; s/@HOST@/$LUNA_LAMBDA_LISTEN_HOST/" /etc/upstream.conf > /tmp/nginx.conf
 exec nginx -c /tmp/nginx.conf -g 'daemon off;'
 """
+# Pods run without CAP_CHOWN / CAP_SETUID: nginx stays the user it starts as.
 UPSTREAM_CONF = """worker_processes 1;
+user root root;
 pid /tmp/nginx.pid;
 error_log /dev/null;
 events { worker_connections 1024; }
 http {
   access_log off;
+  client_body_temp_path /tmp/nginx-body;
   server {
     listen @HOST@:@PORT@;
     location / { return 200 "hello from the upstream\\n"; }

@@ -395,7 +395,9 @@ impl Body for PodResponseBody {
             this.upstream = None;
         }
         let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
-        if frame.is_none() {
+        // A server stops polling once `is_end_stream` says the body is done (a known
+        // length fully sent), so the end is caught here, not only at `None`.
+        if frame.is_none() || this.body.is_end_stream() {
             this.release(cx);
         }
         Poll::Ready(frame)
@@ -547,6 +549,33 @@ mod tests {
         let sizes = futures::future::join_all(calls).await;
         assert_eq!(sizes, vec![5; 8]);
         assert!(pod.idle().len() <= 4);
+    }
+
+    /// What a server does with a response body of known length: it reads frames until
+    /// `is_end_stream`, never the final `None`, then drops the body.
+    async fn send_like_a_server(response: Response<PodResponseBody>) -> usize {
+        let mut body = response.into_body();
+        let mut sent = 0;
+        while !body.is_end_stream() {
+            match body.frame().await {
+                Some(frame) => sent += frame.unwrap().into_data().map_or(0, |d| d.len()),
+                None => break,
+            }
+        }
+        sent
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_declared_end_returns_the_connection() {
+        let (addr, accepted) = test_pod().await;
+        let pod = Arc::new(Pod::new(addr));
+        let client = client();
+        for size in [24, 1, 70_000, 24] {
+            let response = client.send(&pod, get(&format!("/{size}"))).await.unwrap();
+            assert_eq!(send_like_a_server(response).await, size);
+        }
+        assert_eq!(pod.connections_opened(), 1);
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
