@@ -207,9 +207,17 @@ impl Metrics {
     }
 
     /// Counts a finished request on a route template (`METHOD:/route`).
-    pub fn request(&self, path: &str, status: u16, error_code: Option<u32>, elapsed: Duration) {
-        let status = status.to_string();
-        self.0.requests.with_label_values(&[path, &status]).inc();
+    pub fn request(
+        &self,
+        path: &str,
+        status: http::StatusCode,
+        error_code: Option<u32>,
+        elapsed: Duration,
+    ) {
+        self.0
+            .requests
+            .with_label_values(&[path, status.as_str()])
+            .inc();
         if let Some(code) = error_code {
             self.0
                 .errors

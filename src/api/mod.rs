@@ -4,7 +4,7 @@
 //! router. Depends on `lifecycle`, `proxy`, `runtime`, `metrics`, `config`, `model`.
 
 pub mod error;
-mod input;
+pub mod input;
 mod routes;
 
 use std::convert::Infallible;
@@ -31,7 +31,7 @@ use crate::model::RequestId;
 use crate::runtime::Registry;
 
 /// Header carrying the request id in both directions.
-pub const REQUEST_ID_HEADER: &str = "luna-request-id";
+pub const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static("luna-request-id");
 
 /// Shared state of every handler.
 #[derive(Clone, Debug)]
@@ -206,7 +206,7 @@ where
             );
         state
             .metrics
-            .request(&template, status.as_u16(), code, started.elapsed());
+            .request(&template, status, code, started.elapsed());
         // Lambda-caused 5xx (not running, timeout, overload, trap) are the lambda's
         // business and already in its logs; only the service's own failures warn.
         if status.is_server_error() && code.is_none_or(|c| c == 1) {

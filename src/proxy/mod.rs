@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, Method, Request, header};
+use http::{HeaderName, HeaderValue, Method, Request, header};
 use http_body_util::BodyExt as _;
 
 use crate::api::{ApiError, AppState, REQUEST_ID_HEADER, RouteTemplate, account_optional};
@@ -40,20 +40,20 @@ fn proxy_template(method: &Method) -> &'static str {
         _ => "OTHER:/1/lambdas/{lambda_id}/proxy",
     }
 }
-const LAMBDA_VERSION_HEADER: &str = "lambda-version";
+const LAMBDA_VERSION_HEADER: HeaderName = HeaderName::from_static("lambda-version");
 /// Seconds a client should wait before retrying a lambda that is still building.
 const RETRY_AFTER_SECS: &str = "5";
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// A proxy path split into the lambda id and the path forwarded to it.
@@ -247,7 +247,7 @@ fn refuse_declared_oversize(headers: &http::HeaderMap, limit: u64) -> Result<(),
 /// The lambda's response as the caller gets it: no hop-by-hop headers, the version
 /// that served it.
 fn finish_response(parts: &mut http::response::Parts, version: &HeaderValue) {
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         parts.headers.remove(name);
     }
     parts.headers.insert(LAMBDA_VERSION_HEADER, version.clone());
@@ -269,7 +269,7 @@ fn rewrite(
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| ApiError::invalid_request(&format!("bad forwarded path: {e}")))?;
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         parts.headers.remove(name);
     }
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
