@@ -357,19 +357,22 @@ def scenario_pod_proxy(work, args, rows):
         z.writestr("Dockerfile", UPSTREAM_DOCKERFILE)
         z.writestr("start.sh", UPSTREAM_START)
         z.writestr("upstream.conf", UPSTREAM_CONF)
-    lambda_id = service.create(path, "upstream")
-    service.wait_running(lambda_id)
-    upstream_port, nginx_port = pod_port(lambda_id), free_port()
-    conf = os.path.join(work, "nginx-proxy.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(port=nginx_port, upstream=upstream_port, work=work, name="proxy",
-                                  location="proxy_pass http://lambda; proxy_http_version 1.1; "
-                                           'proxy_set_header Connection "";'))
-    nginx = subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    COMMANDS.append("stand-in lambda: a Dockerfile lambda running nginx that answers 200 itself; "
-                    "anchor: nginx -c nginx-proxy.conf (proxy_pass to the pod, keepalive 64)")
+    nginx = lambda_id = None
     try:
+        lambda_id = service.create(path, "upstream")
+        service.wait_running(lambda_id)
+        upstream_port, nginx_port = pod_port(lambda_id), free_port()
+        conf = os.path.join(work, "nginx-proxy.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(port=nginx_port, upstream=upstream_port, work=work,
+                                      name="proxy",
+                                      location="proxy_pass http://lambda; proxy_http_version 1.1; "
+                                               'proxy_set_header Connection "";'))
+        nginx = subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        COMMANDS.append("stand-in lambda: a Dockerfile lambda running nginx that answers 200 "
+                        "itself; anchor: nginx -c nginx-proxy.conf (proxy_pass to the pod, "
+                        "keepalive 64)")
         direct_url = f"http://127.0.0.1:{upstream_port}/main"
         nginx_url = f"http://127.0.0.1:{nginx_port}/main"
         ours_url = service.proxy_url(lambda_id, "/main")
@@ -387,9 +390,11 @@ def scenario_pod_proxy(work, args, rows):
                          f"{direct[0]:,.0f} req/s; ours p99 {ms(ours[2])}, nginx p99 "
                          f"{ms(proxied[2])}){failures}"))
     finally:
-        nginx.terminate()
-        nginx.wait()
-        delete(service, lambda_id)
+        if nginx:
+            nginx.terminate()
+            nginx.wait()
+        if lambda_id:
+            delete(service, lambda_id)
         service.stop()
 
 

@@ -60,7 +60,7 @@ impl OutboundPolicy {
     }
 
     /// Whether a request to the URI's authority is allowed.
-    fn admits(&self, uri: &http::Uri) -> bool {
+    pub fn admits(&self, uri: &http::Uri) -> bool {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let default_port = if https { 443 } else { 80 };
         let Some(host) = uri.host() else {
