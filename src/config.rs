@@ -143,6 +143,10 @@ pub struct Sandbox {
     pub outbound_response_timeout_ms: u64,
     /// Largest outbound response body a guest may read.
     pub max_outbound_response_bytes: u64,
+    /// Whether guests may reach loopback, private, link-local and other non-public
+    /// addresses (checked after DNS resolution). Off: an allow-listed name that
+    /// resolves to such an address is refused, whatever the lambda's allow-list says.
+    pub allow_private_outbound: bool,
 }
 
 /// The wasmtime engine.
@@ -335,6 +339,7 @@ impl Default for Sandbox {
             outbound_connect_timeout_ms: 5_000,
             outbound_response_timeout_ms: 30_000,
             max_outbound_response_bytes: 16 * MIB,
+            allow_private_outbound: false,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! Outbound HTTP from guests (`wasi:http/outgoing-handler`): closed unless the lambda's
-//! `allowed_outbound_hosts` opens it, bounded in calls per request, connect and
-//! response time and response size, and counted in metrics. Depends on `metrics`,
+//! `allowed_outbound_hosts` opens it, refused when the destination resolves to a
+//! non-public address (unless the operator allows those), bounded in calls per request,
+//! connect and response time and response size, and counted in metrics. Depends on `metrics`,
 //! `logs` and `model` (whose `HostPattern` parses the allow-list).
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ pub struct OutboundLimits {
     pub response_timeout: Duration,
     /// Response body bytes.
     pub max_response_bytes: u64,
+    /// Whether non-public destination addresses may be reached.
+    pub allow_private: bool,
 }
 
 impl From<&crate::config::Sandbox> for OutboundLimits {
@@ -35,6 +39,7 @@ impl From<&crate::config::Sandbox> for OutboundLimits {
             connect_timeout: Duration::from_millis(sandbox.outbound_connect_timeout_ms),
             response_timeout: Duration::from_millis(sandbox.outbound_response_timeout_ms),
             max_response_bytes: sandbox.max_outbound_response_bytes,
+            allow_private: sandbox.allow_private_outbound,
         }
     }
 }
@@ -91,16 +96,115 @@ impl OutboundHooks {
     }
 
     fn refuse(&self, uri: &http::Uri, why: &str) -> SendFuture {
-        self.env.metrics.outbound(Outbound::Denied);
-        self.env.log(
-            &self.request_id,
-            &format!(
-                "outbound request to {} denied: {why}",
-                uri.authority().map_or("(no host)", |a| a.as_str())
-            ),
-        );
+        log_denial(&self.env, &self.request_id, uri, why);
         Box::new(async { Err(HttpError::HttpRequestDenied) })
     }
+}
+
+fn log_denial(env: &GuestEnv, request_id: &str, uri: &http::Uri, why: &str) {
+    env.metrics.outbound(Outbound::Denied);
+    env.log(
+        request_id,
+        &format!(
+            "outbound request to {} denied: {why}",
+            uri.authority().map_or("(no host)", |a| a.as_str())
+        ),
+    );
+}
+
+/// Whether `ip` is outside the public internet: loopback, private (RFC 1918, unique
+/// local), link-local (where cloud metadata lives), shared (CGNAT), unspecified,
+/// broadcast, multicast, documentation, benchmarking or reserved; IPv6 forms that
+/// embed an IPv4 address (mapped, compatible, NAT64) are judged by that address.
+pub fn is_non_public(ip: IpAddr) -> bool {
+    fn v4(ip: Ipv4Addr) -> bool {
+        let [a, b, c, _] = ip.octets();
+        ip.is_loopback()
+            || ip.is_private()
+            || ip.is_link_local()
+            || ip.is_unspecified()
+            || ip.is_broadcast()
+            || ip.is_multicast()
+            || ip.is_documentation()
+            || a == 0
+            || (a == 100 && (64..128).contains(&b))
+            || (a == 192 && b == 0 && c == 0)
+            || (a == 198 && (b == 18 || b == 19))
+            || a >= 240
+    }
+    fn v6(ip: Ipv6Addr) -> bool {
+        let s = ip.segments();
+        let o = ip.octets();
+        let embedded = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+        ip.is_loopback()
+            || ip.is_unspecified()
+            || ip.is_multicast()
+            || (s[0] & 0xfe00) == 0xfc00
+            || (s[0] & 0xffc0) == 0xfe80
+            || (s[0] == 0x2001 && s[1] == 0x0db8)
+            || ip.to_ipv4_mapped().is_some_and(v4)
+            // ::a.b.c.d (deprecated IPv4-compatible) and 64:ff9b::/96 (NAT64).
+            || (s[..6] == [0; 6] && v4(embedded))
+            || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && v4(embedded))
+    }
+    match ip {
+        IpAddr::V4(ip) => v4(ip),
+        IpAddr::V6(ip) => v6(ip),
+    }
+}
+
+/// Why a destination was not pinned.
+enum Unpinned {
+    /// It resolves to this non-public address.
+    NonPublic(IpAddr),
+    /// It could not be resolved.
+    Failed(HttpError),
+}
+
+/// Resolves the request's host and refuses it if any address is non-public. A plain
+/// HTTP request is then sent to the resolved address itself (Host keeps the name), so
+/// a second lookup cannot move it elsewhere (DNS rebinding). HTTPS keeps the name for
+/// TLS, and the connection resolves it again.
+async fn pin_public_address(
+    request: &mut http::Request<WasiBody>,
+    timeout: Duration,
+) -> Result<(), Unpinned> {
+    let uri = request.uri();
+    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+    let host = uri
+        .host()
+        .ok_or(Unpinned::Failed(HttpError::HttpRequestUriInvalid))?;
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addresses: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::time::timeout(timeout, tokio::net::lookup_host((bare, port)))
+            .await
+            .map_err(|_| Unpinned::Failed(HttpError::DnsTimeout))?
+            .map_err(|e| {
+                Unpinned::Failed(HttpError::DnsError {
+                    rcode: Some(e.to_string()),
+                    info_code: None,
+                })
+            })?
+            .collect(),
+    };
+    if let Some(address) = addresses.iter().find(|a| is_non_public(a.ip())) {
+        return Err(Unpinned::NonPublic(address.ip()));
+    }
+    let Some(first) = addresses.first() else {
+        return Err(Unpinned::Failed(HttpError::DestinationNotFound));
+    };
+    if !https {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        *request.uri_mut() = http::Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(first.to_string())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| Unpinned::Failed(HttpError::HttpRequestUriInvalid))?;
+    }
+    Ok(())
 }
 
 type SendFuture = Box<
@@ -150,7 +254,28 @@ impl WasiHttpHooks for OutboundHooks {
             ),
         };
         let metrics = self.env.metrics.clone();
+        let (env, request_id) = (self.env.clone(), self.request_id.clone());
         Box::new(async move {
+            let mut request = request;
+            if !limits.allow_private {
+                let original = request.uri().clone();
+                let timeout = options.connect_timeout.unwrap_or(limits.connect_timeout);
+                match pin_public_address(&mut request, timeout).await {
+                    Ok(()) => {}
+                    Err(Unpinned::NonPublic(ip)) => {
+                        let why = format!(
+                            "it resolves to {ip}, which is not a public address \
+                             (the operator's sandbox.allow_private_outbound is off)"
+                        );
+                        log_denial(&env, &request_id, &original, &why);
+                        return Err(HttpError::DestinationIpProhibited);
+                    }
+                    Err(Unpinned::Failed(e)) => {
+                        metrics.outbound(Outbound::Failed);
+                        return Err(e);
+                    }
+                }
+            }
             match wasmtime_wasi_http::default_send_request(request, Some(options)).await {
                 Ok((response, io)) => {
                     metrics.outbound(Outbound::Sent);
@@ -224,6 +349,7 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 response_timeout: Duration::from_secs(1),
                 max_response_bytes: 1,
+                allow_private: false,
             },
         )
     }
@@ -248,5 +374,84 @@ mod tests {
         assert!(admits(&policy(&["*:*"]), "http://anything:1/"));
         // An invalid entry never widens the policy.
         assert!(!admits(&policy(&["http://x"]), "http://x/"));
+    }
+
+    #[test]
+    fn non_public_addresses_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::10.0.0.1",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(is_non_public(ip.parse().unwrap()), "{ip} is not public");
+        }
+        for ip in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
+            assert!(!is_non_public(ip.parse().unwrap()), "{ip} is public");
+        }
+    }
+
+    fn get(uri: &str) -> http::Request<WasiBody> {
+        let body = http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        http::Request::builder()
+            .uri(uri)
+            .header(http::header::HOST, "kept")
+            .body(body)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn private_destinations_are_refused_after_resolution() {
+        let timeout = Duration::from_secs(2);
+        for uri in [
+            "http://127.0.0.1:5210/x",
+            "http://localhost:5210/x",
+            "https://localhost/x",
+            "http://[::1]:80/",
+            "http://169.254.169.254/latest/meta-data/",
+        ] {
+            let mut request = get(uri);
+            let outcome = pin_public_address(&mut request, timeout).await;
+            assert!(matches!(outcome, Err(Unpinned::NonPublic(_))), "{uri}");
+        }
+        // A public literal is pinned as it is; the Host header is left alone.
+        let mut request = get("http://8.8.8.8:8080/q?x=1");
+        assert!(pin_public_address(&mut request, timeout).await.is_ok());
+        assert_eq!(request.uri(), "http://8.8.8.8:8080/q?x=1");
+        assert_eq!(request.headers()[http::header::HOST], "kept");
     }
 }

@@ -86,7 +86,8 @@ fn parse(text: &str) -> Value {
 #[tokio::test]
 async fn every_example_answers_as_documented() {
     use reqwest::Method;
-    let server = Server::start(&[]);
+    // The outbound example calls this service on 127.0.0.1.
+    let server = Server::start(&[("LUNA_LAMBDA_SANDBOX_ALLOW_PRIVATE_OUTBOUND", "true")]);
 
     let hello = deploy(&server, "hello", json!({"lambda_name": "hello"}), None).await;
     let (status, text) = call(&server, Method::GET, &hello, "/main", None).await;
@@ -303,6 +304,43 @@ async fn every_example_answers_as_documented() {
             .await
             >= 2.0
     );
+}
+
+/// By default the operator keeps guests off non-public addresses, whatever a lambda's
+/// allow-list says: by address or by a name that resolves to one.
+#[tokio::test]
+async fn allow_listed_private_destinations_are_refused_by_default() {
+    use reqwest::Method;
+    let server = Server::start(&[]);
+    let port = server
+        .base
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let fetch = deploy(
+        &server,
+        "outbound-fetch",
+        json!({"lambda_name": "fetch"}),
+        Some(json!({"sandbox": {"allowed_outbound_hosts": [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+        ]}})),
+    )
+    .await;
+    for host in ["127.0.0.1", "localhost"] {
+        let target = format!("/?url=http://{host}:{port}/health");
+        let (status, text) = call(&server, Method::GET, &fetch, &target, None).await;
+        assert_eq!(status, 502, "{text}");
+        assert!(text.to_lowercase().contains("prohibited"), "{text}");
+        wait_log(
+            &server,
+            &fetch,
+            &format!("outbound request to {host}:{port} denied: it resolves to "),
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
