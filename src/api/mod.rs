@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use http::HeaderValue;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
@@ -52,6 +52,26 @@ pub struct AppState {
 #[derive(Debug, Clone)]
 pub struct RouteTemplate(pub std::borrow::Cow<'static, str>);
 
+/// A malformed `Luna-Request-Id`, refused once the route and method are known to exist
+/// (an unknown route or method is the first thing to report).
+#[derive(Clone, Debug)]
+struct BadRequestId(String);
+
+/// Refuses a malformed request id. A method-level layer: a method the route does not
+/// serve never reaches it and is answered 405 instead.
+async fn refuse_bad_request_id(request: Request, next: Next) -> Response {
+    match request.extensions().get::<BadRequestId>() {
+        Some(bad) => ApiError::bad_header(&bad.0).into_response(),
+        None => next.run(request).await,
+    }
+}
+
+/// A route's methods, behind the request id check.
+fn served(methods: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    methods.route_layer(middleware::from_fn(refuse_bad_request_id))
+}
+
+/// Runs for matched routes only: records the route template.
 async fn record_route(request: Request, next: Next) -> Response {
     let template = request
         .extensions()
@@ -88,34 +108,45 @@ pub fn router(state: AppState) -> Router {
         .saturating_add(limits.max_json_bytes.saturating_mul(4))
         .saturating_add(64 * 1024);
     Router::new()
-        .route("/version", get(routes::version))
-        .route("/1/lambdas", post(routes::create).get(routes::list))
-        .route("/1/lambdas/validate", post(routes::validate))
+        .route("/version", served(get(routes::version)))
+        .route("/1/lambdas", served(post(routes::create).get(routes::list)))
+        .route("/1/lambdas/validate", served(post(routes::validate)))
         .route(
             "/1/lambdas/{lambda_id}",
-            get(routes::get)
-                .head(routes::head)
-                .put(routes::recreate)
-                .patch(routes::patch)
-                .delete(routes::delete),
+            served(
+                get(routes::get)
+                    .head(routes::head)
+                    .put(routes::recreate)
+                    .patch(routes::patch)
+                    .delete(routes::delete),
+            ),
         )
-        .route("/1/lambdas/{lambda_id}/status", get(routes::status))
-        .route("/1/lambdas/{lambda_id}/logs", get(routes::logs))
-        .route("/1/lambdas/{lambda_id}/update", post(routes::update))
+        .route("/1/lambdas/{lambda_id}/status", served(get(routes::status)))
+        .route("/1/lambdas/{lambda_id}/logs", served(get(routes::logs)))
+        .route(
+            "/1/lambdas/{lambda_id}/update",
+            served(post(routes::update)),
+        )
         .route(
             "/1/lambdas/{lambda_id}/image/status",
-            get(routes::image_status),
+            served(get(routes::image_status)),
         )
-        .route("/1/lambdas/{lambda_id}/image/logs", get(routes::image_logs))
-        .route("/1/lambdas/{lambda_id}/docs", get(routes::lambda_docs))
-        .route("/1/docs/spec", get(routes::spec))
-        .route("/1/docs/dev", get(routes::manual_root))
-        .route("/1/docs/dev/{page}", get(routes::manual))
-        .route("/1/config", get(routes::config))
-        .route("/1/plugins", get(routes::plugins))
-        .route("/metrics", get(routes::metrics))
-        .route("/1/healthcheck", get(routes::healthcheck))
-        .route("/healthcheck", get(routes::healthcheck))
+        .route(
+            "/1/lambdas/{lambda_id}/image/logs",
+            served(get(routes::image_logs)),
+        )
+        .route(
+            "/1/lambdas/{lambda_id}/docs",
+            served(get(routes::lambda_docs)),
+        )
+        .route("/1/docs/spec", served(get(routes::spec)))
+        .route("/1/docs/dev", served(get(routes::manual_root)))
+        .route("/1/docs/dev/{page}", served(get(routes::manual)))
+        .route("/1/config", served(get(routes::config)))
+        .route("/1/plugins", served(get(routes::plugins)))
+        .route("/metrics", served(get(routes::metrics)))
+        .route("/1/healthcheck", served(get(routes::healthcheck)))
+        .route("/healthcheck", served(get(routes::healthcheck)))
         .route_layer(middleware::from_fn(record_route))
         .fallback(fallback)
         .layer(middleware::from_fn(method_not_allowed))
@@ -176,15 +207,21 @@ where
             .is_some_and(|v| v.as_bytes() != b"0");
     async move {
         let method = request.method().clone();
-        let mut response = if let Some(detail) = bad_header {
-            ApiError::bad_header(&detail).into_response()
-        } else if let Some(target) = crate::proxy::match_path(request.uri().path()) {
-            let target = target.into_owned();
-            crate::proxy::handle(&state, request, target, &request_id).await
-        } else {
-            match router.oneshot(request.map(Body::new)).await {
-                Ok(r) => r,
-                Err(never) => match never {},
+        let proxied = crate::proxy::match_path(request.uri().path()).map(|t| t.into_owned());
+        let mut response = match (proxied, bad_header) {
+            (Some(_), Some(detail)) if crate::proxy::METHODS.contains(&method) => {
+                ApiError::bad_header(&detail).into_response()
+            }
+            (Some(target), _) => crate::proxy::handle(&state, request, target, &request_id).await,
+            (None, bad_header) => {
+                let mut request = request.map(Body::new);
+                if let Some(detail) = bad_header {
+                    request.extensions_mut().insert(BadRequestId(detail));
+                }
+                match router.oneshot(request).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }
             }
         };
         if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {

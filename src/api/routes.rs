@@ -649,7 +649,8 @@ pub(super) async fn healthcheck(State(state): State<AppState>, RawQuery(q): RawQ
 
 /// The data directory must still exist and take new files (archives, keys, artifacts).
 async fn probe_data_dir(dir: &std::path::Path) -> Result<(), String> {
-    let probe = dir.join(".health-probe");
+    // One file per probe: concurrent healthchecks must not remove each other's.
+    let probe = dir.join(format!(".health-probe-{}", uuid::Uuid::new_v4()));
     tokio::fs::write(&probe, b"ok")
         .await
         .map_err(|e| format!("{}: {e}", probe.display()))?;

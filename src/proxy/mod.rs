@@ -45,6 +45,20 @@ const LAMBDA_VERSION_HEADER: HeaderName = HeaderName::from_static("lambda-versio
 const RETRY_AFTER_SECS: &str = "5";
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+/// The methods the proxy forwards (POST and PUT need the account header).
+pub const METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// `METHODS` as an `Allow` header.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -134,6 +148,17 @@ where
             Ok(response) => response,
             Err(error) => error.into_response(),
         };
+    if response.status() == http::StatusCode::METHOD_NOT_ALLOWED
+        && response
+            .extensions()
+            .get::<crate::api::error::ErrorCode>()
+            .is_some()
+    {
+        // RFC 9110: a 405 lists what the resource does accept.
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    }
     if let Some(counted) = lambda_for_metrics {
         let code = response
             .extensions()
@@ -164,15 +189,7 @@ where
     let method = request.method().clone();
     let account = if method == Method::POST || method == Method::PUT {
         Some(crate::api::account_required(request.headers())?)
-    } else if [
-        Method::GET,
-        Method::HEAD,
-        Method::PATCH,
-        Method::DELETE,
-        Method::OPTIONS,
-    ]
-    .contains(&method)
-    {
+    } else if METHODS.contains(&method) {
         account_optional(request.headers())?
     } else {
         return Err(ApiError::method_not_allowed(

@@ -157,12 +157,15 @@ impl Store {
         Ok(())
     }
 
-    /// Proves the store can be written and read back (for the healthcheck).
+    /// Proves the store can be written and read back (for the healthcheck). Each probe
+    /// has its own key: concurrent healthchecks must not read each other's writes.
     pub async fn probe(&self) -> Result<(), StoreError> {
+        let key = format!("health-{}", uuid::Uuid::new_v4());
         let stamp = chrono::Utc::now().to_rfc3339();
-        self.meta.insert("health", stamp.as_bytes())?;
+        self.meta.insert(key.as_bytes(), stamp.as_bytes())?;
         self.flush().await?;
-        match self.meta.get("health")? {
+        let read = self.meta.remove(key.as_bytes())?;
+        match read {
             Some(v) if v.as_ref() == stamp.as_bytes() => Ok(()),
             _ => Err(StoreError::Codec(
                 "health probe read back a different value".into(),

@@ -42,6 +42,29 @@ async fn version_and_request_ids() {
     assert_error(s.get("/nope").await, 404, 12001).await;
     let r = s.http.delete(s.url("/version")).send().await.unwrap();
     assert_error(r, 405, 12005).await;
+    // An unknown route or method is reported before a malformed request id.
+    let trace = reqwest::Method::from_bytes(b"TRACE").unwrap();
+    for (method, path, status, code) in [
+        (reqwest::Method::DELETE, "/version", 405, 12005),
+        (trace.clone(), "/1/config", 405, 12005),
+        (trace, "/1/lambdas/x/proxy/hello", 405, 12005),
+        (reqwest::Method::GET, "/nope", 404, 12001),
+    ] {
+        let r = s
+            .http
+            .request(method, s.url(path))
+            .header("Luna-Request-Id", "0")
+            .send()
+            .await
+            .unwrap();
+        if status == 405 {
+            assert!(
+                r.headers().contains_key("allow"),
+                "405 on {path} lists Allow"
+            );
+        }
+        assert_error(r, status, code).await;
+    }
 }
 
 #[tokio::test]
@@ -708,6 +731,12 @@ async fn documents_config_plugins_metrics_health() {
     assert!(health["execution_time"].is_f64());
     let (code, _) = s.get_json("/healthcheck?include_luna_services=1").await;
     assert_eq!(code, 200);
+    // Concurrent probes do not trip over each other's store key or probe file (found by
+    // schemathesis: two at once answered 502 "the store cannot be written").
+    let probes = (0..16).map(|_| s.get_json("/healthcheck"));
+    for (code, body) in futures::future::join_all(probes).await {
+        assert_eq!(code, 200, "{body}");
+    }
     assert_error(
         s.get("/healthcheck?include_luna_services=2").await,
         400,
