@@ -92,9 +92,12 @@ impl HostPattern {
                 HostMatch::Any => true,
                 HostMatch::Exact(h) => h.eq_ignore_ascii_case(host),
                 HostMatch::Subdomain(domain) => {
+                    // Bytes, not str slices: a host with non-ASCII text must not be cut
+                    // inside a character (found by fuzzing).
+                    let (host, domain) = (host.as_bytes(), domain.as_bytes());
                     host.len() > domain.len() + 1
                         && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
-                        && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+                        && host[host.len() - domain.len() - 1] == b'.'
                 }
             }
     }
@@ -144,5 +147,17 @@ mod tests {
             let err = HostPattern::parse(bad).unwrap_err();
             assert!(err.contains("host[:port]"), "{bad}: {err}");
         }
+    }
+
+    /// Regression (fuzz target `edge_values`): matching a host holding non-ASCII text
+    /// against `*.domain` panicked on a str slice inside a character.
+    #[test]
+    fn non_ascii_hosts_are_matched_without_panicking() {
+        let pattern = HostPattern::parse("*.example.com:*").unwrap();
+        assert!(!pattern.admits("m\u{ea}:\u{9d}\u{9d}example.com", 80, 80));
+        assert!(!pattern.admits("\u{e9}", 80, 80));
+        assert!(pattern.admits("\u{e9}.example.com", 80, 80));
+        let short = HostPattern::parse("*.a:*").unwrap();
+        assert!(!short.admits("m\u{e9}", 80, 80));
     }
 }
