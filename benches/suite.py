@@ -604,8 +604,8 @@ def report(rows, args):
             lines[table_end:table_end] = kept
             lines[7:table_end + len(kept)] = sorted(lines[7:table_end + len(kept)],
                                                     key=lambda line: line[2])
-            lines.insert(4, f"Rows of scenarios {sorted({l[2] for l in kept})} are from the "
-                            "previous run.")
+            lines.insert(4, f"Rows of scenarios {', '.join(sorted({l[2] for l in kept}))} are "
+                            "from earlier runs (see this file's history).")
     text = "\n".join(lines)
     print("\n" + text)
     block = f"{begin}\n{text}\n{end}"
