@@ -814,3 +814,65 @@ fn a_bad_setting_is_a_one_line_error() {
             .contains("/nonexistent/luna.toml")
     );
 }
+
+/// An upload cut off by the client leaves nothing: no lambda, no archive file, and the
+/// service goes on serving uploads.
+#[tokio::test]
+async fn an_upload_cut_off_midway_leaves_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let s = Server::start(&[]);
+    let address = s.base.trim_start_matches("http://").to_owned();
+    // Bytes that do not compress, so the archive is as large as its entry.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let noise: Vec<u8> = (0..200_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect();
+    let archive = zip_of(&[("lambda.wasm", &noise)]);
+    for cut in [10, 1_000, 100_000, archive.len() - 10] {
+        let boundary = "cut";
+        let mut body = Vec::new();
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"parameters\"\r\nContent-Type: application/json\r\n\r\n{{\"lambda_name\":\"cut{cut}\"}}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"credentials\"\r\nContent-Type: application/json\r\n\r\n{{\"token\":\"t\"}}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"archive\"; filename=\"a.zip\"\r\nContent-Type: application/zip\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let declared = body.len() + archive.len() + format!("\r\n--{boundary}--\r\n").len();
+        body.extend_from_slice(&archive[..cut]);
+        let head = format!(
+            "POST /1/lambdas HTTP/1.1\r\nHost: x\r\nLuna-Account-Id: {ACCOUNT}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {declared}\r\n\r\n"
+        );
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(&body).await.unwrap();
+        drop(socket);
+    }
+    // A complete upload after them is served, so the cut ones have been dealt with.
+    let whole = zip_of(&[("lambda.wasm", b"\0asm\x0d\0\x01\0")]);
+    let r = s
+        .create_raw(ACCOUNT, whole, json!({"lambda_name": "whole"}), None)
+        .await;
+    assert_eq!(r.status(), 201);
+    let (_, list) = s.get_json("/1/lambdas").await;
+    let names: Vec<&str> = list["lambdas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lambda_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["whole"]);
+    let archives: Vec<String> = std::fs::read_dir(s.data_dir.join("archives"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        archives.len(),
+        1,
+        "only the whole upload's archive: {archives:?}"
+    );
+}

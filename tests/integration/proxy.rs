@@ -551,3 +551,79 @@ async fn lambda_docs_from_archive_or_default() {
     let r = s.get(&format!("/1/lambdas/{id}/docs")).await;
     assert_eq!(r.text().await.unwrap(), spec);
 }
+
+/// A client that goes away in the middle of its request body or of the response costs
+/// only its own request: with one permitted request at a time, every next call is served,
+/// so no permit or pool slot was left behind (20 of each).
+#[tokio::test]
+async fn clients_that_disconnect_midway_cost_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start(&[]);
+    let id = s
+        .running_fixture(
+            ACCOUNT,
+            "single",
+            Some(json!({"sandbox": {"max_concurrent_requests": 1, "request_timeout_ms": 60000}})),
+        )
+        .await;
+    let address = s.base.trim_start_matches("http://").to_owned();
+    // The permit comes back once the host has seen the client go: poll for it.
+    let served_again = || async {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let r = s.proxy(Method::GET, &id, "/hello").await;
+            if r.status() == 200 {
+                return;
+            }
+            assert_eq!(r.status(), 503, "only the permit may be missing");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the permit never came back"
+            );
+            tokio::task::yield_now().await;
+        }
+    };
+    for _ in 0..20 {
+        // Mid-response: a body that never ends, read a little, then hang up. The previous
+        // hung-up request may still hold the permit (503) until the host notices: retry.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let (socket, buffer) = loop {
+            let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+            let head = format!(
+                "GET /1/lambdas/{id}/proxy/endless HTTP/1.1\r\nHost: x\r\nConnection: close\r\nLuna-Account-Id: {ACCOUNT}\r\n\r\n"
+            );
+            socket.write_all(head.as_bytes()).await.unwrap();
+            let mut buffer = vec![0u8; 256 * 1024];
+            let mut read = 0;
+            while read < buffer.len() {
+                let n = socket.read(&mut buffer[read..]).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                read += n;
+            }
+            if read == buffer.len() {
+                break (socket, buffer);
+            }
+            let answer = String::from_utf8_lossy(&buffer[..read]);
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the permit never came back"
+            );
+        };
+        assert!(buffer.starts_with(b"HTTP/1.1 200"));
+        drop(socket);
+        served_again().await;
+
+        // Mid-request: half of a declared body, then hang up.
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST /1/lambdas/{id}/proxy/echo HTTP/1.1\r\nHost: x\r\nLuna-Account-Id: {ACCOUNT}\r\nContent-Length: 100000\r\n\r\n"
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(&[b'y'; 50_000]).await.unwrap();
+        drop(socket);
+        served_again().await;
+    }
+}
