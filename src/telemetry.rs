@@ -12,7 +12,10 @@ pub fn init(config: &Config) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A failed write (stderr on a full disk) would be reported with `eprintln!`, which
+        // panics when stderr fails too, taking down the request that logged. Lose the line.
+        .log_internal_errors(false);
     let _ = match config.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Pretty => builder.compact().try_init(),

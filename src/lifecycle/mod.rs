@@ -332,14 +332,24 @@ impl Lifecycle {
             finished: None,
             logs: vec![stamp("build queued: lambda created")],
         })?;
-        if self.store.save_lambda(&record, None)?.is_err() {
-            self.store.delete_lambda(&record)?;
+        let accepted = match self.store.save_lambda(&record, None) {
+            Ok(Ok(())) => self.store.flush().await.map_err(LifecycleError::from),
+            Ok(Err(_)) => Err(LifecycleError::NameTaken(name.clone())),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = accepted {
+            // A create the client is told failed must leave nothing listed: a name clash,
+            // or a store that cannot make it durable (a full disk fails the flush after
+            // the in-memory write).
+            if self.store.delete_lambda(&record).is_err() {
+                self.store.unlist(&record);
+            }
             drop(_no_gc);
-            self.collect_garbage(&[record.current.archive_digest], &[])
-                .await?;
-            return Err(LifecycleError::NameTaken(name));
+            let _ = self
+                .collect_garbage(&[record.current.archive_digest], &[])
+                .await;
+            return Err(e);
         }
-        self.store.flush().await?;
         tracing::info!(lambda = %id, account = %account, name = %name, "lambda created");
         self.spawn_build(id);
         Ok(id)

@@ -276,6 +276,17 @@ impl Store {
         self.kv_delete_namespace(id)
     }
 
+    /// Takes a lambda out of the listing only. For a create that failed after its
+    /// in-memory write when the store refuses every further write (sled keeps an I/O
+    /// error, e.g. a full disk, until reopened): the record was never made durable and
+    /// is gone after a restart, and until then nothing lists it.
+    pub fn unlist(&self, record: &LambdaRecord) {
+        self.list_index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&list_key(record));
+    }
+
     /// Removes every log line of a lambda.
     pub fn delete_logs(&self, id: LambdaId) -> Result<(), StoreError> {
         for key in self.logs.scan_prefix(id.as_bytes()).keys() {

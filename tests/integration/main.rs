@@ -9,6 +9,7 @@ mod api;
 mod containers;
 mod examples;
 mod fake_kube;
+mod faults;
 mod host;
 mod kubernetes;
 mod lifecycle;
