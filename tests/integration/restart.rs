@@ -99,3 +99,82 @@ async fn kill_9_loses_nothing_acknowledged() {
         "{logs}"
     );
 }
+
+/// SIGKILL while a serving lambda is being rebuilt (the swap) and right after a delete
+/// was acknowledged: after the restart the rebuilt lambda serves one whole version (the
+/// old one, or the new one if its build had finished), its image job says how it ended,
+/// and the deleted lambda is gone and stays gone.
+#[tokio::test]
+async fn kill_9_during_a_swap_and_after_a_delete_leaves_a_consistent_state() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let env = [("LUNA_LAMBDA_BUILDS_MAX_CONCURRENT", "1")];
+    let s = Server::start_in(&dir, &env);
+    let swapped = s.running_fixture(ACCOUNT, "swapped", None).await;
+    let deleted = s.running_fixture(ACCOUNT, "deleted", None).await;
+    // A recreate with a component never compiled before (a cache miss: the build takes a
+    // while), killed while it is queued or compiling.
+    let r = s
+        .http
+        .put(s.url(&format!("/1/lambdas/{swapped}")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .multipart(upload_form(
+            distinct_fixture_zip(200),
+            serde_json::json!({}),
+            None,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let r = s
+        .http
+        .delete(s.url(&format!("/1/lambdas/{deleted}")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    s.kill();
+
+    let s = Server::start_in(&dir, &env);
+    // The deleted lambda is not listed, not served, not found.
+    let (_, list) = s.get_json("/1/lambdas?page_size=100").await;
+    let listed: Vec<&str> = list["lambdas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lambda_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [swapped.as_str()], "{list}");
+    assert_eq!(
+        s.get(&format!("/1/lambdas/{deleted}/status"))
+            .await
+            .status(),
+        404
+    );
+    // The swapped lambda serves a whole version: 1 if the rebuild died, 2 if it finished.
+    let image = s.wait_image(&swapped).await;
+    let r = s.proxy(Method::GET, &swapped, "/hello").await;
+    assert_eq!(r.status(), 200);
+    let version: u64 = r.headers()["lambda-version"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    match image.as_str() {
+        "error" => assert_eq!(version, 1, "an interrupted rebuild keeps version 1"),
+        "completed" => assert_eq!(version, 2),
+        other => panic!("image status {other} after the restart"),
+    }
+    // And it can be rebuilt from there.
+    let r = s
+        .http
+        .post(s.url(&format!("/1/lambdas/{swapped}/update")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(s.wait_image(&swapped).await, "completed");
+}
