@@ -1,6 +1,6 @@
 //! The luna host interfaces driven from a guest built with the SDK
 //! (`tests/guests/sdk-probe`): key-value quotas and isolation, log levels, config with
-//! credentials, and context.
+//! credentials, and context; and what the sandbox denies (the fixture's `/sandbox`).
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -160,4 +160,41 @@ async fn log_levels_config_credentials_and_context_reach_the_guest() {
             "lambda_type": "Standalone",
         })
     );
+}
+
+/// The sandbox grants a guest no files, no environment or arguments, no stdin, and no
+/// sockets or name lookups: its only way out is `wasi:http` under its allow-list. The
+/// probe connects to the service's own port, where something does listen.
+#[tokio::test]
+async fn the_sandbox_grants_no_files_environment_or_sockets() {
+    let s = Server::start(&[]);
+    let id = s.running_fixture(ACCOUNT, "prober", None).await;
+    let port = s
+        .base
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let r = s
+        .proxy(Method::GET, &id, &format!("/sandbox?port={port}"))
+        .await;
+    assert_eq!(r.status(), 200);
+    let report = r.text().await.unwrap();
+    for probe in [
+        "read_dir_root",
+        "read_dir_cwd",
+        "open_passwd",
+        "create_file",
+        "env",
+        "args",
+        "stdin",
+        "tcp_connect",
+        "tcp_listen",
+        "udp_bind",
+        "name_lookup",
+    ] {
+        assert!(report.contains(&format!("{probe}=denied\n")), "{report}");
+    }
+    assert!(!report.contains("ALLOWED"), "{report}");
 }
