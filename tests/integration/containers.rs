@@ -543,3 +543,198 @@ async fn a_dead_pod_costs_its_requests_and_a_restart_reattaches() {
     // The service itself keeps serving.
     assert_eq!(server.get("/healthcheck").await.status(), 200);
 }
+
+/// A relay in front of a real endpoint (the Docker engine's socket, the registry) that
+/// the test can cut: open connections are dropped and new ones closed at once until it
+/// is restored.
+struct Relay {
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    fn start<L, S, C, F>(listener: L, connect: C) -> Self
+    where
+        L: RelayListener<Stream = S>,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        C: Fn() -> F + Send + Sync + 'static,
+        F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, tasks) = (cut.clone(), open.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok(mut inbound) = listener.accept_one().await {
+                if flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let outbound = connect();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = outbound.await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            cut,
+            open,
+            _accept: accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.open.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+trait RelayListener: Send + 'static {
+    type Stream;
+    fn accept_one(&self)
+    -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl RelayListener for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl RelayListener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+/// The Docker engine going away in the middle of a build and the registry being down at
+/// push time each fail that build with a clear line in its image log; the version that
+/// serves keeps serving, the API keeps answering, and once the engine or registry is
+/// back the next build of the same lambda succeeds.
+// Multi-threaded: the relays run while `Server::start` blocks this thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_and_registry_outages_fail_only_the_build() {
+    let temp = tempfile::tempdir().unwrap();
+    let socket = temp.path().join("docker.sock");
+    let engine = Relay::start(tokio::net::UnixListener::bind(&socket).unwrap(), || {
+        tokio::net::UnixStream::connect("/var/run/docker.sock")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry_port = listener.local_addr().unwrap().port();
+    let upstream = registry();
+    let registry_relay = Relay::start(listener, move || {
+        tokio::net::TcpStream::connect(upstream.clone())
+    });
+    let server = Server::start(&[
+        ("LUNA_LAMBDA_CONTAINER_BACKEND", "docker"),
+        (
+            "LUNA_LAMBDA_CONTAINERS_DOCKER_SOCKET",
+            socket.to_str().unwrap(),
+        ),
+        (
+            "LUNA_LAMBDA_CONTAINERS_REGISTRY",
+            &format!("127.0.0.1:{registry_port}"),
+        ),
+    ]);
+    // A build step that takes a while, so that the engine can go away during it.
+    let parameters = |name: &str| json!({"lambda_name": name, "additional_user_docker_commands": ["RUN sleep 4"]});
+
+    // The registry is down when the first build pushes.
+    registry_relay.cut();
+    let id = created_id(
+        server
+            .create_raw(ACCOUNT, standalone_zip("one"), parameters("outages"), None)
+            .await,
+    )
+    .await;
+    let _cleanup = Cleanup(vec![id.clone()]);
+    assert_eq!(server.wait_image(&id).await, "error");
+    let logs = server.image_logs(&id).await;
+    assert!(
+        logs.contains("push"),
+        "the image log names the push: {logs}"
+    );
+    assert_eq!(server.wait_status(&id, "failed").await["status"], "failed");
+    assert_eq!(server.get("/version").await.status(), 200);
+
+    // Back: the same lambda builds, pushes and serves.
+    registry_relay.restore();
+    let update = |server: &Server| {
+        server
+            .http
+            .post(server.url(&format!("/1/lambdas/{id}/update")))
+            .header("Luna-Account-Id", ACCOUNT)
+            .send()
+    };
+    assert_eq!(update(&server).await.unwrap().status(), 200);
+    assert_eq!(server.wait_image(&id).await, "completed");
+    server.wait_status(&id, "running").await;
+    let r = call(&server, &id, "/main?name=ann", json!({})).await;
+    assert_eq!(r.status(), 200);
+    let serving = r.headers()["lambda-version"].to_str().unwrap().to_owned();
+
+    // The engine goes away while the next build runs its slow step.
+    let r = server
+        .http
+        .put(server.url(&format!("/1/lambdas/{id}")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .multipart(upload_form(
+            standalone_zip("two"),
+            json!({"additional_user_docker_commands": ["RUN sleep 4"]}),
+            None,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let deadline = std::time::Instant::now() + crate::common::PATIENCE;
+    // The step itself ("Step 5/7 : RUN sleep 4"), not the Dockerfile echoed before it.
+    while !server.image_logs(&id).await.contains(": RUN sleep 4") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never started"
+        );
+        tokio::task::yield_now().await;
+    }
+    engine.cut();
+    assert_eq!(server.wait_image(&id).await, "error");
+    let logs = server.image_logs(&id).await;
+    assert!(logs.contains("build failed: Docker engine"), "{logs}");
+    assert!(
+        logs.contains(&format!("version {serving} keeps serving")),
+        "{logs}"
+    );
+    // The serving version is untouched: its pods are reached without the engine.
+    let r = call(&server, &id, "/main?name=bo", json!({})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["lambda-version"].to_str().unwrap(), serving);
+    assert_eq!(server.get("/1/lambdas").await.status(), 200);
+
+    // Back: the rebuild succeeds and the new version serves.
+    engine.restore();
+    assert_eq!(update(&server).await.unwrap().status(), 200);
+    assert_eq!(server.wait_image(&id).await, "completed");
+    let deadline = std::time::Instant::now() + crate::common::PATIENCE;
+    loop {
+        let r = call(&server, &id, "/main?name=cy", json!({})).await;
+        if r.headers()["lambda-version"].to_str().unwrap() != serving {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new version never served"
+        );
+    }
+    assert_eq!(server.delete_lambda(&id).await.status(), 204);
+}
