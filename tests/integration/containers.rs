@@ -105,7 +105,12 @@ async def main(request: StandaloneLambdaRequest) -> dict:
 fn standalone_zip(version_word: &str) -> Vec<u8> {
     let main = STANDALONE.replace("\"one\"", &format!("\"{version_word}\""));
     let wheel = greet_wheel();
+    // Unique per test run: images left in the engine by an earlier run never turn this
+    // run's builds into cache hits (tests of one run still share them).
+    static SALT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let salt = SALT.get_or_init(|| uuid::Uuid::new_v4().to_string());
     zip_of(&[
+        ("salt.txt", salt.as_bytes()),
         ("lambda_main.py", main.as_bytes()),
         ("helpers/__init__.py", b""),
         (
@@ -647,14 +652,20 @@ async fn engine_and_registry_outages_fail_only_the_build() {
             &format!("127.0.0.1:{registry_port}"),
         ),
     ]);
-    // A build step that takes a while, so that the engine can go away during it.
+    // A build step that takes a while, so that the engine can go away during it. Its own
+    // sources: the other tests' builds must not share its Docker layer cache.
     let parameters = |name: &str| json!({"lambda_name": name, "additional_user_docker_commands": ["RUN sleep 4"]});
 
     // The registry is down when the first build pushes.
     registry_relay.cut();
     let id = created_id(
         server
-            .create_raw(ACCOUNT, standalone_zip("one"), parameters("outages"), None)
+            .create_raw(
+                ACCOUNT,
+                standalone_zip("first"),
+                parameters("outages"),
+                None,
+            )
             .await,
     )
     .await;
@@ -690,7 +701,7 @@ async fn engine_and_registry_outages_fail_only_the_build() {
         .put(server.url(&format!("/1/lambdas/{id}")))
         .header("Luna-Account-Id", ACCOUNT)
         .multipart(upload_form(
-            standalone_zip("two"),
+            standalone_zip("second"),
             json!({"additional_user_docker_commands": ["RUN sleep 4"]}),
             None,
         ))

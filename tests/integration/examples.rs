@@ -332,8 +332,9 @@ async fn allow_listed_private_destinations_are_refused_by_default() {
     for host in ["127.0.0.1", "localhost"] {
         let target = format!("/?url=http://{host}:{port}/health");
         let (status, text) = call(&server, Method::GET, &fetch, &target, None).await;
+        // The guest reports the failure (its wording depends on whether the request
+        // body or the response future fails first); the host's log line says why.
         assert_eq!(status, 502, "{text}");
-        assert!(text.to_lowercase().contains("prohibited"), "{text}");
         wait_log(
             &server,
             &fetch,
