@@ -178,3 +178,34 @@ async fn kill_9_during_a_swap_and_after_a_delete_leaves_a_consistent_state() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     assert_eq!(s.wait_image(&swapped).await, "completed");
 }
+
+/// SIGKILL while an upload is still arriving: after the restart there is no lambda, no
+/// archive and no temporary file from it, and uploads are accepted.
+#[tokio::test]
+async fn kill_9_during_an_upload_leaves_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let s = Server::start_in(&dir, &[]);
+    let address = s.base.trim_start_matches("http://").to_owned();
+    let boundary = "killed";
+    let part = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"parameters\"\r\nContent-Type: application/json\r\n\r\n{{\"lambda_name\":\"half\"}}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"archive\"; filename=\"a.zip\"\r\nContent-Type: application/zip\r\n\r\n"
+    );
+    let head = format!(
+        "POST /1/lambdas HTTP/1.1\r\nHost: x\r\nLuna-Account-Id: {ACCOUNT}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 10000000\r\n\r\n"
+    );
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(part.as_bytes()).await.unwrap();
+    socket.write_all(&vec![b'z'; 1_000_000]).await.unwrap();
+    s.kill();
+    drop(socket);
+
+    let s = Server::start_in(&dir, &[]);
+    let (_, list) = s.get_json("/1/lambdas").await;
+    assert_eq!(list["lambdas"].as_array().unwrap().len(), 0, "{list}");
+    let archives = std::fs::read_dir(dir.join("archives")).unwrap().count();
+    assert_eq!(archives, 0, "no archive or temporary file from the upload");
+    s.create(ACCOUNT, "whole", fixture_zip(), None).await;
+}
