@@ -822,17 +822,10 @@ async fn an_upload_cut_off_midway_leaves_nothing() {
     use tokio::io::AsyncWriteExt;
     let s = Server::start(&[]);
     let address = s.base.trim_start_matches("http://").to_owned();
-    // Bytes that do not compress, so the archive is as large as its entry.
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let noise: Vec<u8> = (0..200_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()[0]
-        })
-        .collect();
-    let archive = zip_of(&[("lambda.wasm", &noise)]);
+    let archive = zip_of(&[(
+        "lambda.wasm",
+        &incompressible(200_000, 0x2545_f491_4f6c_dd1d),
+    )]);
     for cut in [10, 1_000, 100_000, archive.len() - 10] {
         let boundary = "cut";
         let mut body = Vec::new();

@@ -253,13 +253,7 @@ async fn every_example_answers_as_documented() {
         .await;
     assert!(logs.to_string().contains("split-content"), "{logs}");
 
-    let port = server
-        .base
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let port = server.port();
     let fetch = deploy(
         &server,
         "outbound-fetch",
@@ -312,13 +306,7 @@ async fn every_example_answers_as_documented() {
 async fn allow_listed_private_destinations_are_refused_by_default() {
     use reqwest::Method;
     let server = Server::start(&[]);
-    let port = server
-        .base
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let port = server.port();
     let fetch = deploy(
         &server,
         "outbound-fetch",

@@ -169,13 +169,7 @@ async fn log_levels_config_credentials_and_context_reach_the_guest() {
 async fn the_sandbox_grants_no_files_environment_or_sockets() {
     let s = Server::start(&[]);
     let id = s.running_fixture(ACCOUNT, "prober", None).await;
-    let port = s
-        .base
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let port = s.port();
     let r = s
         .proxy(Method::GET, &id, &format!("/sandbox?port={port}"))
         .await;

@@ -7,6 +7,17 @@ use serde_json::Value;
 
 use crate::common::*;
 
+/// The ids of every listed lambda.
+async fn listed_ids(s: &Server) -> Vec<String> {
+    let (_, list) = s.get_json("/1/lambdas?page_size=100").await;
+    list["lambdas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lambda_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn kill_9_loses_nothing_acknowledged() {
     let temp = tempfile::tempdir().unwrap();
@@ -33,15 +44,9 @@ async fn kill_9_loses_nothing_acknowledged() {
     s.kill();
 
     let s = Server::start_in(&dir, &env);
-    let (_, list) = s.get_json("/1/lambdas?page_size=100").await;
-    let listed: Vec<&str> = list["lambdas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["lambda_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed.len(), 5, "{list}");
-    assert!(listed.contains(&running.as_str()));
+    let listed = listed_ids(&s).await;
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert!(listed.contains(&running));
     // The running lambda serves again without recompiling.
     let (_, status) = s.get_json(&format!("/1/lambdas/{running}/status")).await;
     assert_eq!(status["status"], "running");
@@ -139,14 +144,7 @@ async fn kill_9_during_a_swap_and_after_a_delete_leaves_a_consistent_state() {
 
     let s = Server::start_in(&dir, &env);
     // The deleted lambda is not listed, not served, not found.
-    let (_, list) = s.get_json("/1/lambdas?page_size=100").await;
-    let listed: Vec<&str> = list["lambdas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["lambda_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, [swapped.as_str()], "{list}");
+    assert_eq!(listed_ids(&s).await, std::slice::from_ref(&swapped));
     assert_eq!(
         s.get(&format!("/1/lambdas/{deleted}/status"))
             .await

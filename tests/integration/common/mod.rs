@@ -62,6 +62,20 @@ pub fn guest_wasm(crate_name: &str) -> Vec<u8> {
     std::fs::read(guests_dir().join(&file)).expect(&file)
 }
 
+/// `len` bytes that do not compress (xorshift from `seed`), so an archive holding them
+/// is as large as they are.
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect()
+}
+
 /// A zip of (name, bytes) entries.
 pub fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
@@ -152,6 +166,15 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The port the service listens on (guests call back to it on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .expect("the base URL ends with a port")
     }
 
     /// SIGKILL, no goodbye.
