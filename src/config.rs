@@ -11,7 +11,8 @@ use crate::model::SandboxBounds;
 
 /// Default API address: loopback, because the API has no authentication of its own.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5210";
-/// Default data directory (store, archives, compiled artifacts, key).
+/// Default data directory (store, archives, compiled artifacts, key), relative to the
+/// directory the service is started in.
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// Prefix of environment overrides: `LUNA_LAMBDA_<KEY>` or `LUNA_LAMBDA_<SECTION>_<KEY>`.
 pub const ENV_PREFIX: &str = "LUNA_LAMBDA_";
@@ -34,6 +35,9 @@ pub enum ConfigError {
     /// An environment variable names no setting.
     #[error("unknown setting '{0}' (no such configuration key)")]
     UnknownEnv(String),
+    /// Relative paths cannot be resolved: the working directory is gone or unreadable.
+    #[error("cannot resolve relative paths: the working directory is not readable: {0}")]
+    WorkingDirectory(std::io::Error),
 }
 
 /// Which backend runs container lambdas.
@@ -405,25 +409,43 @@ pub struct Overrides {
 
 impl Config {
     /// Builds the configuration from an optional file, the environment (given as pairs
-    /// so tests need not touch the process environment) and command-line overrides.
+    /// so tests need not touch the process environment) and command-line overrides;
+    /// relative paths are resolved against the process's working directory.
     pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let start_dir = std::env::current_dir().map_err(ConfigError::WorkingDirectory)?;
+        Self::load_in(&start_dir, file, env, overrides)
+    }
+
+    /// [`Config::load`] for a service started in `start_dir` (absolute). Paths are made
+    /// absolute here, once, so no component depends on the working directory later:
+    /// a relative path in the file is relative to the file's own directory (the file
+    /// works wherever the service is started), one from the environment, a flag or a
+    /// default is relative to `start_dir`.
+    pub fn load_in(
+        start_dir: &Path,
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
         let mut tree = toml::Value::try_from(Config::default())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        if let Some(path) = file {
+        if let Some(given) = file {
+            let path = &absolute(start_dir, given);
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_owned(),
                 source,
             })?;
-            let from_file: toml::Value = text
+            let mut from_file: toml::Value = text
                 .parse::<toml::Table>()
                 .map(toml::Value::Table)
                 .map_err(|e| {
                     ConfigError::Invalid(format!("{}: {}", path.display(), e.message()))
                 })?;
+            resolve_file_paths(&mut from_file, path.parent().unwrap_or(start_dir));
             merge(&mut tree, from_file);
         }
         let mut env: Vec<(String, String)> = env
@@ -445,12 +467,33 @@ impl Config {
         if let Some(dir) = &overrides.data_dir {
             config.data_dir.clone_from(dir);
         }
+        config.resolve_paths(start_dir);
         config.validate()?;
         Ok(config)
     }
 
+    /// Makes every path setting absolute against `base` (values from the file already
+    /// are). Empty values keep their meaning ("not set") and are left alone.
+    fn resolve_paths(&mut self, base: &Path) {
+        if !self.data_dir.as_os_str().is_empty() {
+            self.data_dir = absolute(base, &self.data_dir);
+        }
+        // The string settings that name a file or socket (FILE_PATH_KEYS but data_dir).
+        for value in [
+            &mut self.containers.docker_socket,
+            &mut self.kubernetes.kubeconfig,
+        ] {
+            if let Some(resolved) = resolve_path_text(value, base) {
+                *value = resolved;
+            }
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir must name a directory, got ''".into());
+        }
         let s = &self.sandbox;
         if s.memory_limit_mb == 0 || s.memory_limit_mb > s.max_memory_limit_mb {
             return bad(format!(
@@ -599,6 +642,52 @@ fn mask_secrets(value: &mut serde_json::Value) {
     }
 }
 
+/// Every key of the file that names a path: `data_dir` and the string path settings.
+const FILE_PATH_KEYS: [&[&str]; 3] = [
+    &["data_dir"],
+    &["containers", "docker_socket"],
+    &["kubernetes", "kubeconfig"],
+];
+
+/// Resolves the file's own relative paths against the file's directory.
+fn resolve_file_paths(file: &mut toml::Value, file_dir: &Path) {
+    for key in FILE_PATH_KEYS {
+        let mut node = Some(&mut *file);
+        for part in key {
+            node = node.and_then(|n| n.get_mut(*part));
+        }
+        if let Some(toml::Value::String(value)) = node
+            && let Some(resolved) = resolve_path_text(value, file_dir)
+        {
+            *value = resolved;
+        }
+    }
+}
+
+/// `value` made absolute against `base`, or `None` when it stays as it is: empty ("not
+/// set"), already absolute, a URL such as `unix:///run/docker.sock`, or not UTF-8 once
+/// joined (a path setting is text).
+fn resolve_path_text(value: &str, base: &Path) -> Option<String> {
+    if value.is_empty() || value.contains("://") || Path::new(value).is_absolute() {
+        return None;
+    }
+    absolute(base, Path::new(value)).to_str().map(str::to_owned)
+}
+
+/// `path` joined onto `base` when relative, without `.` components (so `./data` reads
+/// `/srv/data` in logs). `..` is kept: removing it lexically is wrong across symlinks.
+fn absolute(base: &Path, path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    };
+    joined
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
 fn merge(base: &mut toml::Value, over: toml::Value) {
     match (base, over) {
         (toml::Value::Table(base), toml::Value::Table(over)) => {
@@ -677,9 +766,74 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let c = Config::load(None, vec![], &Overrides::default()).unwrap();
+        let c =
+            Config::load_in(Path::new("/srv/luna"), None, vec![], &Overrides::default()).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.data_dir, PathBuf::from("/srv/luna/data"));
+    }
+
+    #[test]
+    fn relative_paths_resolve_once_against_where_they_were_given() {
+        let start = Path::new("/start");
+        // Flags, the environment and defaults: against the start directory.
+        let c = Config::load_in(
+            start,
+            None,
+            env(&[
+                ("LUNA_LAMBDA_KUBERNETES_KUBECONFIG", "kube/config"),
+                (
+                    "LUNA_LAMBDA_CONTAINERS_DOCKER_SOCKET",
+                    "unix:///run/docker.sock",
+                ),
+            ]),
+            &Overrides {
+                data_dir: Some("./state/../data".into()),
+                listen: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/start/state/../data"));
+        assert_eq!(c.kubernetes.kubeconfig, "/start/kube/config");
+        assert_eq!(c.containers.docker_socket, "unix:///run/docker.sock");
+        assert_eq!(
+            c.kubernetes.context, "",
+            "a setting that is not a path is kept"
+        );
+
+        // A file's own relative paths: against the file's directory, wherever it is
+        // named from; what the environment sets over them is against the start.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/luna.toml"),
+            "data_dir = \"state\"\n[containers]\ndocker_socket = \"../run/docker.sock\"\n",
+        )
+        .unwrap();
+        let c = Config::load_in(
+            dir.path(),
+            Some(Path::new("etc/luna.toml")),
+            env(&[("LUNA_LAMBDA_KUBERNETES_KUBECONFIG", "kc")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, dir.path().join("etc/state"));
+        assert_eq!(
+            c.containers.docker_socket,
+            dir.path().join("etc/../run/docker.sock").to_str().unwrap()
+        );
+        assert_eq!(
+            c.kubernetes.kubeconfig,
+            dir.path().join("kc").to_str().unwrap()
+        );
+
+        let err = Config::load_in(
+            start,
+            None,
+            env(&[("LUNA_LAMBDA_DATA_DIR", "")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("data_dir"), "{err}");
     }
 
     #[test]

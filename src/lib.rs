@@ -41,6 +41,14 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another process holds the data directory's lock.
+    #[error(
+        "data directory '{path}' is in use by another luna-lambda process (each service needs its own --data-dir or LUNA_LAMBDA_DATA_DIR)"
+    )]
+    DataDirInUse {
+        /// The directory.
+        path: String,
+    },
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
@@ -69,7 +77,9 @@ pub enum StartupError {
     #[error("metrics: {0}")]
     Metrics(String),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error(
+        "cannot listen on {addr}: {source} (choose another address with --listen or LUNA_LAMBDA_LISTEN)"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -96,21 +106,58 @@ fn instance_id(data: &std::path::Path) -> std::io::Result<String> {
     }
 }
 
+/// Takes the data directory's exclusive lock for the life of the process: two services
+/// on one directory would corrupt each other's store and artifact cache. The lock goes
+/// with the process however it ends (kill -9 included).
+fn lock_data_dir(data: &std::path::Path) -> Result<std::fs::File, StartupError> {
+    let path = data.display().to_string();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data.join("lock"))
+        .map_err(|source| StartupError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartupError::DataDirInUse { path }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartupError::DataDir { path, source }),
+    }
+}
+
 /// A started service, bound and recovered, not yet serving.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     state: AppState,
+    /// Held until `serve` returns.
+    data_dir_lock: std::fs::File,
 }
 
 impl Server {
     /// Opens the store, builds the engine, recovers lambdas and binds the listener.
-    pub async fn start(config: Config) -> Result<Self, StartupError> {
-        let data = config.data_dir.clone();
-        std::fs::create_dir_all(&data).map_err(|source| StartupError::DataDir {
-            path: data.display().to_string(),
+    /// The listener is bound first: a taken port fails the start before anything is
+    /// opened, recovered or restarted.
+    pub async fn start(mut config: Config) -> Result<Self, StartupError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        // `Config::load` resolved it already; a configuration built in code may still
+        // hold a relative one, and the artifact cache accepts only absolute paths.
+        let data_dir_error = |source| StartupError::DataDir {
+            path: config.data_dir.display().to_string(),
             source,
-        })?;
+        };
+        let data = std::path::absolute(&config.data_dir).map_err(data_dir_error)?;
+        std::fs::create_dir_all(&data).map_err(data_dir_error)?;
+        let data_dir_lock = lock_data_dir(&data)?;
+        config.data_dir.clone_from(&data);
         let config = Arc::new(config);
         let store = store::Store::open(&data.join("store"))?;
         let sealer = secrets::Sealer::open(&config.encryption_key, &data)?;
@@ -166,13 +213,6 @@ impl Server {
             metrics.clone(),
         );
         lifecycle.recover().await?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartupError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
         Ok(Self {
             listener,
             state: AppState {
@@ -182,6 +222,7 @@ impl Server {
                 pods,
                 metrics,
             },
+            data_dir_lock,
         })
     }
 
@@ -193,7 +234,11 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains in-flight requests for up to the
     /// configured grace period and flushes the store.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
-        let Self { listener, state } = self;
+        let Self {
+            listener,
+            state,
+            data_dir_lock,
+        } = self;
         let router = api::router(state.clone());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -241,6 +286,7 @@ impl Server {
         let logs = state.lifecycle.logs().clone();
         let _ = tokio::task::spawn_blocking(move || logs.flush(Duration::from_secs(5))).await;
         state.lifecycle.store().flush().await?;
+        drop(data_dir_lock);
         Ok(())
     }
 }

@@ -123,6 +123,11 @@ fn write_loop(store: &Store, rx: &Receiver<Message>, keep: usize) {
         while taken < BATCH_LINES {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
+                // A reader waits on a flush: write what there is now.
+                Ok(message @ Message::Flush(_)) => {
+                    take(message, &mut by_lambda);
+                    break;
+                }
                 Ok(message) => {
                     take(message, &mut by_lambda);
                     taken += 1;

@@ -12,7 +12,12 @@ use luna_lambda::model::LambdaType;
 #[command(
     name = "luna-lambda",
     version,
-    about = "A luna-lambda compatible serverless host"
+    about = "A luna-lambda compatible serverless host",
+    arg_required_else_help = true,
+    after_help = "Start the service with `luna-lambda serve`: the API answers on \
+                  http://127.0.0.1:5210, its manual at /1/docs/dev.\n\
+                  Exit status: 0 stopped cleanly (SIGTERM, Ctrl-C) or packed; 1 failed \
+                  while starting, serving or packing; 2 bad command line or configuration."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,14 +28,16 @@ struct Cli {
 enum Command {
     /// Run the service.
     Serve {
-        /// TOML configuration file (settings also come from LUNA_LAMBDA_* variables).
-        #[arg(long)]
+        /// TOML configuration file (settings also come from LUNA_LAMBDA_* variables;
+        /// its relative paths are relative to the file's directory).
+        #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Address to listen on (default 127.0.0.1:5210).
-        #[arg(long)]
+        /// Address to listen on (default 127.0.0.1:5210; LUNA_LAMBDA_LISTEN).
+        #[arg(long, value_name = "ADDRESS")]
         listen: Option<SocketAddr>,
-        /// Data directory (default ./data).
-        #[arg(long)]
+        /// Data directory: store, archives, compiled artifacts, key (default ./data,
+        /// relative to the directory the service is started in; LUNA_LAMBDA_DATA_DIR).
+        #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
     /// Pack a built component into an archive ready to upload, checked the way the
@@ -52,8 +59,15 @@ enum Command {
     },
 }
 
+/// Exit status of a bad command line or configuration (clap's, and the BSD EX_USAGE
+/// tradition of small numbers: 1 is kept for failures at run time).
+const EXIT_USAGE: u8 = 2;
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return command_line_error(&e),
+    };
     let (config, listen, data_dir) = match cli.command {
         Command::Serve {
             config,
@@ -75,7 +89,7 @@ fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("luna-lambda: {e}");
-            return std::process::ExitCode::from(2);
+            return std::process::ExitCode::from(EXIT_USAGE);
         }
     };
     match serve(config) {
@@ -85,6 +99,55 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go to stdout as clap prints them; a mistake is one line on stderr
+/// naming the help to read, instead of clap's usage block.
+fn command_line_error(e: &clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.use_stderr() {
+            std::process::ExitCode::from(EXIT_USAGE)
+        } else {
+            std::process::ExitCode::SUCCESS
+        };
+    }
+    let rendered = e.render().to_string();
+    let lines: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let problem = lines
+        .first()
+        .map_or("bad command line", |l| l.trim_start_matches("error: "));
+    // clap's tips ("a similar argument exists: '--listen'") are worth the line.
+    let tips: String = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("tip: "))
+        .map(|tip| format!("; {tip}"))
+        .collect();
+    // "Usage: luna-lambda serve [OPTIONS]" names the command whose help applies.
+    let command = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("Usage: "))
+        .map(|usage| {
+            usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "luna-lambda".to_owned());
+    eprintln!("luna-lambda: {problem}{tips} (see '{command} --help')");
+    std::process::ExitCode::from(EXIT_USAGE)
 }
 
 fn pack(
@@ -97,14 +160,14 @@ fn pack(
         Ok(t) => t,
         Err(e) => {
             eprintln!("luna-lambda pack: --lambda-type: {e}");
-            return std::process::ExitCode::from(2);
+            return std::process::ExitCode::from(EXIT_USAGE);
         }
     };
     let config = match Config::load(config, std::env::vars(), &Overrides::default()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("luna-lambda pack: {e}");
-            return std::process::ExitCode::from(2);
+            return std::process::ExitCode::from(EXIT_USAGE);
         }
     };
     match luna_lambda::pack::pack(&config, input, output, lambda_type) {

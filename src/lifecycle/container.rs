@@ -23,6 +23,8 @@ use crate::store::{BuildRecord, LambdaRecord, LambdaSpec};
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// Lines of a failed pod's output quoted in the build log.
 const FAILED_POD_LOG_LINES: usize = 20;
+/// Longest a logs read waits for the log writer to store what is queued.
+const LOG_READ_FLUSH_WAIT: Duration = Duration::from_secs(1);
 
 impl Lifecycle {
     fn docker(&self) -> std::result::Result<&DockerEngine, String> {
@@ -470,6 +472,10 @@ impl Lifecycle {
             )]))
         };
         if record.current.runtime != Runtime::Container {
+            // Read your writes: the lines of calls that have already been answered may
+            // still wait in the log writer's batch window.
+            let logs = self.logs.clone();
+            let _ = tokio::task::spawn_blocking(move || logs.flush(LOG_READ_FLUSH_WAIT)).await;
             return service_lines();
         }
         let pods = match self.serving_pods(record).await {

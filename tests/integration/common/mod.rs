@@ -124,22 +124,42 @@ impl Server {
     /// A server on an existing data directory (restart tests).
     pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         std::fs::create_dir_all(data_dir).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.with_extension("log"))
-            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_luna-lambda"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("LUNA_LAMBDA_LOG_LEVEL", "info")
             // A small pool keeps many parallel test servers cheap.
-            .env("LUNA_LAMBDA_ENGINE_POOL_INSTANCES", "64")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
+            .env("LUNA_LAMBDA_ENGINE_POOL_INSTANCES", "64");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// `luna-lambda serve <args>` started in `workdir` as a user starts it (a free
+    /// port through LUNA_LAMBDA_LISTEN, no flag added); `data_dir` is where the test
+    /// expects the data to go (`workdir/data` by default).
+    pub fn start_from(workdir: &Path, args: &[&str], data_dir: &Path) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_luna-lambda"));
+        cmd.arg("serve")
+            .args(args)
+            .current_dir(workdir)
+            .env("LUNA_LAMBDA_LOG_LEVEL", "info")
+            .env("LUNA_LAMBDA_LISTEN", "127.0.0.1:0");
+        // The log goes beside the data directory, which the service creates itself.
+        std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// Starts `cmd` (a `serve` command), its log beside `data_dir`, and waits for it to
+    /// announce its address.
+    fn spawn(mut cmd: Command, data_dir: &Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        cmd.stdout(Stdio::piped()).stderr(Stdio::from(log));
         let mut child = cmd.spawn().expect("luna-lambda starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -184,9 +204,14 @@ impl Server {
     }
 
     /// SIGTERM and wait for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.stop_with("TERM")
+    }
+
+    /// Sends `signal` (a `kill -s` name: TERM, INT) and waits for the exit.
+    pub fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = Command::new("kill").args(["-s", signal, &pid]).status();
         self.child.wait().unwrap()
     }
 
