@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for a bounded time, starting from its committed seed corpus
-# (fuzz/corpus/<target>), and fails on the first crash (the input is kept in
-# fuzz/artifacts/<target>/). New inputs found during the run go to a scratch copy, so the
-# committed corpus changes only on purpose. Needs the nightly toolchain and cargo-fuzz.
-#   FUZZ_SECONDS=60 fuzz/run.sh [target...]
+# Coverage-guided fuzzing, run by hand (not in CI: building the targets with nightly and
+# coverage instrumentation costs more than CI can spend). Runs every fuzz target for a
+# bounded time, starting from its committed seed corpus (fuzz/corpus/<target>), and fails
+# on the first crash (the input is kept in fuzz/artifacts/<target>/). New inputs found
+# during the run go to a scratch copy, so the committed corpus changes only on purpose;
+# once a crash is fixed, copy its input into fuzz/corpus/<target>/: `cargo test` replays
+# every corpus input through the same checks (fuzz/harness/) on the stable toolchain.
+# Needs the nightly toolchain and cargo-fuzz (both installed when missing).
+#   FUZZ_SECONDS=300 fuzz/run.sh [target...]
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${FUZZ_SECONDS:-60}"

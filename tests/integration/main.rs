@@ -1,5 +1,6 @@
 //! The one integration test binary: every test starts the real `luna-lambda` binary
-//! on 127.0.0.1:0 and speaks HTTP to it.
+//! on 127.0.0.1:0 and speaks HTTP to it (but `fuzz_corpora`, which replays the fuzz
+//! corpora through the fuzz targets' checks, and `readme`, which runs the README).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
@@ -10,6 +11,8 @@ mod containers;
 mod examples;
 mod fake_kube;
 mod faults;
+mod first_steps;
+mod fuzz_corpora;
 mod host;
 mod kubernetes;
 mod lifecycle;
