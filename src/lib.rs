@@ -137,9 +137,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store, builds the engine, recovers lambdas and binds the listener.
-    /// The listener is bound first: a taken port fails the start before anything is
-    /// opened, recovered or restarted.
+    /// Binds the listener, locks the data directory, opens the store, builds the
+    /// engine and recovers lambdas, in that order: a taken port or a data directory in
+    /// use fails the start before anything is opened, recovered or restarted.
     pub async fn start(mut config: Config) -> Result<Self, StartupError> {
         let listener =
             TcpListener::bind(config.listen)
