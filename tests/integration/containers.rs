@@ -8,8 +8,8 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::common::{
-    ACCOUNT, OTHER_ACCOUNT, Server, assert_error, created_id, registry, upload_form, wait_log,
-    zip_of,
+    ACCOUNT, OTHER_ACCOUNT, Server, assert_error, created_id, eventually, registry, upload_form,
+    wait_log, zip_of,
 };
 
 /// The `docker` CLI, to observe the engine independently of the service.
@@ -697,15 +697,17 @@ async fn engine_and_registry_outages_fail_only_the_build() {
         )
         .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    let deadline = std::time::Instant::now() + crate::common::PATIENCE;
-    // The step itself ("Step 5/7 : RUN sleep 4"), not the Dockerfile echoed before it.
-    while !server.image_logs(&id).await.contains(": RUN sleep 4") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the build never started"
-        );
-        tokio::task::yield_now().await;
-    }
+    // The step itself ("Step 5/7 : RUN sleep 4"), not the Dockerfile echoed before it
+    // ("Dockerfile: RUN sleep 4", no space before the colon).
+    eventually("the build reaches its RUN step", || async {
+        let logs = server.image_logs(&id).await;
+        if logs.contains(" : RUN sleep 4") {
+            Ok(())
+        } else {
+            Err(logs)
+        }
+    })
+    .await;
     engine.cut();
     assert_eq!(server.wait_image(&id).await, "error");
     let logs = server.image_logs(&id).await;
@@ -729,16 +731,15 @@ async fn engine_and_registry_outages_fail_only_the_build() {
     engine.restore();
     assert_eq!(server.update(&id).await.status(), 200);
     assert_eq!(server.wait_image(&id).await, "completed");
-    let deadline = std::time::Instant::now() + crate::common::PATIENCE;
-    loop {
+    eventually("the new version serves", || async {
         let r = call(&server, &id, "/main?name=cy", json!({})).await;
-        if r.headers()["lambda-version"].to_str().unwrap() != serving {
-            break;
+        let version = r.headers()["lambda-version"].to_str().unwrap().to_owned();
+        if version != serving {
+            Ok(())
+        } else {
+            Err(version)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new version never served"
-        );
-    }
+    })
+    .await;
     assert_eq!(server.delete_lambda(&id).await.status(), 204);
 }

@@ -82,23 +82,23 @@ async fn full_lifecycle_with_versions() {
     assert_eq!(r.text().await.unwrap(), "Hello from luna-lambda\n");
 
     // Guest stdout/stderr reach the lambda's logs with the request id.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let (code, logs) = s.get_json(&format!("/1/lambdas/{id}/logs")).await;
-        assert_eq!(code, 200);
-        let lines = logs["logs"]["0"].as_array().unwrap();
-        let has = |needle: &str| lines.iter().any(|l| l.as_str().unwrap().contains(needle));
-        if has(&format!("[{rid}] stdout: hello called"))
-            && has(&format!("[{rid}] stderr: hello on stderr"))
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "guest output never reached the logs: {logs}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    eventually(
+        "the guest's stdout and stderr lines in its logs",
+        || async {
+            let (code, logs) = s.get_json(&format!("/1/lambdas/{id}/logs")).await;
+            assert_eq!(code, 200);
+            let lines = logs["logs"]["0"].as_array().unwrap();
+            let has = |needle: &str| lines.iter().any(|l| l.as_str().unwrap().contains(needle));
+            if has(&format!("[{rid}] stdout: hello called"))
+                && has(&format!("[{rid}] stderr: hello on stderr"))
+            {
+                Ok(())
+            } else {
+                Err(logs)
+            }
+        },
+    )
+    .await;
     let (_, tail) = s
         .get_json(&format!("/1/lambdas/{id}/logs?tail_lines=1"))
         .await;
@@ -286,10 +286,13 @@ async fn swap_under_load_fails_no_request() {
     assert_eq!(r.status(), 200);
     assert_eq!(s.wait_image(&id).await, "completed");
     // Keep calling until every worker has seen the new version at least once.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while serving_version(&s, &id).await != 2 {
-        assert!(std::time::Instant::now() < deadline);
-    }
+    eventually("version 2 serves", || async {
+        match serving_version(&s, &id).await {
+            2 => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
     for _ in 0..20 {
         serving_version(&s, &id).await;
     }
@@ -308,15 +311,15 @@ async fn swap_under_load_fails_no_request() {
 async fn image_job_expires_after_retention() {
     let s = Server::start(&[("LUNA_LAMBDA_BUILDS_RETENTION_SECS", "0")]);
     let id = s.running_fixture(ACCOUNT, "expire", None).await;
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
+    eventually("the image job expires", || async {
         let (_, image) = s.get_json(&format!("/1/lambdas/{id}/image/status")).await;
         if image["status"] == "not_found" {
-            break;
+            Ok(())
+        } else {
+            Err(image)
         }
-        assert!(std::time::Instant::now() < deadline, "{image}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -331,21 +334,18 @@ async fn a_replaced_version_leaves_no_files_behind() {
     assert_eq!(s.wait_image(&id).await, "completed");
     assert_eq!(serving_version(&s, &id).await, 2);
     // Only version 2's archive and compiled artifact remain.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
+    eventually("one archive and one compiled artifact left", || async {
         let archives = std::fs::read_dir(s.data_dir.join("archives"))
             .unwrap()
             .count();
-        if archives == 1 && compiled_artifacts(&s.data_dir) == 1 {
-            break;
+        let artifacts = compiled_artifacts(&s.data_dir);
+        if archives == 1 && artifacts == 1 {
+            Ok(())
+        } else {
+            Err(format!("{archives} archives, {artifacts} artifacts"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{archives} archives, {} artifacts",
-            compiled_artifacts(&s.data_dir)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    })
+    .await;
     // A failed rebuild of another archive keeps its files until the next build.
     assert_eq!(
         s.recreate(&id, broken_component(), json!({}))

@@ -442,18 +442,17 @@ async fn spinning_guests_do_not_stall_the_service() {
         })
         .collect();
     // Wait until they all run (the lambda's in-flight gauge), then use the API.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while s
-        .metric(&format!("lambda_pool_in_flight{{lambda_id=\"{id}\"}}"))
-        .await
-        < 8.0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the spinners never all ran"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("all 8 spinners run", || async {
+        let in_flight = s
+            .metric(&format!("lambda_pool_in_flight{{lambda_id=\"{id}\"}}"))
+            .await;
+        if in_flight >= 8.0 {
+            Ok(())
+        } else {
+            Err(in_flight)
+        }
+    })
+    .await;
     assert_eq!(s.get("/version").await.status(), 200);
     assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
     // Answered while every spinner was still running: none had finished.
@@ -488,19 +487,17 @@ async fn concurrency_limit_sheds_load() {
         }
     });
     // Until the slow request holds the only permit, requests may still succeed.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
+    let shed = eventually("the concurrency limit sheds a request", || async {
         let r = s.proxy(Method::GET, &id, "/hello").await;
         if r.status() == 503 {
-            let body = assert_error(r, 503, 42010).await;
-            assert!(body["detail"].as_str().unwrap().contains("concurrent"));
-            break;
+            Ok(r)
+        } else {
+            Err(r.status())
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the limit never applied"
-        );
-    }
+    })
+    .await;
+    let body = assert_error(shed, 503, 42010).await;
+    assert!(body["detail"].as_str().unwrap().contains("concurrent"));
     let (status, body) = slow.await.unwrap();
     assert_eq!(status, 504, "{body}");
     assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
@@ -568,26 +565,20 @@ async fn clients_that_disconnect_midway_cost_nothing() {
         .await;
     let address = s.base.trim_start_matches("http://").to_owned();
     // The permit comes back once the host has seen the client go: poll for it.
-    let served_again = || async {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
+    let served_again = || {
+        eventually("the permit comes back", || async {
             let r = s.proxy(Method::GET, &id, "/hello").await;
-            if r.status() == 200 {
-                return;
+            match r.status().as_u16() {
+                200 => Ok(()),
+                503 => Err(503),
+                other => panic!("only the permit may be missing, got {other}"),
             }
-            assert_eq!(r.status(), 503, "only the permit may be missing");
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the permit never came back"
-            );
-            tokio::task::yield_now().await;
-        }
+        })
     };
     for _ in 0..20 {
         // Mid-response: a body that never ends, read a little, then hang up. The previous
         // hung-up request may still hold the permit (503) until the host notices: retry.
-        let deadline = std::time::Instant::now() + PATIENCE;
-        let (socket, buffer) = loop {
+        let (socket, buffer) = eventually("the permit comes back", || async {
             let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
             let head = format!(
                 "GET /1/lambdas/{id}/proxy/endless HTTP/1.1\r\nHost: x\r\nConnection: close\r\nLuna-Account-Id: {ACCOUNT}\r\n\r\n"
@@ -603,15 +594,13 @@ async fn clients_that_disconnect_midway_cost_nothing() {
                 read += n;
             }
             if read == buffer.len() {
-                break (socket, buffer);
+                return Ok((socket, buffer));
             }
-            let answer = String::from_utf8_lossy(&buffer[..read]);
+            let answer = String::from_utf8_lossy(&buffer[..read]).into_owned();
             assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the permit never came back"
-            );
-        };
+            Err(answer)
+        })
+        .await;
         assert!(buffer.starts_with(b"HTTP/1.1 200"));
         drop(socket);
         served_again().await;

@@ -220,14 +220,15 @@ async fn mixed_load_with_churn_costs_nothing_but_documented_limits() {
     for id in live.read().await.iter() {
         s.wait_image(id).await;
     }
-    let deadline = Instant::now() + PATIENCE;
-    let fds_after = loop {
+    let fds_after = eventually("the connections close", || async {
         let fds = s.open_fds();
-        if fds <= fds_before + 8 || Instant::now() > deadline {
-            break fds;
+        if fds <= fds_before + 8 {
+            Ok(fds)
+        } else {
+            Err(format!("file descriptors leaked: {fds_before} -> {fds}"))
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     let rss_after = s.rss_kib();
     println!("soak: open fds {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after} KiB");
     assert!(

@@ -273,39 +273,36 @@ impl Server {
         id
     }
 
-    /// Polls until the lambda's status is `want` (or fails after PATIENCE).
+    /// Polls until the lambda's status is `want`; returns the status document.
     pub async fn wait_status(&self, id: &str, want: &str) -> Value {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
+        eventually(&format!("lambda {id} reaches {want}"), || async move {
             let (code, body) = self.get_json(&format!("/1/lambdas/{id}/status")).await;
             assert_eq!(code, 200, "{body}");
             if body["status"] == want {
-                return body;
+                return Ok(body);
             }
             let (_, image) = self.get_json(&format!("/1/lambdas/{id}/image/logs")).await;
-            assert!(
-                Instant::now() < deadline,
-                "lambda {id} never reached {want}: {body}; image logs {image}; server log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+            Err(StatusSeen {
+                server: self,
+                status: body,
+                image,
+            })
+        })
+        .await
     }
 
     /// Polls until the image status is finished; returns it.
     pub async fn wait_image(&self, id: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
+        eventually(&format!("the image of {id} finishes"), || async move {
             let (_, body) = self
                 .get_json(&format!("/1/lambdas/{id}/image/status"))
                 .await;
-            let status = body["status"].as_str().unwrap_or_default().to_owned();
-            if status == "completed" || status == "error" || status == "not_found" {
-                return status;
+            match body["status"].as_str().unwrap_or_default() {
+                done @ ("completed" | "error" | "not_found") => Ok(done.to_owned()),
+                _ => Err(body),
             }
-            assert!(Instant::now() < deadline, "image of {id} never finished");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        })
+        .await
     }
 
     /// Creates the fixture lambda and waits until it runs.
@@ -466,15 +463,54 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: u64) -
     body
 }
 
-/// Waits until the lambda's logs contain `needle` (log lines reach the store in batches).
+/// What `wait_status` saw last; the server's log is read only if the wait fails.
+struct StatusSeen<'a> {
+    server: &'a Server,
+    status: Value,
+    image: Value,
+}
+
+impl std::fmt::Display for StatusSeen<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}; image logs {}; server log:\n{}",
+            self.status,
+            self.image,
+            self.server.log()
+        )
+    }
+}
+
+/// Waits until the lambda's logs contain `needle` (a guest may write after answering).
 pub async fn wait_log(server: &Server, id: &str, needle: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually(&format!("'{needle}' in the logs of {id}"), || async move {
         let logs = server.get_json(&format!("/1/lambdas/{id}/logs")).await.1;
         if logs.to_string().contains(needle) {
-            return;
+            Ok(())
+        } else {
+            Err(logs)
         }
-        assert!(Instant::now() < deadline, "no '{needle}' in {logs}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    })
+    .await;
+}
+
+/// The tests' one polling loop: runs `probe` every few milliseconds until it returns
+/// `Ok`, and fails after PATIENCE naming what was awaited and the last thing seen.
+pub async fn eventually<T, Seen, Probe>(what: &str, mut probe: impl FnMut() -> Probe) -> T
+where
+    Seen: std::fmt::Display,
+    Probe: std::future::Future<Output = Result<T, Seen>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match probe().await {
+            Ok(done) => return done,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "waited {PATIENCE:?} for: {what}; last seen: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
