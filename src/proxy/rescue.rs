@@ -14,9 +14,7 @@ pub fn rescue_pod(error: &PodError, lambda: LambdaId, body_limit: u64) -> ApiErr
             "Lambda with id '{lambda}' did not answer within {} ms",
             after.as_millis()
         )),
-        PodError::Broken { reason, .. } if reason.contains("length limit exceeded") => {
-            ApiError::too_large("request body", body_limit)
-        }
+        PodError::BodyTooLarge { .. } => ApiError::too_large("request body", body_limit),
         PodError::Connect { .. } => ApiError::unavailable(format!(
             "Lambda with id '{lambda}' is unavailable: its pod refused the connection"
         )),
@@ -53,6 +51,7 @@ pub fn rescue(error: &InvokeError, lambda: LambdaId) -> ApiError {
             ApiError::execution(format!("Lambda with id '{lambda}' failed: {msg}"))
         }
         InvokeError::Trap(_)
+        | InvokeError::MemoryLimit(_)
         | InvokeError::NoResponse
         | InvokeError::GuestError(_)
         | InvokeError::ResponseTooLarge(_) => {
@@ -69,9 +68,7 @@ pub fn rescue(error: &InvokeError, lambda: LambdaId) -> ApiError {
 /// What the caller may learn about a guest failure: the kind, not host internals.
 fn public_reason(error: &InvokeError) -> &'static str {
     match error {
-        InvokeError::Trap(msg) if msg.contains("memory") || msg.contains("grow") => {
-            "the lambda exceeded its memory limit or trapped on memory growth"
-        }
+        InvokeError::MemoryLimit(_) => "the lambda exceeded its memory limit",
         InvokeError::Trap(_) => "the lambda trapped",
         InvokeError::NoResponse => "the lambda returned without a response",
         InvokeError::ResponseTooLarge(_) => "the lambda's response exceeds the response size limit",
@@ -92,6 +89,11 @@ mod tests {
             (InvokeError::PoolExhausted, 503, 42010),
             (InvokeError::Timeout(Duration::from_millis(5)), 504, 42008),
             (InvokeError::Trap("unreachable".into()), 500, 42013),
+            (
+                InvokeError::MemoryLimit("asked for 2 MiB".into()),
+                500,
+                42013,
+            ),
             (InvokeError::NoResponse, 500, 42013),
             (InvokeError::GuestError("x".into()), 500, 42013),
             (InvokeError::ResponseTooLarge(10), 500, 42013),
@@ -139,14 +141,7 @@ mod tests {
                 504,
                 42008,
             ),
-            (
-                PodError::Broken {
-                    pod,
-                    reason: "length limit exceeded".into(),
-                },
-                413,
-                12047,
-            ),
+            (PodError::BodyTooLarge { pod }, 413, 12047),
         ];
         for (err, status, code) in pod_table {
             let api = rescue_pod(&err, id, 10);

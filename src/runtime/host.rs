@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -34,7 +34,87 @@ pub struct HostState {
     /// The request being served.
     pub(super) request_id: Arc<str>,
     /// The memory limiter (the store's `limiter` callback reads it).
-    pub limits: StoreLimits,
+    pub limits: SandboxLimits,
+}
+
+/// A guest asked for more linear memory than its `memory_limit_mb`: the trap's cause,
+/// found by type where the failure is classified.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit exceeded: the lambda asked for {desired} bytes of its {limit}")]
+pub struct MemoryLimitExceeded {
+    /// The size the guest asked to grow to.
+    pub desired: usize,
+    /// The lambda's limit.
+    pub limit: usize,
+}
+
+/// The sandbox's limits: wasmtime's `StoreLimits` (tables, instances, memories; every
+/// refused growth traps), with a memory growth past the lambda's limit reported as
+/// [`MemoryLimitExceeded`] instead of wasmtime's untyped message.
+#[derive(Debug)]
+pub struct SandboxLimits {
+    store: StoreLimits,
+    memory_limit_bytes: usize,
+}
+
+impl SandboxLimits {
+    fn new(memory_limit_bytes: usize) -> Self {
+        Self {
+            store: StoreLimitsBuilder::new()
+                .memory_size(memory_limit_bytes)
+                .table_elements(MAX_TABLE_ELEMENTS)
+                .trap_on_grow_failure(true)
+                .build(),
+            memory_limit_bytes,
+        }
+    }
+}
+
+impl ResourceLimiter for SandboxLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit_bytes {
+            return Err(MemoryLimitExceeded {
+                desired,
+                limit: self.memory_limit_bytes,
+            }
+            .into());
+        }
+        self.store.memory_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.store.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.store.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.store.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.store.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.store.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.store.memories()
+    }
 }
 
 impl HostState {
@@ -69,11 +149,7 @@ impl HostState {
             hooks: OutboundHooks::new(env.clone(), request_id.clone()),
             env: env.clone(),
             request_id,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_limit_bytes)
-                .table_elements(MAX_TABLE_ELEMENTS)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: SandboxLimits::new(memory_limit_bytes),
         }
     }
 }

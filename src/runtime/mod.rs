@@ -50,7 +50,10 @@ pub enum InvokeError {
     /// The guest ran past its deadline.
     #[error("the lambda did not answer within {0:?}")]
     Timeout(Duration),
-    /// The guest trapped (including exhausting its memory limit).
+    /// The guest grew its memory past its `memory_limit_mb`.
+    #[error("the lambda exceeded its memory limit: {0}")]
+    MemoryLimit(String),
+    /// The guest trapped.
     #[error("the lambda trapped: {0}")]
     Trap(String),
     /// The guest returned without setting a response.

@@ -54,6 +54,13 @@ pub enum PodError {
         /// Why.
         reason: String,
     },
+    /// The request body streamed past the caller's limit (`limits.max_proxy_body_bytes`)
+    /// while it was being sent; the proxy cut it off.
+    #[error("the request body to pod {pod} exceeded its limit")]
+    BodyTooLarge {
+        /// The pod.
+        pod: SocketAddr,
+    },
 }
 
 /// One HTTP/1 connection to a pod: the handle requests are sent through and the
@@ -70,6 +77,8 @@ enum Exchange {
     /// The connection was closed before the request was written: it can go elsewhere.
     Unsent(Request<PodBody>),
     Failed(String),
+    /// The request body was cut off at its limit while it was sent.
+    BodyTooLarge,
 }
 
 impl Upstream {
@@ -90,6 +99,7 @@ impl Upstream {
                     Ok(response) => Exchange::Answered(response),
                     Err(mut unsent) => match unsent.take_message() {
                         Some(request) => Exchange::Unsent(request),
+                        None if cut_at_body_limit(unsent.error()) => Exchange::BodyTooLarge,
                         None => Exchange::Failed(error_chain(unsent.error())),
                     },
                 });
@@ -340,6 +350,9 @@ impl PodClient {
                         reason: "the connection closed before the request was sent".into(),
                     });
                 }
+                Ok(Exchange::BodyTooLarge) => {
+                    return Err(PodError::BodyTooLarge { pod: pod.addr });
+                }
                 Ok(Exchange::Failed(reason)) => {
                     return Err(PodError::Broken {
                         pod: pod.addr,
@@ -410,6 +423,27 @@ impl Body for PodResponseBody {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// Whether a failed send was the request body's size limit (`http_body_util::Limited`,
+/// which the proxy wraps around the caller's body) rather than the pod. The limit's
+/// error travels inside an `io::Error`, whose `source` skips the error it wraps, so
+/// both are looked into.
+fn cut_at_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        let wrapped = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if cause.is::<http_body_util::LengthLimitError>()
+            || wrapped.is_some_and(|inner| inner.is::<http_body_util::LengthLimitError>())
+        {
+            return true;
+        }
+        next = cause.source();
+    }
+    false
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -623,6 +657,24 @@ mod tests {
         let response = client().send(&pod, request).await.unwrap();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"hello pod");
+    }
+
+    #[tokio::test]
+    async fn a_request_body_cut_at_its_limit_is_not_a_pod_failure() {
+        let (addr, _) = test_pod().await;
+        let pod = Arc::new(Pod::new(addr));
+        // As the proxy sends it: the caller's body behind the size limit.
+        let body = http_body_util::Limited::new(Full::new(Bytes::from(vec![7u8; 100])), 10)
+            .map_err(std::io::Error::other)
+            .boxed_unsync();
+        let request = Request::builder()
+            .method("POST")
+            .uri("/echo")
+            .header("host", "pod")
+            .body(body)
+            .unwrap();
+        let error = client().send(&pod, request).await.unwrap_err();
+        assert!(matches!(error, PodError::BodyTooLarge { .. }), "{error}");
     }
 
     #[tokio::test]

@@ -562,6 +562,12 @@ fn classify_trap(error: &wasmtime::Error, timeout: Duration) -> InvokeError {
     {
         return InvokeError::PoolExhausted;
     }
+    if let Some(exceeded) = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<super::host::MemoryLimitExceeded>())
+    {
+        return InvokeError::MemoryLimit(exceeded.to_string());
+    }
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => InvokeError::Timeout(timeout),
         Some(trap) => InvokeError::Trap(trap.to_string()),

@@ -220,7 +220,14 @@ async fn guest_faults_cost_only_their_request() {
         assert!(started.elapsed() < Duration::from_secs(20));
         assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
 
-        assert_error(s.proxy(Method::GET, &id, "/memhog").await, 500, 42013).await;
+        let body = assert_error(s.proxy(Method::GET, &id, "/memhog").await, 500, 42013).await;
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("exceeded its memory limit"),
+            "{body}"
+        );
         assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
 
         // Waiting on I/O past the deadline is ended by the host timer.
