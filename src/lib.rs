@@ -7,6 +7,8 @@ pub mod builder;
 pub mod config;
 pub mod docker;
 pub mod docs;
+pub mod edge;
+pub mod front;
 pub mod k8s;
 pub mod lifecycle;
 pub mod logs;
@@ -27,8 +29,8 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::api::AppState;
 use crate::config::Config;
+use crate::edge::AppState;
 
 /// The service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -265,7 +267,7 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let (state, router) = (state.clone(), router.clone());
             let service = hyper::service::service_fn(move |request| {
-                api::dispatch(state.clone(), router.clone(), request)
+                front::dispatch(state.clone(), router.clone(), request)
             });
             let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {

@@ -4,7 +4,7 @@
 //! accept must round-trip and be valid by their own rules.
 
 use http::{HeaderMap, HeaderValue};
-use luna_lambda::api::input::{Query, account_optional, json, negotiate};
+use luna_lambda::edge::input::{Query, account_optional, json, negotiate};
 use luna_lambda::model::{
     AccountId, DeployParameters, HostPattern, LambdaId, LambdaName, LambdaType, Parameters,
     RequestId, SandboxBounds, docker_command_problem,

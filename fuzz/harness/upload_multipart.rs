@@ -3,8 +3,8 @@
 //! limits and "each part once".
 
 use axum::extract::{FromRequest, Multipart};
-use luna_lambda::api::input::read_upload;
 use luna_lambda::config::Limits;
+use luna_lambda::edge::input::read_upload;
 
 const ALLOWED: [&str; 4] = ["archive", "credentials", "parameters", "deploy_parameters"];
 

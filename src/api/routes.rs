@@ -15,9 +15,8 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::AppState;
-use super::error::ApiError;
-use super::input::{self, Query, UploadParts};
+use crate::edge::input::{self, Query, UploadParts};
+use crate::edge::{ApiError, AppState};
 use crate::lifecycle::{ListFilter, Upload};
 use crate::model::{
     BaseImage, Credentials, DeployParameters, LambdaId, LambdaName, LambdaStatus, LambdaType,

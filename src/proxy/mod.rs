@@ -2,7 +2,7 @@
 //! handled without the management router. Tenancy, the request id header, hop-by-hop
 //! header removal, `account_id` stripping, then the WASM runtime or a container
 //! lambda's pods (round robin), with both bodies streamed; `rescue` maps every failure
-//! to one LUNA status. Depends on `api` (state, errors), `runtime`, `model`.
+//! to one LUNA status. Depends on `edge` (state, errors, input), `runtime`, `model`.
 
 mod rescue;
 
@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue, Method, Request, header};
 use http_body_util::BodyExt as _;
 
-use crate::api::{ApiError, AppState, REQUEST_ID_HEADER, RouteTemplate, account_optional};
+use crate::edge::{ApiError, AppState, REQUEST_ID_HEADER, RouteTemplate, account_optional};
 
 use crate::model::{AccountId, LambdaId, LambdaStatus, RequestId};
 use crate::runtime::{LoadedLambda, PodBody, PodSet};
@@ -151,7 +151,7 @@ where
     if let Some(counted) = lambda_for_metrics {
         let code = response
             .extensions()
-            .get::<crate::api::error::ErrorCode>()
+            .get::<crate::edge::error::ErrorCode>()
             .map(|c| c.0);
         match counted {
             Counted::Wasm(lambda) => lambda.count_request(code),
@@ -177,7 +177,7 @@ where
 {
     let method = request.method().clone();
     let account = if method == Method::POST || method == Method::PUT {
-        Some(crate::api::account_required(request.headers())?)
+        Some(crate::edge::account_required(request.headers())?)
     } else if METHODS.contains(&method) {
         account_optional(request.headers())?
     } else {

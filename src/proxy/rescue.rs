@@ -1,7 +1,7 @@
 //! The one place proxy failures become responses: each runtime or pod error maps to a
 //! LUNA code and status; details of host-side failures go to the log, not the client.
 
-use crate::api::ApiError;
+use crate::edge::ApiError;
 use crate::model::LambdaId;
 use crate::runtime::{InvokeError, PodError};
 
