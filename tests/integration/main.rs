@@ -1,6 +1,7 @@
 //! The one integration test binary: every test starts the real `luna-lambda` binary
-//! on 127.0.0.1:0 and speaks HTTP to it (but `fuzz_corpora`, which replays the fuzz
-//! corpora through the fuzz targets' checks, and `readme`, which runs the README).
+//! on 127.0.0.1:0 and speaks HTTP to it, but for `fuzz_corpora` (the fuzz corpora
+//! replayed through the fuzz targets' checks) and `layers` (the import rule of
+//! docs/architecture.md checked on the source).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
@@ -15,6 +16,7 @@ mod first_steps;
 mod fuzz_corpora;
 mod host;
 mod kubernetes;
+mod layers;
 mod lifecycle;
 mod proxy;
 mod restart;
