@@ -59,8 +59,8 @@ enum Command {
     },
 }
 
-/// Exit status of a bad command line or configuration (clap's, and the BSD EX_USAGE
-/// tradition of small numbers: 1 is kept for failures at run time).
+/// Exit status of a bad command line or configuration (the status clap uses for usage
+/// errors); 1 is kept for failures at run time.
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> std::process::ExitCode {
