@@ -1,17 +1,15 @@
 //! The luna imports of `wit/` on the host side: `luna:lambda/context`,
 //! `wasi:config/store` (the lambda's `parameters.config` and credentials),
 //! `wasi:keyvalue/{store, atomics, batch}` (the lambda's namespace in the store) and
-//! `wasi:logging/logging` (lines in the lambda's logs). Also `GuestEnv`, what every
-//! request of one lambda version shares. Depends on `store`, `logs`, `metrics`, `model`.
+//! `wasi:logging/logging` (lines in the lambda's logs). Depends on `host`, `env`,
+//! `store`, `model`.
 
 use wasmtime::component::{HasSelf, Linker, Resource};
 
+use super::env::GuestEnv;
 use super::host::HostState;
-use super::outbound::OutboundPolicy;
-use crate::logs::LogSink;
-use crate::metrics::LambdaMetrics;
-use crate::model::{AccountId, Credentials, LambdaId, LambdaType, Version};
-use crate::store::{KvError, KvQuotas, Store};
+use crate::model::{Credentials, LambdaType};
+use crate::store::KvError;
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -40,44 +38,6 @@ pub const CREDENTIALS_TOKEN: &str = "luna.credentials.token";
 /// Links the luna imports into `linker`.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     generated::Imports::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)
-}
-
-/// What every request of one lambda version shares.
-pub struct GuestEnv {
-    /// The lambda.
-    pub lambda_id: LambdaId,
-    /// Its owner.
-    pub account_id: AccountId,
-    /// The version being served.
-    pub version: Version,
-    /// Its type.
-    pub lambda_type: LambdaType,
-    /// `wasi:config` pairs, sorted by key.
-    pub config: Vec<(String, String)>,
-    /// The key-value namespace lives here.
-    pub store: Store,
-    /// Key-value quotas.
-    pub kv_quotas: KvQuotas,
-    /// Outbound HTTP allow-list and bounds.
-    pub outbound: OutboundPolicy,
-    /// Host resources one instance may hold.
-    pub max_resources: usize,
-    /// The lambda's log.
-    pub logs: LogSink,
-    /// The lambda's metric series.
-    pub metrics: LambdaMetrics,
-}
-
-impl std::fmt::Debug for GuestEnv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Config values may be credentials: only their keys are shown.
-        f.debug_struct("GuestEnv")
-            .field("lambda_id", &self.lambda_id)
-            .field("version", &self.version)
-            .field("config_keys", &self.config.len())
-            .field("outbound", &self.outbound)
-            .finish_non_exhaustive()
-    }
 }
 
 impl GuestEnv {

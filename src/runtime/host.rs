@@ -13,7 +13,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::guest::GuestEnv;
+use super::env::GuestEnv;
 use super::outbound::OutboundHooks;
 use crate::logs::LogSink;
 use crate::model::LambdaId;

@@ -4,10 +4,12 @@
 //! atomically). Depends on `config`, `model`, `logs`, `metrics`, `store` (key-value data).
 
 mod engine;
+mod env;
 mod guest;
 mod host;
 mod outbound;
 mod pods;
+mod policy;
 mod wasm;
 
 use std::sync::Arc;
@@ -16,9 +18,10 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 pub use engine::{Compiled, WasmEngine};
-pub use guest::{GuestEnv, flatten_config};
-pub use outbound::{OutboundLimits, OutboundPolicy};
+pub use env::GuestEnv;
+pub use guest::flatten_config;
 pub use pods::{Pod, PodBody, PodClient, PodError, PodResponseBody, PodSet};
+pub use policy::{OutboundLimits, OutboundPolicy};
 pub use wasm::{EXECUTE_PATH, LoadedLambda, SPLIT_PATH, SandboxLimits, export_problems};
 pub use wasmtime::component::Component;
 

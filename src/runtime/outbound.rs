@@ -1,8 +1,9 @@
 //! Outbound HTTP from guests (`wasi:http/outgoing-handler`): closed unless the lambda's
 //! `allowed_outbound_hosts` opens it, refused when the destination resolves to a
 //! non-public address (unless the operator allows those), bounded in calls per request,
-//! connect and response time and response size, and counted in metrics. Depends on `metrics`,
-//! `logs` and `model` (whose `HostPattern` parses the allow-list).
+//! connect and response time and response size, and counted in metrics: the `wasi:http`
+//! hooks of one request. The policy itself is in `policy`. Depends on `env`, `policy`,
+//! `metrics` and `logs`.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -13,70 +14,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::guest::GuestEnv;
+use super::env::GuestEnv;
 use crate::metrics::Outbound;
-use crate::model::HostPattern;
-
-/// Bounds on the outbound calls of one request.
-#[derive(Debug, Clone, Copy)]
-pub struct OutboundLimits {
-    /// Calls one request may make.
-    pub max_requests: u32,
-    /// Connecting.
-    pub connect_timeout: Duration,
-    /// First byte of the response, and between its bytes.
-    pub response_timeout: Duration,
-    /// Response body bytes.
-    pub max_response_bytes: u64,
-    /// Whether non-public destination addresses may be reached.
-    pub allow_private: bool,
-}
-
-impl From<&crate::config::Sandbox> for OutboundLimits {
-    fn from(sandbox: &crate::config::Sandbox) -> Self {
-        Self {
-            max_requests: sandbox.max_outbound_requests,
-            connect_timeout: Duration::from_millis(sandbox.outbound_connect_timeout_ms),
-            response_timeout: Duration::from_millis(sandbox.outbound_response_timeout_ms),
-            max_response_bytes: sandbox.max_outbound_response_bytes,
-            allow_private: sandbox.allow_private_outbound,
-        }
-    }
-}
-
-/// A lambda version's outbound policy.
-#[derive(Debug, Clone)]
-pub struct OutboundPolicy {
-    patterns: Vec<HostPattern>,
-    limits: OutboundLimits,
-}
-
-impl OutboundPolicy {
-    /// The policy of `allowed_outbound_hosts` (already validated: invalid entries are
-    /// skipped so they can never widen it).
-    pub fn new(allowed: &[String], limits: OutboundLimits) -> Self {
-        Self {
-            patterns: allowed
-                .iter()
-                .filter_map(|p| HostPattern::parse(p).ok())
-                .collect(),
-            limits,
-        }
-    }
-
-    /// Whether a request to the URI's authority is allowed.
-    pub fn admits(&self, uri: &http::Uri) -> bool {
-        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-        let default_port = if https { 443 } else { 80 };
-        let Some(host) = uri.host() else {
-            return false;
-        };
-        let port = uri.port_u16().unwrap_or(default_port);
-        self.patterns
-            .iter()
-            .any(|p| p.admits(host, port, default_port))
-    }
-}
 
 /// The `wasi:http` hooks of one request: the allow-list, its call budget, metrics.
 pub struct OutboundHooks {
@@ -233,15 +172,15 @@ impl WasiHttpHooks for OutboundHooks {
         if !policy.admits(request.uri()) {
             return self.refuse(request.uri(), "the host is not in allowed_outbound_hosts");
         }
-        if self.calls >= policy.limits.max_requests {
+        if self.calls >= policy.limits().max_requests {
             let why = format!(
                 "a request may make at most {} outbound calls",
-                policy.limits.max_requests
+                policy.limits().max_requests
             );
             return self.refuse(request.uri(), &why);
         }
         self.calls += 1;
-        let limits = policy.limits;
+        let limits = policy.limits();
         // The guest may ask for shorter timeouts, never longer ones.
         let clamp =
             |asked: Option<Duration>, max: Duration| Some(asked.map_or(max, |a| a.min(max)));
@@ -345,42 +284,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy(patterns: &[&str]) -> OutboundPolicy {
-        let owned: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
-        OutboundPolicy::new(
-            &owned,
-            OutboundLimits {
-                max_requests: 1,
-                connect_timeout: Duration::from_secs(1),
-                response_timeout: Duration::from_secs(1),
-                max_response_bytes: 1,
-                allow_private: false,
-            },
-        )
-    }
-
-    fn admits(p: &OutboundPolicy, uri: &str) -> bool {
-        p.admits(&uri.parse().unwrap())
-    }
-
-    #[test]
-    fn allow_list_matching() {
-        let p = policy(&["127.0.0.1:5210", "*.example.com", "api.test:*"]);
-        assert!(admits(&p, "http://127.0.0.1:5210/x"));
-        assert!(!admits(&p, "http://127.0.0.1:5211/x"));
-        assert!(!admits(&p, "http://127.0.0.2:5210/x"));
-        assert!(admits(&p, "https://a.example.com/"));
-        assert!(admits(&p, "http://A.B.Example.com/"));
-        assert!(!admits(&p, "https://example.com/"));
-        assert!(!admits(&p, "https://evilexample.com/"));
-        assert!(!admits(&p, "https://a.example.com:8443/"));
-        assert!(admits(&p, "http://api.test:9999/"));
-        assert!(!admits(&policy(&[]), "http://127.0.0.1/"));
-        assert!(admits(&policy(&["*:*"]), "http://anything:1/"));
-        // An invalid entry never widens the policy.
-        assert!(!admits(&policy(&["http://x"]), "http://x/"));
-    }
 
     /// Addresses are only classified here; nothing is ever sent to them.
     #[test]

@@ -20,7 +20,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::engine::WasmEngine;
-use super::guest::GuestEnv;
+use super::env::GuestEnv;
 use super::host::HostState;
 use super::{InvokeError, RuntimeError};
 use crate::model::{AccountId, LambdaId, LambdaType, Version};

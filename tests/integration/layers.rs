@@ -1,6 +1,7 @@
 //! The layering rule of `docs/architecture.md`, checked on the source: every module of
-//! `src/` imports only modules of layers below its own. The layers are read from the
-//! document's `layers` block, so the page and the check cannot drift apart.
+//! `src/`, and every file of `src/runtime/`, imports only modules of layers below its
+//! own. The layers are read from the document's `layers` blocks, so the page and the
+//! check cannot drift apart.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,14 +10,15 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Module name -> layer rank (0 is the bottom), from the ```layers block (top first).
-fn layers() -> BTreeMap<String, usize> {
+/// Module name -> layer rank (0 is the bottom), from the block opened by `header`
+/// (rows top first).
+fn layers(header: &str) -> BTreeMap<String, usize> {
     let doc = std::fs::read_to_string(root().join("docs/architecture.md")).unwrap();
     let block = doc
-        .split("```layers\n")
+        .split(&format!("{header}\n"))
         .nth(1)
         .and_then(|rest| rest.split("```").next())
-        .expect("docs/architecture.md has a ```layers block");
+        .unwrap_or_else(|| panic!("docs/architecture.md has no {header} block"));
     let rows: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut ranks = BTreeMap::new();
     for (from_top, row) in rows.iter().enumerate() {
@@ -75,7 +77,7 @@ fn imported_modules(text: &str, module_root: bool) -> Vec<String> {
 
 #[test]
 fn no_module_imports_a_layer_above_its_own() {
-    let ranks = layers();
+    let ranks = layers("```layers");
     let src = root().join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
@@ -107,6 +109,39 @@ fn no_module_imports_a_layer_above_its_own() {
                     relative.display()
                 )),
                 _ => {}
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+/// The same rule between the files of `src/runtime/`, which name each other `super::x`.
+#[test]
+fn no_runtime_file_imports_a_layer_above_its_own() {
+    let ranks = layers("```layers runtime");
+    let mut violations = Vec::new();
+    for entry in std::fs::read_dir(root().join("src/runtime")).unwrap() {
+        let path = entry.unwrap().path();
+        let module = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if module == "mod" {
+            continue; // The module root re-exports every file.
+        }
+        let Some(&rank) = ranks.get(&module) else {
+            violations.push(format!(
+                "src/runtime/{module}.rs is in no layer of docs/architecture.md"
+            ));
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        let siblings = imported_modules(&text, true)
+            .into_iter()
+            .filter(|name| ranks.contains_key(name) && *name != module);
+        for imported in siblings {
+            let other = ranks[&imported];
+            if other >= rank {
+                violations.push(format!(
+                    "runtime/{module}.rs imports {imported} (layer {other}), not below {module} (layer {rank})"
+                ));
             }
         }
     }
