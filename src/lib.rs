@@ -174,46 +174,50 @@ impl Server {
         )
         .map_err(StartupError::Thread)?;
         // Images are built by the Docker engine for both backends; Kubernetes runs them.
-        let docker = match config.container_backend {
+        let containers = match config.container_backend {
             config::ContainerBackend::None => None,
-            _ => {
+            backend => {
                 let owner = instance_id(&data).map_err(|source| StartupError::DataDir {
                     path: data.display().to_string(),
                     source,
                 })?;
-                Some(docker::DockerEngine::connect(&config.containers, &owner).await?)
+                let engine = docker::DockerEngine::connect(&config.containers, &owner).await?;
+                let deployer: Arc<dyn lifecycle::Deployer> = if backend
+                    == config::ContainerBackend::Kubernetes
+                {
+                    let kube = k8s::KubeBackend::connect(&config.kubernetes).await?;
+                    tracing::info!(registry = %config.containers.registry, "container lambdas run on Kubernetes");
+                    Arc::new(k8s::KubeDeployer::new(
+                        kube,
+                        Duration::from_secs(config.containers.start_timeout_secs),
+                    ))
+                } else {
+                    tracing::info!(registry = %config.containers.registry, "container lambdas run on the local Docker engine");
+                    Arc::new(engine.clone())
+                };
+                Some(lifecycle::ContainerBackends {
+                    images: Arc::new(engine),
+                    deployer,
+                })
             }
         };
-        let kube = match config.container_backend {
-            config::ContainerBackend::Kubernetes => {
-                let backend = k8s::KubeBackend::connect(&config.kubernetes).await?;
-                tracing::info!(registry = %config.containers.registry, "container lambdas run on Kubernetes");
-                Some(backend)
-            }
-            config::ContainerBackend::Docker => {
-                tracing::info!(registry = %config.containers.registry, "container lambdas run on the local Docker engine");
-                None
-            }
-            config::ContainerBackend::None => None,
-        };
-        let containers = &config.containers;
+        let settings = &config.containers;
         let pods = runtime::PodClient::new(
-            Duration::from_millis(containers.proxy_connect_timeout_ms),
-            Duration::from_millis(containers.proxy_response_timeout_ms),
-            containers.proxy_max_idle_per_pod,
+            Duration::from_millis(settings.proxy_connect_timeout_ms),
+            Duration::from_millis(settings.proxy_response_timeout_ms),
+            settings.proxy_max_idle_per_pod,
         );
-        let lifecycle = lifecycle::Lifecycle::new(
-            config.clone(),
+        let lifecycle = lifecycle::Lifecycle::new(lifecycle::Parts {
+            config: config.clone(),
             store,
             archives,
             sealer,
             engine,
-            registry.clone(),
-            docker,
-            kube,
+            registry: registry.clone(),
+            containers,
             logs,
-            metrics.clone(),
-        );
+            metrics: metrics.clone(),
+        });
         lifecycle.recover().await?;
         Ok(Self {
             listener,

@@ -1,11 +1,12 @@
-//! WASM component checks: binary kind (component vs core module), compilation, every
-//! import the host cannot satisfy (named), and the export the lambda type needs.
+//! The one WASM build path: the binary's header (component vs core module), compilation
+//! into the artifact cache, every import the host cannot satisfy (named), the export the
+//! lambda type needs, and the link whose result the runtime serves.
 //! Depends on `runtime` (engine, provided interfaces) and `model`.
 
 use wasmtime::component::types::ComponentItem;
 
 use crate::model::LambdaType;
-use crate::runtime::{Compiled, WasmEngine, export_problems, import_provided};
+use crate::runtime::{Compiled, Prelinked, WasmEngine, export_problems, import_provided};
 
 const MAGIC: &[u8; 4] = b"\0asm";
 /// Binary header word of a core module (version 1, layer 0).
@@ -31,33 +32,35 @@ pub fn header_problem(wasm: &[u8]) -> Option<String> {
 }
 
 /// The outcome of [`check_component`].
-#[derive(Debug)]
 pub struct ComponentCheck {
     /// The compiled component, when it compiled (even if other checks failed: its
     /// cache files must still be accounted for).
     pub compiled: Option<Compiled>,
+    /// The compiled component linked against the host, when every check passed: the
+    /// runtime serves it as it is.
+    pub prelinked: Option<Prelinked>,
     /// Every problem; empty when the component can serve.
     pub problems: Vec<String>,
 }
 
-/// Compiles the component (or loads it from the compilation cache) and checks it
-/// against the host and the world `lambda_type` needs. Blocking: call from
-/// `spawn_blocking`. Returns every problem.
+/// Compiles the component (or loads it from the compilation cache), checks it against
+/// the host and the world `lambda_type` needs, and links it. Its header was checked
+/// with the upload (`check_upload`). Blocking: call from `spawn_blocking`. Returns every
+/// problem.
 pub fn check_component(
     engine: &WasmEngine,
     wasm: &[u8],
     lambda_type: LambdaType,
 ) -> ComponentCheck {
-    let fail = |problems| ComponentCheck {
-        compiled: None,
-        problems,
-    };
-    if let Some(problem) = header_problem(wasm) {
-        return fail(vec![problem]);
-    }
     let compiled = match engine.compile(wasm) {
         Ok(c) => c,
-        Err(e) => return fail(vec![format!("lambda.wasm is not a valid component: {e}")]),
+        Err(e) => {
+            return ComponentCheck {
+                compiled: None,
+                prelinked: None,
+                problems: vec![format!("lambda.wasm is not a valid component: {e}")],
+            };
+        }
     };
     let ty = compiled.component.component_type();
     let mut problems = Vec::new();
@@ -77,14 +80,27 @@ pub fn check_component(
         &compiled.component,
         lambda_type,
     ));
-    if problems.is_empty()
-        && let Err(e) = engine.linker().instantiate_pre(&compiled.component)
-    {
-        problems.push(format!("lambda.wasm cannot be linked: {e:#}"));
+    let mut prelinked = None;
+    if problems.is_empty() {
+        match engine.prelink(&compiled.component) {
+            Ok(linked) => prelinked = Some(linked),
+            Err(e) => problems.push(format!("lambda.wasm cannot be linked: {e}")),
+        }
     }
     ComponentCheck {
         compiled: Some(compiled),
+        prelinked,
         problems,
+    }
+}
+
+impl std::fmt::Debug for ComponentCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentCheck")
+            .field("compiled", &self.compiled)
+            .field("prelinked", &self.prelinked.is_some())
+            .field("problems", &self.problems)
+            .finish()
     }
 }
 

@@ -1,7 +1,10 @@
 //! The Docker Engine API (through `bollard`): building, tagging, pushing and removing
 //! lambda images, and running a lambda's pods as containers on the host network. Knows
-//! names, labels and engine calls, nothing of lambdas' lifecycle. Depends on `config`
-//! and `model`.
+//! names, labels and engine calls; `deployer` puts it behind the lifecycle's
+//! `ImageBuilder` and `Deployer`. Depends on `lifecycle` (its traits), `builder`,
+//! `config` and `model`.
+
+mod deployer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -288,6 +288,7 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Store(_)
             | LifecycleError::Build(_)
             | LifecycleError::Secrets(_)
+            | LifecycleError::Deploy(_)
             | LifecycleError::Task(_) => Self::internal(&e),
         }
     }

@@ -1,9 +1,13 @@
 //! The Kubernetes backend (through `kube`): applies a container lambda's Secret,
 //! Deployment and ClusterIP Service with server-side apply, waits for the rollout, reads
 //! pod statuses and logs, and deletes everything. The objects themselves come from the
-//! pure builders in `manifests`. Depends on `config` and `model`.
+//! pure builders in `manifests`; `deployer` puts it behind the lifecycle's `Deployer`.
+//! Depends on `lifecycle` (its trait), `config` and `model`.
 
+mod deployer;
 pub mod manifests;
+
+pub use deployer::KubeDeployer;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

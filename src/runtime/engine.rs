@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel,
     PoolingAllocationConfig,
@@ -23,6 +23,9 @@ use crate::config::Config as ServiceConfig;
 const CORE_INSTANCES_PER_COMPONENT: u32 = 20;
 /// Memories/tables per component (the adapter brings its own).
 const MEMORIES_PER_COMPONENT: u32 = 4;
+
+/// A component linked against the host, ready to instantiate.
+pub type Prelinked = InstancePre<HostState>;
 
 /// The engine, its linker and the epoch ticker.
 pub struct WasmEngine {
@@ -153,6 +156,14 @@ impl WasmEngine {
     /// The linker every lambda is instantiated with.
     pub fn linker(&self) -> &Linker<HostState> {
         &self.linker
+    }
+
+    /// Links a compiled component against the host's imports: the one link a version
+    /// gets, checked at build time and then handed to the runtime as it is.
+    pub fn prelink(&self, component: &Component) -> Result<Prelinked, RuntimeError> {
+        self.linker
+            .instantiate_pre(component)
+            .map_err(|e| RuntimeError::Link(format!("{e:#}")))
     }
 
     /// Whether the pooling allocator is in use.

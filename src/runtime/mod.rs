@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-pub use engine::{Compiled, WasmEngine};
+pub use engine::{Compiled, Prelinked, WasmEngine};
 pub use env::GuestEnv;
 pub use guest::flatten_config;
 pub use pods::{Pod, PodBody, PodClient, PodError, PodResponseBody, PodSet};

@@ -19,7 +19,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::engine::WasmEngine;
+use super::engine::{Prelinked, WasmEngine};
 use super::env::GuestEnv;
 use super::host::HostState;
 use super::{InvokeError, RuntimeError};
@@ -98,10 +98,19 @@ impl LoadedLambda {
         env: GuestEnv,
         limits: SandboxLimits,
     ) -> Result<Self, RuntimeError> {
-        let instance_pre = engine
-            .linker()
-            .instantiate_pre(component)
-            .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        let prelinked = engine.prelink(component)?;
+        Self::from_prelinked(engine, component, prelinked, env, limits)
+    }
+
+    /// A version of an already linked component (`WasmEngine::prelink`, as the build's
+    /// component check does it): no second link.
+    pub fn from_prelinked(
+        engine: &Arc<WasmEngine>,
+        component: &Component,
+        instance_pre: Prelinked,
+        env: GuestEnv,
+        limits: SandboxLimits,
+    ) -> Result<Self, RuntimeError> {
         let entry = if env.lambda_type == LambdaType::Tasks {
             let export = |name: &str| {
                 component.get_export_index(None, name).ok_or_else(|| {

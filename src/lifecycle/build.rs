@@ -1,0 +1,447 @@
+//! The build job: pending → in_progress → completed | error, under a build slot and a
+//! timeout. A WASM version is compiled (or found in memory or the artifact cache),
+//! checked and linked; a container version goes through `container`. Each step is a
+//! line in the image logs; a failure is a typed `BuildFailure`, whose text is the
+//! log's `build failed:` line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::deploy::DeployError;
+use super::{Lifecycle, Served, now, stamp};
+use crate::builder::{self, BuildError};
+use crate::model::{
+    AccountId, DeployParameters, ImageStatus, LambdaId, LambdaStatus, LambdaType, Runtime,
+};
+use crate::runtime::{
+    self, Component, GuestEnv, LoadedLambda, OutboundLimits, OutboundPolicy, Prelinked,
+    RuntimeError, SandboxLimits,
+};
+use crate::secrets::SecretsError;
+use crate::store::{BuildRecord, KvQuotas, LambdaSpec, StoreError};
+
+/// Why a build (or the reload of a version after a restart) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildFailure {
+    /// The stored archive cannot be read.
+    #[error("stored archive {digest} is unreadable: {source}")]
+    ArchiveUnreadable {
+        /// Its digest.
+        digest: String,
+        /// Why.
+        source: BuildError,
+    },
+    /// The stored archive breaks the archive rules (they are checked again: a limit
+    /// may have been lowered since the upload).
+    #[error("archive check failed: {}", .0.join("; "))]
+    ArchiveRules(Vec<String>),
+    /// A WASM version's archive has no component.
+    #[error("archive has no lambda.wasm")]
+    NoComponent,
+    /// The component does not compile, or the host cannot serve it.
+    #[error("component check failed: {}", .0.join("; "))]
+    Component(Vec<String>),
+    /// A stored component no longer compiles (after a restart).
+    #[error("{0}")]
+    Compile(RuntimeError),
+    /// The compiled artifact could not be recorded.
+    #[error("cannot record the compiled artifact: {0}")]
+    Artifact(StoreError),
+    /// The version's credentials cannot be unsealed.
+    #[error("cannot unseal the lambda's credentials: {0}")]
+    Credentials(SecretsError),
+    /// The compiled component cannot be linked.
+    #[error(transparent)]
+    Link(RuntimeError),
+    /// The Docker build context cannot be made from the archive.
+    #[error("{0}")]
+    BuildContext(String),
+    /// The version's config or credentials cannot be encoded for its pods.
+    #[error("cannot encode the lambda's settings for its pods: {0}")]
+    PodSettings(serde_json::Error),
+    /// A container version and no container backend.
+    #[error("{}", builder::NO_CONTAINER_BACKEND)]
+    NoContainerBackend,
+    /// The image build or the pods failed.
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    /// The job ran past `builds.timeout_secs`.
+    #[error("build timed out after {0}s")]
+    TimedOut(u64),
+    /// A blocking step of the job panicked or was cancelled.
+    #[error("internal: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// One run of a lambda's build job: the job's record (saved with every log line) and
+/// what the run needs to know of its lambda.
+pub(super) struct BuildJob<'a> {
+    pub(super) lifecycle: &'a Lifecycle,
+    pub(super) record: BuildRecord,
+    pub(super) account: AccountId,
+}
+
+impl BuildJob<'_> {
+    /// Appends a line to the job's log.
+    pub(super) fn log(&mut self, line: &str) {
+        self.lifecycle.build_log(&mut self.record, line);
+    }
+
+    /// Builds the job's version; returns what will serve it.
+    async fn build(&mut self) -> Result<Served, BuildFailure> {
+        match self.record.spec.runtime {
+            Runtime::Wasm => self.build_wasm().await.map(Served::Wasm),
+            Runtime::Container => self.build_container().await.map(Served::Pods),
+        }
+    }
+
+    async fn build_wasm(&mut self) -> Result<Arc<LoadedLambda>, BuildFailure> {
+        let lifecycle = self.lifecycle;
+        let wasm = lifecycle
+            .stored_wasm(&self.record.spec.archive_digest)
+            .await?;
+        let wasm_digest = builder::digest(&wasm);
+        self.log(&format!(
+            "archive checked: zip structure, paths, sizes and compression ratios ok; lambda.wasm is {} bytes, sha256 {wasm_digest}",
+            wasm.len()
+        ));
+        let lambda_type = self.record.spec.lambda_type;
+        if let Some(shared) = lifecycle.components.get(&wasm_digest).map(|c| c.clone()) {
+            let problems =
+                runtime::export_problems(lifecycle.engine.engine(), &shared, lambda_type);
+            if !problems.is_empty() {
+                return Err(BuildFailure::Component(problems));
+            }
+            self.log(&format!(
+                "component sha256 {wasm_digest} is already loaded in memory (artifact cache hit): shared, no compile"
+            ));
+            self.record.spec.wasm_digest = Some(wasm_digest);
+            return self.link(&shared, None);
+        }
+        let engine = lifecycle.engine.clone();
+        let compile_started = Instant::now();
+        let check = tokio::task::spawn_blocking(move || {
+            builder::wasm::check_component(&engine, &wasm, lambda_type)
+        })
+        .await?;
+        if let Some(compiled) = &check.compiled {
+            lifecycle
+                .store
+                .add_artifacts(&wasm_digest, &compiled.artifacts)
+                .map_err(BuildFailure::Artifact)?;
+        }
+        let (compiled, prelinked) = match (check.compiled, check.prelinked) {
+            (Some(c), Some(p)) if check.problems.is_empty() => (c, p),
+            _ => return Err(BuildFailure::Component(check.problems)),
+        };
+        let artifacts = lifecycle.store.artifacts(&wasm_digest).unwrap_or_default();
+        let artifact_bytes: u64 = artifacts
+            .iter()
+            .filter_map(|a| lifecycle.engine.artifact_size(a))
+            .sum();
+        self.log(&format!(
+            "component {} in {} ms; artifact sha256 {wasm_digest}: {artifact_bytes} bytes of native code ({}); imports satisfied, exports {}",
+            if compiled.cache_hit {
+                "loaded from the artifact cache (cache hit, no recompilation)"
+            } else {
+                "compiled with Cranelift (cache miss)"
+            },
+            compile_started.elapsed().as_millis(),
+            artifacts.join(", "),
+            if lambda_type == LambdaType::Tasks {
+                "split-content and execute-subtask (luna:lambda/tasks)"
+            } else {
+                "wasi:http/incoming-handler"
+            },
+        ));
+        let component = compiled.component;
+        lifecycle
+            .components
+            .insert(wasm_digest.clone(), component.clone());
+        self.record.spec.wasm_digest = Some(wasm_digest);
+        self.link(&component, Some(prelinked))
+    }
+
+    /// The job's version of a compiled component (linked now unless the check did).
+    fn link(
+        &mut self,
+        component: &Component,
+        prelinked: Option<Prelinked>,
+    ) -> Result<Arc<LoadedLambda>, BuildFailure> {
+        let loaded = self.lifecycle.load_version(
+            self.record.lambda_id,
+            self.account,
+            &self.record.spec,
+            component,
+            prelinked,
+        )?;
+        let limits = loaded.limits;
+        self.log(&format!(
+            "instance pre-linked: memory limit {} MiB, timeout {} ms, max {} concurrent requests",
+            limits.memory_bytes / (1024 * 1024),
+            limits.timeout.as_millis(),
+            limits.max_concurrent
+        ));
+        Ok(loaded)
+    }
+}
+
+impl Lifecycle {
+    pub(super) fn spawn_build(self: &Arc<Self>, id: LambdaId) {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            this.run_build(id).await;
+            this.jobs.remove(&id);
+        });
+        self.jobs.insert(id, task.abort_handle());
+    }
+
+    /// Appends a line to the build job's log (bounded) and saves the job.
+    pub(super) fn build_log(&self, build: &mut BuildRecord, line: &str) {
+        tracing::info!(lambda = %build.lambda_id, version = %build.spec.version, "{line}");
+        if build.logs.len() >= self.config.builds.max_log_lines {
+            build.logs.remove(0);
+        }
+        build.logs.push(stamp(line));
+        // An aborted build of a deleted lambda must not bring its job record back.
+        if !matches!(self.store.lambda_exists(build.lambda_id), Ok(true)) {
+            return;
+        }
+        if let Err(e) = self.store.save_build(build) {
+            tracing::error!(lambda = %build.lambda_id, error = %e, "cannot save build job");
+        }
+    }
+
+    async fn run_build(&self, id: LambdaId) {
+        let Ok(slot) = self.build_slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (Ok(Some(build)), Ok(Some(record))) = (self.store.build(id), self.store.lambda(id))
+        else {
+            return;
+        };
+        if build.status != ImageStatus::Pending {
+            return;
+        }
+        let started = Instant::now();
+        let mut job = BuildJob {
+            lifecycle: self,
+            record: build,
+            account: record.account_id,
+        };
+        job.record.status = ImageStatus::InProgress;
+        let version = job.record.spec.version;
+        let started_line = format!("build of version {version} started ({:?})", job.record.kind);
+        job.log(&started_line);
+        let timeout = Duration::from_secs(self.config.builds.timeout_secs);
+        let outcome = match tokio::time::timeout(timeout, job.build()).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // Pods the interrupted job may have started must not linger.
+                if job.record.spec.runtime == Runtime::Container
+                    && let Some(backends) = &self.containers
+                {
+                    backends.deployer.retire(id, version).await;
+                }
+                Err(BuildFailure::TimedOut(timeout.as_secs()))
+            }
+        };
+        drop(slot);
+        self.metrics
+            .observe_build(outcome.is_ok(), started.elapsed());
+        self.finish_build(id, job.record, outcome, started).await;
+    }
+
+    async fn finish_build(
+        &self,
+        id: LambdaId,
+        mut build: BuildRecord,
+        outcome: Result<Served, BuildFailure>,
+        started: Instant,
+    ) {
+        let guard = self.lock(id).lock_owned().await;
+        let Ok(Some(mut record)) = self.store.lambda(id) else {
+            return; // deleted meanwhile
+        };
+        let version = build.spec.version;
+        let mut superseded = None;
+        match outcome {
+            Ok(served) => {
+                match served {
+                    Served::Wasm(loaded) => {
+                        self.registry.swap_in(loaded);
+                        // A recreate may have turned a container lambda into a WASM one.
+                        if record.current.runtime == Runtime::Container {
+                            let namespace = record.current.deploy_parameters.namespace().to_owned();
+                            self.remove_container_resources(id, &[&namespace]).await;
+                        }
+                    }
+                    Served::Pods(pods) => {
+                        self.registry.swap_in_pods(pods);
+                        // Rolling: the new pods are serving; the old ones go now.
+                        if let Some(backends) = &self.containers {
+                            backends.deployer.retire_others(id, version).await;
+                        }
+                    }
+                }
+                superseded = Some(std::mem::replace(&mut record.current, build.spec.clone()));
+                record.deployed = true;
+                record.status = LambdaStatus::Running;
+                build.status = ImageStatus::Completed;
+                build.finished = Some(now());
+                self.build_log(
+                    &mut build,
+                    &format!(
+                        "build completed in {} ms; version {version} is serving",
+                        started.elapsed().as_millis()
+                    ),
+                );
+                self.logs.line(id, &format!("version {version} is running"));
+            }
+            Err(reason) => {
+                build.status = ImageStatus::Error;
+                build.finished = Some(now());
+                self.build_log(&mut build, &format!("build failed: {reason}"));
+                if record.deployed {
+                    let serving = record.current.version;
+                    self.build_log(&mut build, &format!("version {serving} keeps serving"));
+                    self.logs.line(
+                        id,
+                        &format!("build of version {version} failed, version {serving} keeps serving: {reason}"),
+                    );
+                } else {
+                    record.status = LambdaStatus::Failed;
+                    self.logs
+                        .line(id, &format!("build of version {version} failed: {reason}"));
+                }
+            }
+        }
+        if let Err(e) = self.store.save_lambda(&record, Some(&record.lambda_name)) {
+            tracing::error!(lambda = %id, error = %e, "cannot save lambda after build");
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(lambda = %id, error = %e, "cannot flush store after build");
+        }
+        drop(guard);
+        // The version that stopped serving may have been the last user of its files.
+        if let Err(e) = self.collect_spec_garbage(superseded).await {
+            tracing::error!(lambda = %id, error = %e, "cannot collect the superseded version's files");
+        }
+    }
+
+    /// A stored archive, re-checked against the archive rules.
+    async fn stored_report(
+        &self,
+        archive_digest: &str,
+    ) -> Result<(Vec<u8>, builder::archive::ArchiveReport), BuildFailure> {
+        let archives = self.archives.clone();
+        let limits = self.config.limits.clone();
+        let digest = archive_digest.to_owned();
+        let (bytes, report) = tokio::task::spawn_blocking(move || {
+            archives.get(&digest).map(|bytes| {
+                let report = builder::archive::inspect(&bytes, &limits);
+                (bytes, report)
+            })
+        })
+        .await?
+        .map_err(|source| BuildFailure::ArchiveUnreadable {
+            digest: archive_digest.to_owned(),
+            source,
+        })?;
+        if !report.problems.is_empty() {
+            return Err(BuildFailure::ArchiveRules(report.problems));
+        }
+        Ok((bytes, report))
+    }
+
+    /// A stored archive's bytes, re-checked against the archive rules.
+    pub(super) async fn stored_archive(
+        &self,
+        archive_digest: &str,
+    ) -> Result<Vec<u8>, BuildFailure> {
+        Ok(self.stored_report(archive_digest).await?.0)
+    }
+
+    /// `lambda.wasm` of a stored archive, re-checked against the archive rules.
+    pub(super) async fn stored_wasm(&self, archive_digest: &str) -> Result<Vec<u8>, BuildFailure> {
+        self.stored_report(archive_digest)
+            .await?
+            .1
+            .wasm
+            .ok_or(BuildFailure::NoComponent)
+    }
+
+    /// `spec`'s version of a lambda from its compiled component (and its link, when the
+    /// build's check made it).
+    pub(super) fn load_version(
+        &self,
+        lambda_id: LambdaId,
+        account_id: AccountId,
+        spec: &LambdaSpec,
+        component: &Component,
+        prelinked: Option<Prelinked>,
+    ) -> Result<Arc<LoadedLambda>, BuildFailure> {
+        let credentials = self
+            .sealer
+            .unseal(&spec.credentials_sealed)
+            .map_err(BuildFailure::Credentials)?;
+        let sandbox = &self.config.sandbox;
+        let env = GuestEnv {
+            lambda_id,
+            account_id,
+            version: spec.version,
+            lambda_type: spec.lambda_type,
+            config: runtime::flatten_config(spec.parameters.config.as_ref(), Some(&credentials)),
+            store: self.store.clone(),
+            kv_quotas: self.kv_quotas(),
+            outbound: OutboundPolicy::new(
+                spec.deploy_parameters
+                    .sandbox
+                    .as_ref()
+                    .and_then(|s| s.allowed_outbound_hosts.as_deref())
+                    .unwrap_or_default(),
+                OutboundLimits::from(sandbox),
+            ),
+            max_resources: sandbox.max_resources,
+            logs: self.logs.clone(),
+            metrics: self.metrics.for_lambda(lambda_id),
+        };
+        let limits = self.limits_for(&spec.deploy_parameters);
+        let loaded = match prelinked {
+            Some(prelinked) => {
+                LoadedLambda::from_prelinked(&self.engine, component, prelinked, env, limits)
+            }
+            None => LoadedLambda::load(&self.engine, component, env, limits),
+        }
+        .map_err(BuildFailure::Link)?;
+        Ok(Arc::new(loaded))
+    }
+    fn limits_for(&self, deploy: &DeployParameters) -> SandboxLimits {
+        let defaults = &self.config.sandbox;
+        let sandbox = deploy.sandbox.clone().unwrap_or_default();
+        let memory_mb = sandbox.memory_limit_mb.unwrap_or(defaults.memory_limit_mb);
+        SandboxLimits {
+            memory_bytes: usize::try_from(u64::from(memory_mb) * 1024 * 1024).unwrap_or(usize::MAX),
+            timeout: Duration::from_millis(
+                sandbox
+                    .request_timeout_ms
+                    .unwrap_or(defaults.request_timeout_ms),
+            ),
+            max_concurrent: sandbox
+                .max_concurrent_requests
+                .unwrap_or(defaults.max_concurrent_requests),
+            max_request_body: self.config.limits.max_proxy_body_bytes,
+            max_response_body: self.config.sandbox.max_response_body_bytes,
+        }
+    }
+
+    fn kv_quotas(&self) -> KvQuotas {
+        let kv = &self.config.keyvalue;
+        KvQuotas {
+            max_keys: kv.max_keys,
+            max_key_bytes: kv.max_key_bytes,
+            max_value_bytes: kv.max_value_bytes,
+            max_total_bytes: kv.max_total_bytes,
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Recovery after a restart: builds that died with the process end `error`, deployed
+//! versions serve again (WASM from the artifact cache, containers re-attached), and
+//! files and pods nothing references are removed.
+
+use std::sync::Arc;
+
+use super::build::BuildFailure;
+use super::{Lifecycle, Result, Served, now};
+use crate::builder;
+use crate::model::{ImageStatus, LambdaStatus, Runtime};
+use crate::runtime::LoadedLambda;
+use crate::store::LambdaRecord;
+
+impl Lifecycle {
+    /// After a restart: builds that died with the process end `error`; deployed
+    /// versions serve again (WASM from the compilation cache, no recompilation).
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        self.archives.sweep_temp_files();
+        // Archives and artifacts no record adopted (a crash between writing the file
+        // and the record, a name clash, validate-only compiles) are removed.
+        let archives = self.archives.digests()?;
+        let components = self.store.artifact_digests()?;
+        self.collect_garbage(&archives, &components).await?;
+        self.remove_orphan_pods().await;
+        for mut build in self.store.builds()? {
+            if build.status.is_finished() {
+                continue;
+            }
+            if build.spec.runtime == Runtime::Container
+                && let Some(backends) = &self.containers
+            {
+                backends
+                    .deployer
+                    .retire(build.lambda_id, build.spec.version)
+                    .await;
+            }
+            build.status = ImageStatus::Error;
+            build.finished = Some(now());
+            self.build_log(
+                &mut build,
+                "build failed: the service stopped while this build was running; recreate or update the lambda to build again",
+            );
+            if let Some(mut record) = self.store.lambda(build.lambda_id)?
+                && !record.deployed
+            {
+                record.status = LambdaStatus::Failed;
+                let _ = self.store.save_lambda(&record, Some(&record.lambda_name))?;
+            }
+        }
+        let mut loaded = 0usize;
+        for mut record in self.store.lambdas()? {
+            if !record.deployed {
+                continue;
+            }
+            let id = record.lambda_id;
+            let served = match record.current.runtime {
+                Runtime::Wasm => self.reload(&record).await.map(Served::Wasm),
+                Runtime::Container => self.reattach(&record).await.map(Served::Pods),
+            };
+            match served {
+                Ok(served) => {
+                    match served {
+                        Served::Wasm(lambda) => self.registry.swap_in(lambda),
+                        Served::Pods(pods) => self.registry.swap_in_pods(pods),
+                    }
+                    loaded += 1;
+                    if record.status != LambdaStatus::Running {
+                        record.status = LambdaStatus::Running;
+                        let _ = self.store.save_lambda(&record, Some(&record.lambda_name))?;
+                    }
+                }
+                Err(reason) => {
+                    tracing::error!(lambda = %id, %reason, "cannot reload lambda");
+                    self.logs
+                        .line(id, &format!("reload after restart failed: {reason}"));
+                    record.status = LambdaStatus::Failed;
+                    let _ = self.store.save_lambda(&record, Some(&record.lambda_name))?;
+                }
+            }
+        }
+        self.store.flush().await?;
+        tracing::info!(
+            loaded,
+            cache_hits = self.engine.cache_hits(),
+            cache_misses = self.engine.cache_misses(),
+            "lambdas recovered"
+        );
+        Ok(())
+    }
+
+    async fn reload(&self, record: &LambdaRecord) -> Result<Arc<LoadedLambda>, BuildFailure> {
+        let spec = &record.current;
+        if let Some(wasm_digest) = &spec.wasm_digest
+            && let Some(shared) = self.components.get(wasm_digest).map(|c| c.clone())
+        {
+            return self.load_version(record.lambda_id, record.account_id, spec, &shared, None);
+        }
+        let wasm = self.stored_wasm(&spec.archive_digest).await?;
+        let engine = self.engine.clone();
+        let (wasm_digest, compiled) = tokio::task::spawn_blocking(move || {
+            let compiled = engine.compile(&wasm).map_err(BuildFailure::Compile)?;
+            Ok::<_, BuildFailure>((builder::digest(&wasm), compiled))
+        })
+        .await??;
+        if !compiled.cache_hit {
+            tracing::warn!(lambda = %record.lambda_id, "artifact missing from the cache: recompiled");
+        }
+        self.store
+            .add_artifacts(&wasm_digest, &compiled.artifacts)
+            .map_err(BuildFailure::Artifact)?;
+        self.components
+            .insert(wasm_digest, compiled.component.clone());
+        self.load_version(
+            record.lambda_id,
+            record.account_id,
+            spec,
+            &compiled.component,
+            None,
+        )
+    }
+}
