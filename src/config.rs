@@ -204,6 +204,10 @@ pub struct Builds {
     pub retention_secs: u64,
     /// Image log lines kept per job.
     pub max_log_lines: usize,
+    /// Accepted uploads kept in memory for their build jobs, in total (MiB): a job whose
+    /// upload is kept neither reads its archive back nor checks it again. Above the
+    /// bound (0: never) jobs read and check the stored archive.
+    pub max_staged_mb: u64,
 }
 
 /// Lambda logs kept by the service.
@@ -385,6 +389,7 @@ impl Default for Builds {
             timeout_secs: 300,
             retention_secs: 3600,
             max_log_lines: 1000,
+            max_staged_mb: 256,
         }
     }
 }

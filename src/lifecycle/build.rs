@@ -5,13 +5,15 @@
 //! log's `build failed:` line.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::deploy::DeployError;
-use super::{Lifecycle, Served, now, stamp};
+use super::{Lifecycle, Served, Staged, now, stamp};
+use crate::builder::archive::ArchiveReport;
 use crate::builder::{self, BuildError};
 use crate::model::{
-    AccountId, DeployParameters, ImageStatus, LambdaId, LambdaStatus, LambdaType, Runtime,
+    AccountId, DeployParameters, ImageStatus, LambdaId, LambdaStatus, LambdaType, Runtime, Version,
 };
 use crate::runtime::{
     self, Component, GuestEnv, LoadedLambda, OutboundLimits, OutboundPolicy, Prelinked,
@@ -98,7 +100,7 @@ impl BuildJob<'_> {
     async fn build_wasm(&mut self) -> Result<Arc<LoadedLambda>, BuildFailure> {
         let lifecycle = self.lifecycle;
         let wasm = lifecycle
-            .stored_wasm(&self.record.spec.archive_digest)
+            .checked_wasm(self.record.lambda_id, &self.record.spec)
             .await?;
         let wasm_digest = builder::digest(&wasm);
         self.log(&format!(
@@ -260,6 +262,8 @@ impl Lifecycle {
         started: Instant,
     ) {
         let guard = self.lock(id).lock_owned().await;
+        // A job that failed before reading its upload leaves nothing kept.
+        self.unstage(id);
         let Ok(Some(mut record)) = self.store.lambda(id) else {
             return; // deleted meanwhile
         };
@@ -329,14 +333,58 @@ impl Lifecycle {
         }
     }
 
-    /// A stored archive, re-checked against the archive rules.
-    async fn stored_report(
+    /// Keeps an accepted upload for the build job of `version`, replacing one kept for an
+    /// earlier job, unless that would pass `builds.max_staged_mb` in all.
+    pub(super) fn stage(
         &self,
-        archive_digest: &str,
-    ) -> Result<(Vec<u8>, builder::archive::ArchiveReport), BuildFailure> {
+        id: LambdaId,
+        version: Version,
+        archive: bytes::Bytes,
+        report: ArchiveReport,
+    ) {
+        self.unstage(id);
+        let staged = Staged {
+            version,
+            archive,
+            report,
+        };
+        let size = staged.size();
+        let bound = usize::try_from(self.config.builds.max_staged_mb.saturating_mul(1 << 20))
+            .unwrap_or(usize::MAX);
+        let admitted = self
+            .staged_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
+                total.checked_add(size).filter(|t| *t <= bound)
+            })
+            .is_ok();
+        if admitted {
+            self.staged.insert(id, staged);
+        }
+    }
+
+    /// Takes back what was kept for the lambda's build job.
+    pub(super) fn unstage(&self, id: LambdaId) -> Option<Staged> {
+        let (_, staged) = self.staged.remove(&id)?;
+        self.staged_bytes.fetch_sub(staged.size(), Ordering::AcqRel);
+        Some(staged)
+    }
+
+    /// The archive of `spec` and what its check found: kept from the upload when its job
+    /// is the one the upload queued, otherwise read back and checked again against the
+    /// archive rules (a limit may have been lowered since the upload).
+    pub(super) async fn checked_archive(
+        &self,
+        id: LambdaId,
+        spec: &LambdaSpec,
+    ) -> Result<(bytes::Bytes, ArchiveReport), BuildFailure> {
+        if let Some(staged) = self.unstage(id)
+            && staged.version == spec.version
+        {
+            return Ok((staged.archive, staged.report));
+        }
         let archives = self.archives.clone();
         let limits = self.config.limits.clone();
-        let digest = archive_digest.to_owned();
+        let digest = spec.archive_digest.clone();
         let (bytes, report) = tokio::task::spawn_blocking(move || {
             archives.get(&digest).map(|bytes| {
                 let report = builder::archive::inspect(&bytes, &limits);
@@ -345,26 +393,22 @@ impl Lifecycle {
         })
         .await?
         .map_err(|source| BuildFailure::ArchiveUnreadable {
-            digest: archive_digest.to_owned(),
+            digest: spec.archive_digest.clone(),
             source,
         })?;
         if !report.problems.is_empty() {
             return Err(BuildFailure::ArchiveRules(report.problems));
         }
-        Ok((bytes, report))
+        Ok((bytes.into(), report))
     }
 
-    /// A stored archive's bytes, re-checked against the archive rules.
-    pub(super) async fn stored_archive(
+    /// `lambda.wasm` of `spec`'s archive, checked as `checked_archive` says.
+    pub(super) async fn checked_wasm(
         &self,
-        archive_digest: &str,
+        id: LambdaId,
+        spec: &LambdaSpec,
     ) -> Result<Vec<u8>, BuildFailure> {
-        Ok(self.stored_report(archive_digest).await?.0)
-    }
-
-    /// `lambda.wasm` of a stored archive, re-checked against the archive rules.
-    pub(super) async fn stored_wasm(&self, archive_digest: &str) -> Result<Vec<u8>, BuildFailure> {
-        self.stored_report(archive_digest)
+        self.checked_archive(id, spec)
             .await?
             .1
             .wasm

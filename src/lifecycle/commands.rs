@@ -168,6 +168,7 @@ impl Lifecycle {
             return Err(e);
         }
         tracing::info!(lambda = %id, account = %account, name = %name, "lambda created");
+        self.stage(id, Version::FIRST, upload.archive, check.archive);
         self.spawn_build(id);
         Ok(id)
     }
@@ -208,6 +209,7 @@ impl Lifecycle {
         )?;
         self.store.flush().await?;
         tracing::info!(lambda = %id, version = %next, "lambda recreate accepted");
+        self.stage(id, next, upload.archive, check.archive);
         self.spawn_build(id);
         drop(_no_gc);
         self.collect_spec_garbage(replaced).await?;
@@ -301,6 +303,7 @@ impl Lifecycle {
         if let Some((_, job)) = self.jobs.remove(&id) {
             job.abort();
         }
+        self.unstage(id);
         let build = self.store.build(id)?;
         self.store.delete_lambda(&record)?;
         // Requests still finishing may have queued lines: let the writer drain them

@@ -27,7 +27,7 @@ impl BuildJob<'_> {
         let backends = lifecycle.backends()?;
         let spec = self.record.spec.clone();
         let (id, version, account) = (self.record.lambda_id, spec.version, self.account);
-        let archive = lifecycle.stored_archive(&spec.archive_digest).await?;
+        let (archive, _) = lifecycle.checked_archive(id, &spec).await?;
         let (digest, parameters, default_base, limits) = (
             spec.archive_digest.clone(),
             spec.parameters.clone(),

@@ -1,8 +1,10 @@
 //! Garbage collection of what lambdas share by digest: stored archives and compiled
-//! artifacts go when no lambda, serving or building, references them any more.
+//! artifacts go when no lambda, serving or building, references them any more. The
+//! store counts the references with every write, so a collection reads one count per
+//! candidate, never the records.
 
 use super::{Lifecycle, Result};
-use crate::store::LambdaSpec;
+use crate::store::{LambdaSpec, RefKind};
 
 impl Lifecycle {
     /// Removes what a spec no longer in use referenced (if nothing else does).
@@ -25,22 +27,15 @@ impl Lifecycle {
         components: &[String],
     ) -> Result<()> {
         let _exclusive = self.gc_lock.write().await;
-        let mut used_archives = std::collections::HashSet::new();
-        let mut used_components = std::collections::HashSet::new();
-        for spec in self
-            .store
-            .lambdas()?
-            .into_iter()
-            .map(|r| r.current)
-            .chain(self.store.builds()?.into_iter().map(|b| b.spec))
-        {
-            used_archives.insert(spec.archive_digest);
-            used_components.extend(spec.wasm_digest);
+        for digest in archives {
+            if self.store.references(RefKind::Archive, digest)? == 0 {
+                self.archives.remove(digest)?;
+            }
         }
-        for digest in archives.iter().filter(|d| !used_archives.contains(*d)) {
-            self.archives.remove(digest)?;
-        }
-        for digest in components.iter().filter(|d| !used_components.contains(*d)) {
+        for digest in components {
+            if self.store.references(RefKind::Component, digest)? > 0 {
+                continue;
+            }
             let files = self.store.artifacts(digest)?;
             self.engine.remove_artifacts(&files);
             self.components.remove(digest);

@@ -16,17 +16,20 @@ mod recover;
 mod tests;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 
+use crate::builder::archive::ArchiveReport;
 use crate::builder::{self, ArchiveStore, BuildError};
 use crate::config::Config;
 use crate::logs::LogSink;
 use crate::metrics::Metrics;
 use crate::model::{
     AccountId, Credentials, DeployParameters, ImageStatus, LambdaId, LambdaType, Parameters,
+    Version,
 };
 use crate::runtime::{Component, LoadedLambda, PodSet, Registry, WasmEngine};
 use crate::secrets::{Sealer, SecretsError};
@@ -168,6 +171,26 @@ pub struct Lifecycle {
     /// its code in memory.
     components: DashMap<String, Component>,
     jobs: DashMap<LambdaId, tokio::task::AbortHandle>,
+    /// Accepted uploads waiting for their build jobs, and their size in total.
+    staged: DashMap<LambdaId, Staged>,
+    staged_bytes: AtomicUsize,
+}
+
+/// An accepted upload kept in memory for its build job, with what its check found: the
+/// job then neither reads the archive back nor unzips and checks it again. A restart
+/// loses it (the job that died with the process ends `error`).
+#[derive(Debug)]
+struct Staged {
+    version: Version,
+    archive: bytes::Bytes,
+    report: ArchiveReport,
+}
+
+impl Staged {
+    /// What it holds in memory.
+    fn size(&self) -> usize {
+        self.archive.len() + self.report.wasm.as_ref().map_or(0, Vec::len)
+    }
 }
 
 fn now() -> DateTime<Utc> {
@@ -203,6 +226,8 @@ impl Lifecycle {
             gc_lock: tokio::sync::RwLock::new(()),
             components: DashMap::new(),
             jobs: DashMap::new(),
+            staged: DashMap::new(),
+            staged_bytes: AtomicUsize::new(0),
         })
     }
 

@@ -95,7 +95,7 @@ impl Lifecycle {
         {
             return self.load_version(record.lambda_id, record.account_id, spec, &shared, None);
         }
-        let wasm = self.stored_wasm(&spec.archive_digest).await?;
+        let wasm = self.checked_wasm(record.lambda_id, spec).await?;
         let engine = self.engine.clone();
         let (wasm_digest, compiled) = tokio::task::spawn_blocking(move || {
             let compiled = engine.compile(&wasm).map_err(BuildFailure::Compile)?;

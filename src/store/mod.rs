@@ -1,7 +1,8 @@
 //! The persistent store: a facade over sled exposing domain operations on lambdas,
 //! build jobs, lambda logs and lambdas' key-value data. One tree per entity; records carry a schema byte;
-//! the list order and filters are served from an in-memory index kept with every write.
-//! Depends on `model` only. A later Postgres backend replaces this module's insides.
+//! the list order and filters are served from an in-memory index kept with every write;
+//! how many records reference each archive and component is counted with every write
+//! (`refs`), so garbage collection reads counts, not records. Depends on `model` only.
 
 mod kv;
 mod records;
@@ -14,8 +15,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
 
+use serde::{Deserialize, Serialize};
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 pub use kv::{KvError, KvQuotas, KvUsage, LIST_PAGE, check_bucket};
 pub use records::{BuildKind, BuildRecord, LambdaRecord, LambdaSpec};
@@ -49,6 +51,11 @@ pub struct Store {
     artifacts: sled::Tree,
     kv: sled::Tree,
     kv_usage: sled::Tree,
+    /// Per record holding references (a lambda's current spec, a build's spec), the
+    /// digests it references.
+    holders: sled::Tree,
+    /// Per archive or component digest, how many holders reference it.
+    refs: sled::Tree,
     log_seq: Arc<AtomicU64>,
     list_index: Arc<RwLock<ListIndex>>,
     flush_gate: Arc<tokio::sync::Mutex<()>>,
@@ -103,6 +110,110 @@ fn log_key(id: LambdaId, seq: u64) -> [u8; 24] {
     key
 }
 
+/// What a spec keeps alive: its archive and, once built, its component.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct SpecRefs {
+    archive: String,
+    component: Option<String>,
+}
+
+impl SpecRefs {
+    fn of(spec: &LambdaSpec) -> Self {
+        Self {
+            archive: spec.archive_digest.clone(),
+            component: spec.wasm_digest.clone(),
+        }
+    }
+
+    /// The reference count keys: one per digest, tagged by kind.
+    fn keys(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        std::iter::once(ref_key(RefKind::Archive, &self.archive)).chain(
+            self.component
+                .iter()
+                .map(|c| ref_key(RefKind::Component, c)),
+        )
+    }
+}
+
+/// What a digest names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    /// A stored archive.
+    Archive,
+    /// A compiled component.
+    Component,
+}
+
+fn ref_key(kind: RefKind, digest: &str) -> Vec<u8> {
+    let tag = match kind {
+        RefKind::Archive => b'a',
+        RefKind::Component => b'c',
+    };
+    let mut key = vec![tag];
+    key.extend_from_slice(digest.as_bytes());
+    key
+}
+
+/// The holder key of a lambda's current spec, or of its build job's.
+fn holder_key(id: LambdaId, build: bool) -> Vec<u8> {
+    let mut key = vec![if build { b'b' } else { b'l' }];
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Marks a store whose reference counts are kept (older stores are counted once at open).
+const REFS_COUNTED: &[u8] = b"refs-counted-v1";
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+/// Points `holder` at `new` (None: it holds nothing any more), moving the counts of
+/// what it referenced before to what it references now.
+fn retarget(
+    holders: &TransactionalTree,
+    refs: &TransactionalTree,
+    holder: &[u8],
+    new: Option<&SpecRefs>,
+) -> TxResult<()> {
+    let old: Option<SpecRefs> = holders
+        .get(holder)?
+        .map(|v| records::decode(&v))
+        .transpose()
+        .map_err(abort)?;
+    if old.as_ref() == new {
+        return Ok(());
+    }
+    for key in old.iter().flat_map(SpecRefs::keys) {
+        count(refs, &key, -1)?;
+    }
+    for key in new.into_iter().flat_map(SpecRefs::keys) {
+        count(refs, &key, 1)?;
+    }
+    match new {
+        Some(new) => holders.insert(holder, records::encode(new).map_err(abort)?)?,
+        None => holders.remove(holder)?,
+    };
+    Ok(())
+}
+
+fn count(refs: &TransactionalTree, key: &[u8], delta: i64) -> TxResult<()> {
+    let now = refs.get(key)?.map_or(0, |v| read_count(&v));
+    let next = now.saturating_add_signed(delta);
+    if next == 0 {
+        refs.remove(key)?;
+    } else {
+        refs.insert(key, &next.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+fn read_count(bytes: &[u8]) -> u64 {
+    bytes.try_into().map_or(0, u64::from_be_bytes)
+}
+
 fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
     r.map_err(|e| match e {
         TransactionError::Abort(e) => e,
@@ -128,7 +239,7 @@ impl Store {
             let record: LambdaRecord = records::decode(&value?)?;
             list_index.insert(list_key(&record), ListEntry::of(&record));
         }
-        Ok(Self {
+        let store = Self {
             lambdas,
             names: db.open_tree("names")?,
             builds: db.open_tree("builds")?,
@@ -137,11 +248,54 @@ impl Store {
             artifacts: db.open_tree("artifacts")?,
             kv: db.open_tree("kv")?,
             kv_usage: db.open_tree("kv_usage")?,
+            holders: db.open_tree("holders")?,
+            refs: db.open_tree("refs")?,
             db,
             log_seq: Arc::new(AtomicU64::new(start)),
             list_index: Arc::new(RwLock::new(list_index)),
             flush_gate: Arc::new(tokio::sync::Mutex::new(())),
-        })
+        };
+        store.count_refs_once()?;
+        Ok(store)
+    }
+
+    /// A store written before reference counting gets its counts from one scan.
+    fn count_refs_once(&self) -> Result<(), StoreError> {
+        if self.meta.contains_key(REFS_COUNTED)? {
+            return Ok(());
+        }
+        self.holders.clear()?;
+        self.refs.clear()?;
+        let lambdas = self
+            .lambdas()?
+            .into_iter()
+            .map(|r| (r.lambda_id, false, r.current));
+        let builds = self
+            .builds()?
+            .into_iter()
+            .map(|b| (b.lambda_id, true, b.spec));
+        for (id, build, spec) in lambdas.chain(builds) {
+            self.hold(id, build, Some(&spec))?;
+        }
+        self.meta.insert(REFS_COUNTED, &[1])?;
+        Ok(())
+    }
+
+    fn hold(&self, id: LambdaId, build: bool, spec: Option<&LambdaSpec>) -> Result<(), StoreError> {
+        let refs = spec.map(SpecRefs::of);
+        unwrap_tx(
+            (&self.holders, &self.refs).transaction(|(holders, counts)| {
+                retarget(holders, counts, &holder_key(id, build), refs.as_ref())
+            }),
+        )
+    }
+
+    /// How many lambdas' current specs and build jobs reference the digest.
+    pub fn references(&self, kind: RefKind, digest: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .refs
+            .get(ref_key(kind, digest))?
+            .map_or(0, |v| read_count(&v)))
     }
 
     /// Makes every acknowledged write durable.
@@ -189,21 +343,26 @@ impl Store {
             .list_index
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let outcome = (&self.lambdas, &self.names).transaction(|(lambdas, names)| {
-            if let Some(owner) = names.get(&new_key)?
-                && owner.as_ref() != id.as_bytes()
-            {
-                return Ok(Err(NameTaken));
-            }
-            if let Some(old) = &old_key
-                && *old != new_key
-            {
-                names.remove(old.as_slice())?;
-            }
-            names.insert(new_key.as_slice(), id.as_bytes())?;
-            lambdas.insert(id.as_bytes(), value.as_slice())?;
-            Ok::<_, ConflictableTransactionError<StoreError>>(Ok(()))
-        });
+        let refs = SpecRefs::of(&record.current);
+        let holder = holder_key(id, false);
+        let outcome = (&self.lambdas, &self.names, &self.holders, &self.refs).transaction(
+            |(lambdas, names, holders, counts)| {
+                if let Some(owner) = names.get(&new_key)?
+                    && owner.as_ref() != id.as_bytes()
+                {
+                    return Ok(Err(NameTaken));
+                }
+                if let Some(old) = &old_key
+                    && *old != new_key
+                {
+                    names.remove(old.as_slice())?;
+                }
+                names.insert(new_key.as_slice(), id.as_bytes())?;
+                lambdas.insert(id.as_bytes(), value.as_slice())?;
+                retarget(holders, counts, &holder, Some(&refs))?;
+                Ok(Ok(()))
+            },
+        );
         let outcome = unwrap_tx(outcome)?;
         if outcome.is_ok() {
             index.insert(list_key(record), ListEntry::of(record));
@@ -257,8 +416,15 @@ impl Store {
             .list_index
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        unwrap_tx((&self.lambdas, &self.names, &self.builds).transaction(
-            |(lambdas, names, builds)| {
+        let trees = (
+            &self.lambdas,
+            &self.names,
+            &self.builds,
+            &self.holders,
+            &self.refs,
+        );
+        unwrap_tx(
+            trees.transaction(|(lambdas, names, builds, holders, counts)| {
                 lambdas.remove(id.as_bytes())?;
                 if names
                     .get(&name)?
@@ -267,9 +433,11 @@ impl Store {
                     names.remove(name.as_slice())?;
                 }
                 builds.remove(id.as_bytes())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            },
-        ))?;
+                retarget(holders, counts, &holder_key(id, false), None)?;
+                retarget(holders, counts, &holder_key(id, true), None)?;
+                Ok(())
+            }),
+        )?;
         index.remove(&list_key(record));
         drop(index);
         self.delete_logs(id)?;
@@ -297,9 +465,15 @@ impl Store {
 
     /// Stores the lambda's build job.
     pub fn save_build(&self, build: &BuildRecord) -> Result<(), StoreError> {
-        self.builds
-            .insert(build.lambda_id.as_bytes(), records::encode(build)?)?;
-        Ok(())
+        let value = records::encode(build)?;
+        let refs = SpecRefs::of(&build.spec);
+        let holder = holder_key(build.lambda_id, true);
+        unwrap_tx((&self.builds, &self.holders, &self.refs).transaction(
+            |(builds, holders, counts)| {
+                builds.insert(build.lambda_id.as_bytes(), value.as_slice())?;
+                retarget(holders, counts, &holder, Some(&refs))
+            },
+        ))
     }
 
     /// The lambda's latest build job.
@@ -492,6 +666,72 @@ mod tests {
         drop(store);
         let reopened = Store::open(dir.path()).unwrap();
         assert_eq!(all(&reopened), ids(&[&records[2], &records[0]]));
+    }
+
+    #[test]
+    fn references_are_counted_with_every_write_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let refs = |store: &Store, kind, digest| store.references(kind, digest).unwrap();
+        let mut first = record(AccountId::generate(), "a");
+        first.current.archive_digest = "shared".into();
+        let mut second = record(AccountId::generate(), "b");
+        second.current.archive_digest = "shared".into();
+        store.save_lambda(&first, None).unwrap().unwrap();
+        store.save_lambda(&second, None).unwrap().unwrap();
+        assert_eq!(refs(&store, RefKind::Archive, "shared"), 2);
+        // A build of a new archive holds it beside the serving one; once built it also
+        // holds its component.
+        let mut build = BuildRecord {
+            lambda_id: first.lambda_id,
+            kind: BuildKind::Recreate,
+            spec: LambdaSpec {
+                archive_digest: "new".into(),
+                ..first.current.clone()
+            },
+            status: crate::model::ImageStatus::Pending,
+            created: chrono::Utc::now(),
+            finished: None,
+            logs: vec![],
+        };
+        store.save_build(&build).unwrap();
+        build.spec.wasm_digest = Some("wasm".into());
+        store.save_build(&build).unwrap();
+        store.save_build(&build).unwrap();
+        assert_eq!(refs(&store, RefKind::Archive, "new"), 1);
+        assert_eq!(refs(&store, RefKind::Component, "wasm"), 1);
+        // The lambda swaps to the built version: the old archive loses one holder.
+        first.current = build.spec;
+        store.save_lambda(&first, Some("a")).unwrap().unwrap();
+        assert_eq!(refs(&store, RefKind::Archive, "shared"), 1);
+        assert_eq!(refs(&store, RefKind::Archive, "new"), 2);
+        assert_eq!(refs(&store, RefKind::Component, "wasm"), 2);
+        // A name clash changes nothing.
+        let mut clash = record(first.account_id, "a");
+        clash.current.archive_digest = "clash".into();
+        assert_eq!(store.save_lambda(&clash, None).unwrap(), Err(NameTaken));
+        assert_eq!(refs(&store, RefKind::Archive, "clash"), 0);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        store.delete_lambda(&first).unwrap();
+        assert_eq!(refs(&store, RefKind::Archive, "new"), 0);
+        assert_eq!(refs(&store, RefKind::Component, "wasm"), 0);
+        assert_eq!(refs(&store, RefKind::Archive, "shared"), 1);
+    }
+
+    #[test]
+    fn a_store_written_before_counting_is_counted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let lambda = record(AccountId::generate(), "old");
+        store.save_lambda(&lambda, None).unwrap().unwrap();
+        // As an older version left it: records, no counts.
+        store.refs.clear().unwrap();
+        store.holders.clear().unwrap();
+        store.meta.remove(REFS_COUNTED).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.references(RefKind::Archive, "00").unwrap(), 1);
     }
 
     #[test]

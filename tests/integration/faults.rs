@@ -93,17 +93,20 @@ async fn a_full_data_directory_costs_only_the_create() {
 
     let filler = fill(&fs.path);
     // The first reuses the stored archive, so its record reaches the store and the flush
-    // is what fails; the others fail storing their archive.
+    // is what fails: its config is larger than the room the store may still have in pages
+    // it already holds. The others fail storing their archive.
+    let large_config = json!({"blob": hex::encode(incompressible(400_000, 7))});
     for attempt in 0..3 {
         let name = format!("full{attempt}");
-        let upload = if attempt == 0 {
-            first.clone()
+        let (upload, parameters) = if attempt == 0 {
+            (
+                first.clone(),
+                json!({"lambda_name": name, "config": large_config}),
+            )
         } else {
-            archive(&name)
+            (archive(&name), json!({"lambda_name": name}))
         };
-        let r = s
-            .create_raw(ACCOUNT, upload, json!({"lambda_name": name}), None)
-            .await;
+        let r = s.create_raw(ACCOUNT, upload, parameters, None).await;
         let body = assert_error(r, 500, 1).await;
         assert_eq!(body["detail"], "internal server error", "no internal text");
     }
