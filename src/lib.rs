@@ -209,7 +209,8 @@ impl Server {
         );
         let lifecycle = lifecycle::Lifecycle::new(lifecycle::Parts {
             config: config.clone(),
-            store,
+            store: Arc::new(store.clone()),
+            kv: store,
             archives,
             sealer,
             engine,

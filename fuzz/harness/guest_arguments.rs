@@ -9,11 +9,13 @@ use std::sync::OnceLock;
 use arbitrary::Arbitrary;
 use luna_lambda::config::Sandbox;
 use luna_lambda::model::{
-    AccountId, DeployParameters, HostPattern, LambdaId, LambdaStatus, LambdaType, Parameters,
-    Runtime, Version,
+    AccountId, HostPattern, LambdaId, LambdaStatus, LambdaType, Runtime, Version,
 };
 use luna_lambda::runtime::{OutboundLimits, OutboundPolicy, flatten_config};
-use luna_lambda::store::{KvQuotas, KvUsage, LambdaRecord, LambdaSpec, Store, check_bucket};
+use luna_lambda::store::{
+    KvQuotas, KvUsage, LambdaRecord, LambdaSpec, LambdaStore, SpecDeployParameters, SpecParameters,
+    Store, check_bucket,
+};
 
 const QUOTAS: KvQuotas = KvQuotas {
     max_keys: 8,
@@ -70,6 +72,15 @@ fn store() -> &'static Store {
         .1
 }
 
+/// Runs one of the store's async record calls to its end (the key-value calls under
+/// test are synchronous, as the guest makes them).
+fn blocking<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime")
+        .block_on(call)
+}
+
 fn record() -> LambdaRecord {
     let now = chrono::Utc::now();
     LambdaRecord {
@@ -86,8 +97,8 @@ fn record() -> LambdaRecord {
             lambda_type: LambdaType::Standalone,
             runtime: Runtime::Wasm,
             archive_digest: "00".into(),
-            parameters: Parameters::default(),
-            deploy_parameters: DeployParameters::default(),
+            parameters: SpecParameters::default(),
+            deploy_parameters: SpecDeployParameters::default(),
             credentials_sealed: vec![],
             wasm_digest: None,
             openapi: None,
@@ -147,8 +158,7 @@ fn check_keyvalue(ops: &[Op]) {
     let store = store();
     let record = record();
     let lambda = record.lambda_id;
-    store
-        .save_lambda(&record, None)
+    blocking(store.save_lambda(&record, None))
         .expect("the store saves")
         .expect("the name is free");
     let mut model = Model::new();
@@ -260,7 +270,7 @@ fn check_keyvalue(ops: &[Op]) {
             assert_eq!(got.as_ref(), Some(value));
         }
     }
-    store.delete_lambda(&record).expect("delete");
+    blocking(store.delete_lambda(&record)).expect("delete");
     store.kv_delete_namespace(lambda).expect("sweep");
 }
 

@@ -22,7 +22,7 @@ use crate::model::{
     BaseImage, Credentials, DeployParameters, LambdaId, LambdaName, LambdaStatus, LambdaType,
     Parameters, Runtime, SandboxParameters,
 };
-use crate::store::LambdaRecord;
+use crate::store::{LambdaRecord, ListQuery};
 
 type ApiResult<T = Response> = Result<T, ApiError>;
 
@@ -100,7 +100,8 @@ fn time(t: chrono::DateTime<chrono::Utc>) -> String {
 impl LambdaDto {
     fn new(r: LambdaRecord, state: &AppState) -> Self {
         let spec = r.current;
-        let mut deploy = spec.deploy_parameters;
+        let parameters = Parameters::from(&spec.parameters);
+        let mut deploy = DeployParameters::from(&spec.deploy_parameters);
         deploy.gpu_enabled.get_or_insert(0);
         deploy.pod_count.get_or_insert(1);
         deploy
@@ -135,12 +136,11 @@ impl LambdaDto {
             runtime: spec.runtime,
             create_time: time(r.create_time),
             last_update_time: time(r.last_update_time),
-            additional_user_docker_commands: spec
-                .parameters
+            additional_user_docker_commands: parameters
                 .additional_user_docker_commands
                 .unwrap_or_default(),
-            base_image: spec.parameters.base_image,
-            workers: spec.parameters.workers.unwrap_or(1),
+            base_image: parameters.base_image,
+            workers: parameters.workers.unwrap_or(1),
             deploy_parameters: deploy,
         }
     }
@@ -227,7 +227,7 @@ pub(super) async fn recreate(
     let account = input::account_required(&headers)?;
     let id = lambda_id(&raw_id)?;
     // Unknown ids fail before the upload is read.
-    state.lifecycle.owned(id, Some(account))?;
+    state.lifecycle.owned(id, Some(account)).await?;
     let parts = read_parts(&state, &headers, multipart, UPLOAD_PARTS).await?;
     let upload = parse_upload(parts, false)?;
     let version = state.lifecycle.recreate(account, id, upload).await?;
@@ -355,26 +355,29 @@ pub(super) async fn list(
         }
     };
     let filter = ListFilter {
-        account: reader_account(&headers, &query)?,
-        created_before: time("create_time__lt")?,
-        created_since: time("create_time__gte")?,
-        lambda_type: query.get("lambda_type")?,
-        name_contains: query.raw("lambda_name").map(str::to_owned),
-        namespaces,
+        query: ListQuery {
+            account: reader_account(&headers, &query)?,
+            created_before: time("create_time__lt")?,
+            created_since: time("create_time__gte")?,
+            lambda_type: query.get("lambda_type")?,
+            name_contains: query.raw("lambda_name").map(str::to_owned),
+            namespaces,
+        },
         page: usize::try_from(query.int_in("page", 1..=u64::from(u32::MAX))?.unwrap_or(1))
             .unwrap_or(1),
         page_size: usize::try_from(query.int_in("page_size", 1..=100)?.unwrap_or(10)).unwrap_or(10),
     };
     let lambdas: Vec<LambdaDto> = state
         .lifecycle
-        .list(&filter)?
+        .list(&filter)
+        .await?
         .into_iter()
         .map(|r| LambdaDto::new(r, &state))
         .collect();
     Ok(Json(json!({ "lambdas": lambdas })).into_response())
 }
 
-fn scoped(
+async fn scoped(
     state: &AppState,
     raw_id: &str,
     q: Option<&str>,
@@ -386,7 +389,7 @@ fn scoped(
     let query = Query::parse(q, &allowed)?;
     let account = reader_account(headers, &query)?;
     let id = lambda_id(raw_id)?;
-    Ok((state.lifecycle.owned(id, account)?, query))
+    Ok((state.lifecycle.owned(id, account).await?, query))
 }
 
 /// `GET /1/lambdas/{lambda_id}`.
@@ -396,7 +399,7 @@ pub(super) async fn get(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult {
-    let (record, _) = scoped(&state, &raw_id, q.as_deref(), &headers, &[])?;
+    let (record, _) = scoped(&state, &raw_id, q.as_deref(), &headers, &[]).await?;
     Ok(Json(LambdaDto::new(record, &state)).into_response())
 }
 
@@ -407,7 +410,7 @@ pub(super) async fn head(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult {
-    scoped(&state, &raw_id, q.as_deref(), &headers, &[])?;
+    scoped(&state, &raw_id, q.as_deref(), &headers, &[]).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -432,7 +435,7 @@ pub(super) async fn status(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult {
-    let (record, _) = scoped(&state, &raw_id, q.as_deref(), &headers, &[])?;
+    let (record, _) = scoped(&state, &raw_id, q.as_deref(), &headers, &[]).await?;
     let (status, pod_statuses) = state.lifecycle.live_status(&record).await;
     Ok(Json(StatusDto {
         status,
@@ -450,7 +453,7 @@ pub(super) async fn logs(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult {
-    let (record, query) = scoped(&state, &raw_id, q.as_deref(), &headers, &["tail_lines"])?;
+    let (record, query) = scoped(&state, &raw_id, q.as_deref(), &headers, &["tail_lines"]).await?;
     let tail = query.int_in("tail_lines", 0..=TAIL_MAX)?;
     let logs = state.lifecycle.pod_logs(&record, tail).await?;
     Ok(Json(json!({ "logs": logs })).into_response())
@@ -477,8 +480,8 @@ pub(super) async fn image_status(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult {
-    let (record, _) = scoped(&state, &raw_id, q.as_deref(), &headers, &[])?;
-    let image = state.lifecycle.image(record.lambda_id, None)?;
+    let (record, _) = scoped(&state, &raw_id, q.as_deref(), &headers, &[]).await?;
+    let image = state.lifecycle.image(record.lambda_id, None).await?;
     Ok(Json(json!({ "status": image.status })).into_response())
 }
 
@@ -489,9 +492,9 @@ pub(super) async fn image_logs(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult {
-    let (record, query) = scoped(&state, &raw_id, q.as_deref(), &headers, &["tail_lines"])?;
+    let (record, query) = scoped(&state, &raw_id, q.as_deref(), &headers, &["tail_lines"]).await?;
     let tail = query.int_in("tail_lines", 0..=TAIL_MAX)?;
-    let mut lines = state.lifecycle.image(record.lambda_id, None)?.logs;
+    let mut lines = state.lifecycle.image(record.lambda_id, None).await?.logs;
     if let Some(t) = tail {
         let keep = usize::try_from(t).unwrap_or(usize::MAX);
         let skip = lines.len().saturating_sub(keep);
@@ -522,7 +525,7 @@ pub(super) async fn lambda_docs(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult {
-    let (record, _) = scoped(&state, &raw_id, q.as_deref(), &headers, &[])?;
+    let (record, _) = scoped(&state, &raw_id, q.as_deref(), &headers, &[]).await?;
     let kind = input::negotiate(&headers, &[YAML, HTML], None)?;
     let text = record.current.openapi.clone().unwrap_or_else(|| {
         crate::docs::default_lambda_spec(&record.lambda_id.to_string(), &record.lambda_name)

@@ -8,19 +8,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use super::deploy::DeployError;
 use super::{Lifecycle, Served, Staged, now, stamp};
 use crate::builder::archive::ArchiveReport;
 use crate::builder::{self, BuildError};
-use crate::model::{
-    AccountId, DeployParameters, ImageStatus, LambdaId, LambdaStatus, LambdaType, Runtime, Version,
-};
+use crate::model::{AccountId, ImageStatus, LambdaId, LambdaStatus, LambdaType, Runtime, Version};
 use crate::runtime::{
     self, Component, GuestEnv, LoadedLambda, OutboundLimits, OutboundPolicy, Prelinked,
     RuntimeError, SandboxLimits,
 };
 use crate::secrets::SecretsError;
-use crate::store::{BuildRecord, KvQuotas, LambdaSpec, StoreError};
+use crate::store::{
+    BuildRecord, KvQuotas, LambdaSpec, LambdaStore, SpecDeployParameters, StoreError,
+};
 
 /// Why a build (or the reload of a version after a restart) failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,18 +77,20 @@ pub enum BuildFailure {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// One run of a lambda's build job: the job's record (saved with every log line) and
-/// what the run needs to know of its lambda.
+/// One run of a lambda's build job: the job's record (saved as its log grows) and what
+/// the run needs to know of its lambda.
 pub(super) struct BuildJob<'a> {
     pub(super) lifecycle: &'a Lifecycle,
     pub(super) record: BuildRecord,
     pub(super) account: AccountId,
+    saver: JobSaver,
 }
 
 impl BuildJob<'_> {
-    /// Appends a line to the job's log.
+    /// Appends a line to the job's log; the record is saved soon after.
     pub(super) fn log(&mut self, line: &str) {
-        self.lifecycle.build_log(&mut self.record, line);
+        self.lifecycle.append_line(&mut self.record, line);
+        self.saver.offer(&self.record);
     }
 
     /// Builds the job's version; returns what will serve it.
@@ -130,13 +134,18 @@ impl BuildJob<'_> {
             lifecycle
                 .store
                 .add_artifacts(&wasm_digest, &compiled.artifacts)
+                .await
                 .map_err(BuildFailure::Artifact)?;
         }
         let (compiled, prelinked) = match (check.compiled, check.prelinked) {
             (Some(c), Some(p)) if check.problems.is_empty() => (c, p),
             _ => return Err(BuildFailure::Component(check.problems)),
         };
-        let artifacts = lifecycle.store.artifacts(&wasm_digest).unwrap_or_default();
+        let artifacts = lifecycle
+            .store
+            .artifacts(&wasm_digest)
+            .await
+            .unwrap_or_default();
         let artifact_bytes: u64 = artifacts
             .iter()
             .filter_map(|a| lifecycle.engine.artifact_size(a))
@@ -188,6 +197,51 @@ impl BuildJob<'_> {
     }
 }
 
+/// Saves a running job's record as its log grows. Lines come from synchronous progress
+/// callbacks and the store is async: the newest record waits in a slot, and one task
+/// saves whatever is newest whenever it is free, so a burst of lines costs one save.
+struct JobSaver {
+    newest: watch::Sender<Option<BuildRecord>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JobSaver {
+    fn start(store: Arc<dyn LambdaStore>) -> Self {
+        let (newest, mut offered) = watch::channel(None::<BuildRecord>);
+        let task = tokio::spawn(async move {
+            // After the sender is gone, the newest record not yet seen is still saved.
+            while offered.changed().await.is_ok() {
+                let record = offered.borrow_and_update().clone();
+                if let Some(record) = record {
+                    save_job(store.as_ref(), &record).await;
+                }
+            }
+        });
+        Self { newest, task }
+    }
+
+    fn offer(&self, record: &BuildRecord) {
+        self.newest.send_replace(Some(record.clone()));
+    }
+
+    /// Waits until the newest record offered is saved.
+    async fn finish(self) {
+        drop(self.newest);
+        let _ = self.task.await;
+    }
+}
+
+/// Saves a build job's record, unless its lambda is gone: an aborted build of a deleted
+/// lambda must not bring its job record back.
+async fn save_job(store: &dyn LambdaStore, build: &BuildRecord) {
+    if !matches!(store.lambda_exists(build.lambda_id).await, Ok(true)) {
+        return;
+    }
+    if let Err(e) = store.save_build(build).await {
+        tracing::error!(lambda = %build.lambda_id, error = %e, "cannot save build job");
+    }
+}
+
 impl Lifecycle {
     pub(super) fn spawn_build(self: &Arc<Self>, id: LambdaId) {
         let this = self.clone();
@@ -198,27 +252,27 @@ impl Lifecycle {
         self.jobs.insert(id, task.abort_handle());
     }
 
-    /// Appends a line to the build job's log (bounded) and saves the job.
-    pub(super) fn build_log(&self, build: &mut BuildRecord, line: &str) {
+    /// Appends a line to a build job's log (bounded).
+    fn append_line(&self, build: &mut BuildRecord, line: &str) {
         tracing::info!(lambda = %build.lambda_id, version = %build.spec.version, "{line}");
         if build.logs.len() >= self.config.builds.max_log_lines {
             build.logs.remove(0);
         }
         build.logs.push(stamp(line));
-        // An aborted build of a deleted lambda must not bring its job record back.
-        if !matches!(self.store.lambda_exists(build.lambda_id), Ok(true)) {
-            return;
-        }
-        if let Err(e) = self.store.save_build(build) {
-            tracing::error!(lambda = %build.lambda_id, error = %e, "cannot save build job");
-        }
+    }
+
+    /// Appends a line to a build job's log and saves the job.
+    pub(super) async fn build_log(&self, build: &mut BuildRecord, line: &str) {
+        self.append_line(build, line);
+        save_job(self.store.as_ref(), build).await;
     }
 
     async fn run_build(&self, id: LambdaId) {
         let Ok(slot) = self.build_slots.clone().acquire_owned().await else {
             return;
         };
-        let (Ok(Some(build)), Ok(Some(record))) = (self.store.build(id), self.store.lambda(id))
+        let (Ok(Some(build)), Ok(Some(record))) =
+            (self.store.build(id).await, self.store.lambda(id).await)
         else {
             return;
         };
@@ -230,6 +284,7 @@ impl Lifecycle {
             lifecycle: self,
             record: build,
             account: record.account_id,
+            saver: JobSaver::start(self.store.clone()),
         };
         job.record.status = ImageStatus::InProgress;
         let version = job.record.spec.version;
@@ -251,7 +306,10 @@ impl Lifecycle {
         drop(slot);
         self.metrics
             .observe_build(outcome.is_ok(), started.elapsed());
-        self.finish_build(id, job.record, outcome, started).await;
+        let BuildJob { record, saver, .. } = job;
+        // The last line offered is saved before the outcome, never after it.
+        saver.finish().await;
+        self.finish_build(id, record, outcome, started).await;
     }
 
     async fn finish_build(
@@ -264,7 +322,7 @@ impl Lifecycle {
         let guard = self.lock(id).lock_owned().await;
         // A job that failed before reading its upload leaves nothing kept.
         self.unstage(id);
-        let Ok(Some(mut record)) = self.store.lambda(id) else {
+        let Ok(Some(mut record)) = self.store.lambda(id).await else {
             return; // deleted meanwhile
         };
         let version = build.spec.version;
@@ -299,16 +357,19 @@ impl Lifecycle {
                         "build completed in {} ms; version {version} is serving",
                         started.elapsed().as_millis()
                     ),
-                );
+                )
+                .await;
                 self.logs.line(id, &format!("version {version} is running"));
             }
             Err(reason) => {
                 build.status = ImageStatus::Error;
                 build.finished = Some(now());
-                self.build_log(&mut build, &format!("build failed: {reason}"));
+                self.build_log(&mut build, &format!("build failed: {reason}"))
+                    .await;
                 if record.deployed {
                     let serving = record.current.version;
-                    self.build_log(&mut build, &format!("version {serving} keeps serving"));
+                    self.build_log(&mut build, &format!("version {serving} keeps serving"))
+                        .await;
                     self.logs.line(
                         id,
                         &format!("build of version {version} failed, version {serving} keeps serving: {reason}"),
@@ -320,7 +381,11 @@ impl Lifecycle {
                 }
             }
         }
-        if let Err(e) = self.store.save_lambda(&record, Some(&record.lambda_name)) {
+        if let Err(e) = self
+            .store
+            .save_lambda(&record, Some(&record.lambda_name))
+            .await
+        {
             tracing::error!(lambda = %id, error = %e, "cannot save lambda after build");
         }
         if let Err(e) = self.store.flush().await {
@@ -436,7 +501,7 @@ impl Lifecycle {
             version: spec.version,
             lambda_type: spec.lambda_type,
             config: runtime::flatten_config(spec.parameters.config.as_ref(), Some(&credentials)),
-            store: self.store.clone(),
+            store: self.kv.clone(),
             kv_quotas: self.kv_quotas(),
             outbound: OutboundPolicy::new(
                 spec.deploy_parameters
@@ -460,7 +525,7 @@ impl Lifecycle {
         .map_err(BuildFailure::Link)?;
         Ok(Arc::new(loaded))
     }
-    fn limits_for(&self, deploy: &DeployParameters) -> SandboxLimits {
+    fn limits_for(&self, deploy: &SpecDeployParameters) -> SandboxLimits {
         let defaults = &self.config.sandbox;
         let sandbox = deploy.sandbox.clone().unwrap_or_default();
         let memory_mb = sandbox.memory_limit_mb.unwrap_or(defaults.memory_limit_mb);

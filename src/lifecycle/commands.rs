@@ -11,7 +11,9 @@ use crate::model::{
     AccountId, DeployParameters, ImageStatus, LambdaId, LambdaName, LambdaStatus, Parameters,
     Runtime, Version,
 };
-use crate::store::{BuildKind, BuildRecord, LambdaRecord, LambdaSpec};
+use crate::store::{
+    BuildKind, BuildRecord, LambdaRecord, LambdaSpec, SpecDeployParameters, SpecParameters,
+};
 
 impl Lifecycle {
     /// Checks an upload without storing anything: every problem, including the
@@ -23,7 +25,6 @@ impl Lifecycle {
     ) -> Result<Vec<String>> {
         let config = self.config.clone();
         let engine = self.engine.clone();
-        let store = self.store.clone();
         // Validation compiles like a build: it waits for a build slot, so a flood of
         // validate calls cannot take every core from the builds and requests.
         let _slot = self
@@ -31,7 +32,7 @@ impl Lifecycle {
             .acquire()
             .await
             .map_err(|e| LifecycleError::Task(e.to_string()))?;
-        let outcome = tokio::task::spawn_blocking(move || {
+        let (problems, compiled) = tokio::task::spawn_blocking(move || {
             let check = builder::check_upload(
                 &config,
                 &parameters,
@@ -39,32 +40,31 @@ impl Lifecycle {
                 &archive,
                 true,
             );
-            let mut problems = check.problems;
             if check.no_container_backend {
                 return Err(LifecycleError::NoContainerBackend);
             }
+            let mut problems = check.problems;
             if problems.is_empty()
                 && let Some(wasm) = &check.archive.wasm
             {
                 let lambda_type = parameters.lambda_type.unwrap_or_default();
                 let component = builder::wasm::check_component(&engine, wasm, lambda_type);
-                let digest = builder::digest(wasm);
-                if let Some(compiled) = &component.compiled {
-                    store.add_artifacts(&digest, &compiled.artifacts)?;
-                }
                 problems.extend(component.problems);
-                return Ok((problems, Some(digest)));
+                let artifacts = component.compiled.map(|c| c.artifacts).unwrap_or_default();
+                return Ok((problems, Some((builder::digest(wasm), artifacts))));
             }
             Ok((problems, None))
         })
         .await
         .map_err(|e| LifecycleError::Task(e.to_string()))??;
-        // Validation must not grow the cache: what no lambda uses goes at once.
-        if let (_, Some(digest)) = &outcome {
-            self.collect_garbage(&[], std::slice::from_ref(digest))
+        if let Some((digest, artifacts)) = compiled {
+            // Recorded, then collected at once: validation must not grow the cache, and
+            // what a lambda already uses stays.
+            self.store.add_artifacts(&digest, &artifacts).await?;
+            self.collect_garbage(&[], std::slice::from_ref(&digest))
                 .await?;
         }
-        Ok(outcome.0)
+        Ok(problems)
     }
 
     async fn check(&self, upload: &Upload, name_required: bool) -> Result<UploadCheck> {
@@ -107,12 +107,8 @@ impl Lifecycle {
             lambda_type: upload.parameters.lambda_type.unwrap_or_default(),
             runtime: check.archive.runtime.unwrap_or(Runtime::Wasm),
             archive_digest,
-            parameters: Parameters {
-                lambda_name: None,
-                description: None,
-                ..upload.parameters.clone()
-            },
-            deploy_parameters: upload.deploy_parameters.clone(),
+            parameters: SpecParameters::from(&upload.parameters),
+            deploy_parameters: SpecDeployParameters::from(&upload.deploy_parameters),
             credentials_sealed: self.sealer.seal(&upload.credentials)?,
             wasm_digest: check.archive.wasm.as_deref().map(builder::digest),
             openapi: check.archive.openapi.clone(),
@@ -140,16 +136,18 @@ impl Lifecycle {
         };
         let lock = self.lock(id);
         let _guard = lock.lock().await;
-        self.store.save_build(&BuildRecord {
-            lambda_id: id,
-            kind: BuildKind::Create,
-            spec,
-            status: ImageStatus::Pending,
-            created: now(),
-            finished: None,
-            logs: vec![stamp("build queued: lambda created")],
-        })?;
-        let accepted = match self.store.save_lambda(&record, None) {
+        self.store
+            .save_build(&BuildRecord {
+                lambda_id: id,
+                kind: BuildKind::Create,
+                spec,
+                status: ImageStatus::Pending,
+                created: now(),
+                finished: None,
+                logs: vec![stamp("build queued: lambda created")],
+            })
+            .await?;
+        let accepted = match self.store.save_lambda(&record, None).await {
             Ok(Ok(())) => self.store.flush().await.map_err(LifecycleError::from),
             Ok(Err(_)) => Err(LifecycleError::NameTaken(name.clone())),
             Err(e) => Err(e.into()),
@@ -158,9 +156,7 @@ impl Lifecycle {
             // A create the client is told failed must leave nothing listed: a name clash,
             // or a store that cannot make it durable (a full disk fails the flush after
             // the in-memory write).
-            if self.store.delete_lambda(&record).is_err() {
-                self.store.unlist(&record);
-            }
+            let _ = self.store.undo_create(&record).await;
             drop(_no_gc);
             let _ = self
                 .collect_garbage(&[record.current.archive_digest], &[])
@@ -182,7 +178,7 @@ impl Lifecycle {
         upload: Upload,
     ) -> Result<Version> {
         let (_guard, mut record) = self.locked(id, Some(account)).await?;
-        let next = self.next_version(&record)?;
+        let next = self.next_version(&record).await?;
         let check = self.check(&upload, false).await?;
         let _no_gc = self.gc_lock.read().await;
         let digest = self.store_archive(upload.archive.clone()).await?;
@@ -198,15 +194,22 @@ impl Lifecycle {
         if !record.deployed {
             record.status = LambdaStatus::Waiting;
         }
-        if self.store.save_lambda(&record, Some(&old_name))?.is_err() {
+        if self
+            .store
+            .save_lambda(&record, Some(&old_name))
+            .await?
+            .is_err()
+        {
             return Err(LifecycleError::NameTaken(record.lambda_name));
         }
-        let replaced = self.queue_build(
-            &record,
-            BuildKind::Recreate,
-            spec,
-            "build queued: lambda recreated",
-        )?;
+        let replaced = self
+            .queue_build(
+                &record,
+                BuildKind::Recreate,
+                spec,
+                "build queued: lambda recreated",
+            )
+            .await?;
         self.store.flush().await?;
         tracing::info!(lambda = %id, version = %next, "lambda recreate accepted");
         self.stage(id, next, upload.archive, check.archive);
@@ -219,20 +222,25 @@ impl Lifecycle {
     /// Rebuilds the current archive and parameters on the current engine.
     pub async fn update(self: &Arc<Self>, account: AccountId, id: LambdaId) -> Result<Version> {
         let (_guard, mut record) = self.locked(id, Some(account)).await?;
-        let next = self.next_version(&record)?;
+        let next = self.next_version(&record).await?;
         let mut spec = record.current.clone();
         spec.version = next;
         record.last_update_time = now();
         if !record.deployed {
             record.status = LambdaStatus::Waiting;
         }
-        let replaced = self.queue_build(
-            &record,
-            BuildKind::Update,
-            spec,
-            "build queued: lambda update",
-        )?;
-        let _ = self.store.save_lambda(&record, Some(&record.lambda_name))?;
+        let replaced = self
+            .queue_build(
+                &record,
+                BuildKind::Update,
+                spec,
+                "build queued: lambda update",
+            )
+            .await?;
+        let _ = self
+            .store
+            .save_lambda(&record, Some(&record.lambda_name))
+            .await?;
         self.store.flush().await?;
         tracing::info!(lambda = %id, version = %next, "lambda update accepted");
         self.spawn_build(id);
@@ -240,8 +248,8 @@ impl Lifecycle {
         Ok(next)
     }
 
-    fn next_version(&self, record: &LambdaRecord) -> Result<Version> {
-        let last_built = match self.store.build(record.lambda_id)? {
+    async fn next_version(&self, record: &LambdaRecord) -> Result<Version> {
+        let last_built = match self.store.build(record.lambda_id).await? {
             Some(build) if !build.status.is_finished() => {
                 return Err(LifecycleError::BuildInProgress(record.lambda_id));
             }
@@ -252,23 +260,25 @@ impl Lifecycle {
     }
 
     /// Saves a pending build job; returns the spec of the job it replaces.
-    fn queue_build(
+    async fn queue_build(
         &self,
         record: &LambdaRecord,
         kind: BuildKind,
         spec: LambdaSpec,
         why: &str,
     ) -> Result<Option<LambdaSpec>> {
-        let replaced = self.store.build(record.lambda_id)?.map(|b| b.spec);
-        self.store.save_build(&BuildRecord {
-            lambda_id: record.lambda_id,
-            kind,
-            spec,
-            status: ImageStatus::Pending,
-            created: now(),
-            finished: None,
-            logs: vec![stamp(why)],
-        })?;
+        let replaced = self.store.build(record.lambda_id).await?.map(|b| b.spec);
+        self.store
+            .save_build(&BuildRecord {
+                lambda_id: record.lambda_id,
+                kind,
+                spec,
+                status: ImageStatus::Pending,
+                created: now(),
+                finished: None,
+                logs: vec![stamp(why)],
+            })
+            .await?;
         Ok(replaced)
     }
 
@@ -289,7 +299,12 @@ impl Lifecycle {
             record.description = d;
         }
         record.last_update_time = now();
-        if self.store.save_lambda(&record, Some(&old_name))?.is_err() {
+        if self
+            .store
+            .save_lambda(&record, Some(&old_name))
+            .await?
+            .is_err()
+        {
             return Err(LifecycleError::NameTaken(record.lambda_name));
         }
         self.store.flush().await?;
@@ -304,14 +319,14 @@ impl Lifecycle {
             job.abort();
         }
         self.unstage(id);
-        let build = self.store.build(id)?;
-        self.store.delete_lambda(&record)?;
+        let build = self.store.build(id).await?;
+        self.store.delete_lambda(&record).await?;
         // Requests still finishing may have queued lines: let the writer drain them
         // (it skips deleted lambdas from now on), then sweep once more.
         let logs = self.logs.clone();
         let _ = tokio::task::spawn_blocking(move || logs.flush(Duration::from_secs(1))).await;
-        self.store.delete_logs(id)?;
-        self.store.kv_delete_namespace(id)?;
+        self.store.delete_logs(id).await?;
+        self.store.kv_delete_namespace(id).await?;
         self.store.flush().await?;
         self.metrics.forget_lambda(id);
         let mut namespaces = vec![record.current.deploy_parameters.namespace()];

@@ -3,7 +3,7 @@
 //! `Deployer`), pod statuses and logs, re-attaching after a restart, removal. Which
 //! engine or cluster runs the pods is decided where the backends are built, never here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use super::build::{BuildFailure, BuildJob};
 use super::deploy::{PodRequest, PodState};
 use super::{ContainerBackends, Lifecycle, LifecycleError};
 use crate::builder;
-use crate::model::{AccountId, LambdaId, LambdaStatus, Runtime, Version};
+use crate::model::{AccountId, LambdaId, LambdaStatus, Parameters, Resources, Runtime, Version};
 use crate::runtime::PodSet;
 use crate::store::{LambdaRecord, LambdaSpec};
 
@@ -30,7 +30,7 @@ impl BuildJob<'_> {
         let (archive, _) = lifecycle.checked_archive(id, &spec).await?;
         let (digest, parameters, default_base, limits) = (
             spec.archive_digest.clone(),
-            spec.parameters.clone(),
+            Parameters::from(&spec.parameters),
             lifecycle.config.containers.base_image.clone(),
             lifecycle.config.limits.clone(),
         );
@@ -62,7 +62,7 @@ impl BuildJob<'_> {
             .build(id, version, context, &mut |line| self.log(line))
             .await?;
         let request = lifecycle.pod_request(id, account, &spec, image)?;
-        let previous = match lifecycle.serving_container_spec(id) {
+        let previous = match lifecycle.serving_container_spec(id).await {
             Some(serving) if serving.version != version => {
                 let image = backends.images.image(id, serving.version);
                 Some(lifecycle.pod_request(id, account, &serving, image)?)
@@ -127,7 +127,7 @@ impl Lifecycle {
             image,
             pod_count: deploy.pod_count.unwrap_or(1),
             workers: spec.parameters.workers.unwrap_or(1),
-            resources: deploy.resources.clone(),
+            resources: deploy.resources.as_ref().map(Resources::from),
             gpu: deploy.gpu_enabled == Some(1),
             selector: deploy.selector.clone().unwrap_or_default(),
             config_json: config,
@@ -136,8 +136,8 @@ impl Lifecycle {
     }
 
     /// The spec of the container version that serves now, if one does.
-    fn serving_container_spec(&self, id: LambdaId) -> Option<LambdaSpec> {
-        let record = self.store.lambda(id).ok()??;
+    async fn serving_container_spec(&self, id: LambdaId) -> Option<LambdaSpec> {
+        let record = self.store.lambda(id).await.ok()??;
         (record.deployed && record.current.runtime == Runtime::Container).then_some(record.current)
     }
 
@@ -215,26 +215,20 @@ impl Lifecycle {
         record: &LambdaRecord,
         tail: Option<u64>,
     ) -> Result<BTreeMap<String, Vec<String>>, LifecycleError> {
-        let service_lines = || -> Result<_, LifecycleError> {
-            Ok(BTreeMap::from([(
-                "0".to_owned(),
-                self.store.tail_logs(record.lambda_id, tail)?,
-            )]))
-        };
         let (Runtime::Container, Some(backends)) = (record.current.runtime, &self.containers)
         else {
             // Read your writes: the lines of calls that have already been answered may
             // still wait in the log writer's batch window.
             let logs = self.logs.clone();
             let _ = tokio::task::spawn_blocking(move || logs.flush(LOG_READ_FLUSH_WAIT)).await;
-            return service_lines();
+            return self.service_lines(record, tail).await;
         };
         let pods = match self.serving_pods(record).await {
             Ok(pods) if !pods.is_empty() => pods,
-            Ok(_) => return service_lines(),
+            Ok(_) => return self.service_lines(record, tail).await,
             Err(e) => {
                 tracing::warn!(lambda = %record.lambda_id, error = %e, "cannot read pod logs");
-                return service_lines();
+                return self.service_lines(record, tail).await;
             }
         };
         let cap = self.config.containers.max_log_lines_per_pod;
@@ -254,6 +248,17 @@ impl Lifecycle {
             out.insert(index.to_string(), text);
         }
         Ok(out)
+    }
+
+    /// The service's own lines about the lambda (a WASM lambda's, or a container
+    /// lambda's without pods).
+    async fn service_lines(
+        &self,
+        record: &LambdaRecord,
+        tail: Option<u64>,
+    ) -> Result<BTreeMap<String, Vec<String>>, LifecycleError> {
+        let lines = self.store.tail_logs(record.lambda_id, tail).await?;
+        Ok(BTreeMap::from([("0".to_owned(), lines)]))
     }
 
     /// After a restart: the serving version's pods serve again (what still runs of them
@@ -276,16 +281,15 @@ impl Lifecycle {
         Ok(self.pod_set(id, account, version, endpoints))
     }
 
-    /// Pods of lambdas the store no longer knows (deleted while the service was down)
-    /// are removed.
-    pub(super) async fn remove_orphan_pods(&self) {
+    /// Pods of lambdas not among `known` (deleted while the service was down) are
+    /// removed.
+    pub(super) async fn remove_orphan_pods(&self, known: &HashSet<LambdaId>) {
         let Some(backends) = &self.containers else {
             return;
         };
-        let store = self.store.clone();
         backends
             .deployer
-            .remove_orphans(&move |id| matches!(store.lambda_exists(id), Ok(true)))
+            .remove_orphans(&|id| known.contains(&id))
             .await;
     }
 }

@@ -28,18 +28,18 @@ impl Lifecycle {
     ) -> Result<()> {
         let _exclusive = self.gc_lock.write().await;
         for digest in archives {
-            if self.store.references(RefKind::Archive, digest)? == 0 {
+            if self.store.references(RefKind::Archive, digest).await? == 0 {
                 self.archives.remove(digest)?;
             }
         }
         for digest in components {
-            if self.store.references(RefKind::Component, digest)? > 0 {
+            if self.store.references(RefKind::Component, digest).await? > 0 {
                 continue;
             }
-            let files = self.store.artifacts(digest)?;
+            let files = self.store.artifacts(digest).await?;
             self.engine.remove_artifacts(&files);
             self.components.remove(digest);
-            self.store.remove_artifact_record(digest)?;
+            self.store.remove_artifact_record(digest).await?;
             tracing::info!(component = %digest, files = files.len(), "compiled artifact removed");
         }
         Ok(())

@@ -28,12 +28,11 @@ use crate::config::Config;
 use crate::logs::LogSink;
 use crate::metrics::Metrics;
 use crate::model::{
-    AccountId, Credentials, DeployParameters, ImageStatus, LambdaId, LambdaType, Parameters,
-    Version,
+    AccountId, Credentials, DeployParameters, ImageStatus, LambdaId, Parameters, Version,
 };
 use crate::runtime::{Component, LoadedLambda, PodSet, Registry, WasmEngine};
 use crate::secrets::{Sealer, SecretsError};
-use crate::store::{LambdaRecord, Store, StoreError};
+use crate::store::{LambdaRecord, LambdaStore, ListQuery, Store, StoreError};
 
 pub use build::BuildFailure;
 pub use deploy::{DeployError, Deployer, ImageBuilder, PodRequest, PodState, Progress};
@@ -88,21 +87,11 @@ pub struct Upload {
     pub deploy_parameters: DeployParameters,
 }
 
-/// List filters, already validated.
+/// A list request, already validated.
 #[derive(Debug, Default)]
 pub struct ListFilter {
-    /// Only this account's lambdas.
-    pub account: Option<AccountId>,
-    /// create_time < this.
-    pub created_before: Option<DateTime<Utc>>,
-    /// create_time >= this.
-    pub created_since: Option<DateTime<Utc>>,
-    /// Lambda type.
-    pub lambda_type: Option<LambdaType>,
-    /// Case-insensitive substring of the name.
-    pub name_contains: Option<String>,
-    /// Any of these namespaces.
-    pub namespaces: Option<Vec<String>>,
+    /// Which lambdas.
+    pub query: ListQuery,
     /// 1-based page.
     pub page: usize,
     /// Page size.
@@ -132,8 +121,10 @@ pub struct ContainerBackends {
 pub struct Parts {
     /// The configuration.
     pub config: Arc<Config>,
-    /// Lambda, build, log and key-value records.
-    pub store: Store,
+    /// Lambda, build and log records.
+    pub store: Arc<dyn LambdaStore>,
+    /// The guests' key-value data.
+    pub kv: Store,
     /// Uploaded archives by digest.
     pub archives: ArchiveStore,
     /// Credential encryption.
@@ -154,7 +145,8 @@ pub struct Parts {
 #[derive(Debug)]
 pub struct Lifecycle {
     config: Arc<Config>,
-    store: Store,
+    store: Arc<dyn LambdaStore>,
+    kv: Store,
     archives: ArchiveStore,
     sealer: Sealer,
     engine: Arc<WasmEngine>,
@@ -203,6 +195,7 @@ impl Lifecycle {
         let Parts {
             config,
             store,
+            kv,
             archives,
             sealer,
             engine,
@@ -215,6 +208,7 @@ impl Lifecycle {
             build_slots: Arc::new(Semaphore::new(config.builds.max_concurrent)),
             config,
             store,
+            kv,
             archives,
             sealer,
             engine,
@@ -232,8 +226,8 @@ impl Lifecycle {
     }
 
     /// The store (health checks, direct reads).
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn LambdaStore {
+        self.store.as_ref()
     }
 
     /// The lambda log sink (metrics).
@@ -258,9 +252,9 @@ impl Lifecycle {
         id: LambdaId,
         account: Option<AccountId>,
     ) -> Result<(OwnedMutexGuard<()>, LambdaRecord)> {
-        self.owned(id, account)?;
+        self.owned(id, account).await?;
         let guard = self.lock(id).lock_owned().await;
-        let record = self.owned(id, account)?;
+        let record = self.owned(id, account).await?;
         Ok((guard, record))
     }
 }

@@ -3,52 +3,34 @@
 
 use super::{ImageView, Lifecycle, LifecycleError, ListFilter, Result, now};
 use crate::model::{AccountId, ImageStatus, LambdaId};
-use crate::store::{LambdaRecord, ListEntry};
+use crate::store::LambdaRecord;
 
 impl Lifecycle {
     /// The lambda if `account` (when given) owns it; another account's lambda is
     /// reported exactly like a missing one.
-    pub fn owned(&self, id: LambdaId, account: Option<AccountId>) -> Result<LambdaRecord> {
-        match self.store.lambda(id)? {
+    pub async fn owned(&self, id: LambdaId, account: Option<AccountId>) -> Result<LambdaRecord> {
+        match self.store.lambda(id).await? {
             Some(r) if account.is_none_or(|a| a == r.account_id) => Ok(r),
             _ => Err(LifecycleError::NotFound(id)),
         }
     }
 
     /// Lambdas matching the filter, newest first, one page.
-    pub fn list(&self, filter: &ListFilter) -> Result<Vec<LambdaRecord>> {
-        let needle = filter.name_contains.as_ref().map(|n| n.to_lowercase());
-        let keep = |entry: &ListEntry| {
-            filter.account.is_none_or(|a| a == entry.account_id)
-                && filter.created_before.is_none_or(|t| entry.create_time < t)
-                && filter.created_since.is_none_or(|t| entry.create_time >= t)
-                && filter.lambda_type.is_none_or(|t| t == entry.lambda_type)
-                && needle
-                    .as_ref()
-                    .is_none_or(|n| entry.name_lowercase.contains(n.as_str()))
-                && filter
-                    .namespaces
-                    .as_ref()
-                    .is_none_or(|ns| ns.contains(&entry.namespace))
-        };
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<LambdaRecord>> {
         let skip = filter
             .page
             .saturating_sub(1)
             .saturating_mul(filter.page_size);
-        let mut page = Vec::with_capacity(filter.page_size);
-        for id in self.store.list_ids(keep, skip, filter.page_size) {
-            // A lambda deleted since the ids were taken is simply not listed.
-            if let Some(record) = self.store.lambda(id)? {
-                page.push(record);
-            }
-        }
-        Ok(page)
+        Ok(self
+            .store
+            .list(&filter.query, skip, filter.page_size)
+            .await?)
     }
 
     /// The lambda's image (build job) status and logs.
-    pub fn image(&self, id: LambdaId, account: Option<AccountId>) -> Result<ImageView> {
-        self.owned(id, account)?;
-        let Some(build) = self.store.build(id)? else {
+    pub async fn image(&self, id: LambdaId, account: Option<AccountId>) -> Result<ImageView> {
+        self.owned(id, account).await?;
+        let Some(build) = self.store.build(id).await? else {
             return Ok(ImageView {
                 status: ImageStatus::NotFound,
                 logs: vec![],

@@ -2,12 +2,13 @@
 //! versions serve again (WASM from the artifact cache, containers re-attached), and
 //! files and pods nothing references are removed.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::build::BuildFailure;
 use super::{Lifecycle, Result, Served, now};
 use crate::builder;
-use crate::model::{ImageStatus, LambdaStatus, Runtime};
+use crate::model::{ImageStatus, LambdaId, LambdaStatus, Runtime};
 use crate::runtime::LoadedLambda;
 use crate::store::LambdaRecord;
 
@@ -19,10 +20,17 @@ impl Lifecycle {
         // Archives and artifacts no record adopted (a crash between writing the file
         // and the record, a name clash, validate-only compiles) are removed.
         let archives = self.archives.digests()?;
-        let components = self.store.artifact_digests()?;
+        let components = self.store.artifact_digests().await?;
         self.collect_garbage(&archives, &components).await?;
-        self.remove_orphan_pods().await;
-        for mut build in self.store.builds()? {
+        let known: HashSet<LambdaId> = self
+            .store
+            .lambdas()
+            .await?
+            .iter()
+            .map(|r| r.lambda_id)
+            .collect();
+        self.remove_orphan_pods(&known).await;
+        for mut build in self.store.builds().await? {
             if build.status.is_finished() {
                 continue;
             }
@@ -39,16 +47,20 @@ impl Lifecycle {
             self.build_log(
                 &mut build,
                 "build failed: the service stopped while this build was running; recreate or update the lambda to build again",
-            );
-            if let Some(mut record) = self.store.lambda(build.lambda_id)?
+            )
+            .await;
+            if let Some(mut record) = self.store.lambda(build.lambda_id).await?
                 && !record.deployed
             {
                 record.status = LambdaStatus::Failed;
-                let _ = self.store.save_lambda(&record, Some(&record.lambda_name))?;
+                let _ = self
+                    .store
+                    .save_lambda(&record, Some(&record.lambda_name))
+                    .await?;
             }
         }
         let mut loaded = 0usize;
-        for mut record in self.store.lambdas()? {
+        for mut record in self.store.lambdas().await? {
             if !record.deployed {
                 continue;
             }
@@ -66,7 +78,10 @@ impl Lifecycle {
                     loaded += 1;
                     if record.status != LambdaStatus::Running {
                         record.status = LambdaStatus::Running;
-                        let _ = self.store.save_lambda(&record, Some(&record.lambda_name))?;
+                        let _ = self
+                            .store
+                            .save_lambda(&record, Some(&record.lambda_name))
+                            .await?;
                     }
                 }
                 Err(reason) => {
@@ -74,7 +89,10 @@ impl Lifecycle {
                     self.logs
                         .line(id, &format!("reload after restart failed: {reason}"));
                     record.status = LambdaStatus::Failed;
-                    let _ = self.store.save_lambda(&record, Some(&record.lambda_name))?;
+                    let _ = self
+                        .store
+                        .save_lambda(&record, Some(&record.lambda_name))
+                        .await?;
                 }
             }
         }
@@ -107,6 +125,7 @@ impl Lifecycle {
         }
         self.store
             .add_artifacts(&wasm_digest, &compiled.artifacts)
+            .await
             .map_err(BuildFailure::Artifact)?;
         self.components
             .insert(wasm_digest, compiled.component.clone());

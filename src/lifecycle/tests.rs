@@ -174,7 +174,8 @@ impl World {
             sealer: Sealer::open(&config.encryption_key, dir.path()).unwrap(),
             archives: ArchiveStore::open(&dir.path().join("archives")).unwrap(),
             config,
-            store,
+            store: Arc::new(store.clone()),
+            kv: store,
             registry: registry.clone(),
             containers: Some(ContainerBackends {
                 images: backend.clone(),
@@ -207,7 +208,7 @@ impl World {
     async fn built(&self, id: LambdaId) -> ImageStatus {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let status = self.lifecycle.image(id, None).unwrap().status;
+            let status = self.lifecycle.image(id, None).await.unwrap().status;
             if status.is_finished() {
                 return status;
             }
@@ -283,12 +284,18 @@ async fn a_failed_rollout_leaves_the_serving_version_serving() {
     assert_eq!(world.built(id).await, ImageStatus::Error);
 
     assert_eq!(world.serving(id), (V1, vec![endpoint(V1, false)]));
-    let record = world.lifecycle.owned(id, None).unwrap();
+    let record = world.lifecycle.owned(id, None).await.unwrap();
     assert_eq!(
         (record.status, record.current.version),
         (LambdaStatus::Running, V1)
     );
-    let logs = world.lifecycle.image(id, None).unwrap().logs.join("\n");
+    let logs = world
+        .lifecycle
+        .image(id, None)
+        .await
+        .unwrap()
+        .logs
+        .join("\n");
     assert!(
         logs.contains("build failed: pods did not start: pod 0: never ready"),
         "{logs}"
@@ -302,7 +309,7 @@ async fn after_a_restart_the_serving_pods_are_reattached_and_a_cut_build_is_reti
     let world = World::new();
     let id = world.create().await;
     // The service stopped while version 2 was building.
-    let mut build = world.lifecycle.store.build(id).unwrap().unwrap();
+    let mut build = world.lifecycle.store.build(id).await.unwrap().unwrap();
     build.kind = BuildKind::Update;
     build.spec.version = V2;
     build.status = ImageStatus::InProgress;
@@ -310,6 +317,7 @@ async fn after_a_restart_the_serving_pods_are_reattached_and_a_cut_build_is_reti
         .lifecycle
         .store
         .save_build(&BuildRecord { ..build })
+        .await
         .unwrap();
 
     world.lifecycle.recover().await.unwrap();
@@ -320,7 +328,7 @@ async fn after_a_restart_the_serving_pods_are_reattached_and_a_cut_build_is_reti
         calls[calls.len() - 2..],
         [Call::Retire(V2), Call::Reattach(V1)]
     );
-    let image = world.lifecycle.image(id, None).unwrap();
+    let image = world.lifecycle.image(id, None).await.unwrap();
     assert_eq!(image.status, ImageStatus::Error);
     assert!(
         image

@@ -209,7 +209,7 @@ where
                 .await;
         }
         // Not served: say why, without leaking other accounts' lambdas.
-        let record = state.lifecycle.owned(id, account)?;
+        let record = state.lifecycle.owned(id, account).await?;
         let mut response =
             ApiError::not_running(&target.lambda_id, record.status.as_str()).into_response();
         if record.status == LambdaStatus::Waiting {

@@ -1,5 +1,6 @@
-//! The persistent store: a facade over sled exposing domain operations on lambdas,
-//! build jobs, lambda logs and lambdas' key-value data. One tree per entity; records carry a schema byte;
+//! The persistent store: the `LambdaStore` interface the lifecycle and the API use, and
+//! `Store`, its embedded backend over sled, which also holds the lambdas' key-value data
+//! and takes the log writer's appends. One tree per entity; records carry a schema byte;
 //! the list order and filters are served from an in-memory index kept with every write;
 //! how many records reference each archive and component is counted with every write
 //! (`refs`), so garbage collection reads counts, not records. Depends on `model` only.
@@ -15,12 +16,16 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 pub use kv::{KvError, KvQuotas, KvUsage, LIST_PAGE, check_bucket};
-pub use records::{BuildKind, BuildRecord, LambdaRecord, LambdaSpec};
+pub use records::{
+    BuildKind, BuildRecord, LambdaRecord, LambdaSpec, SpecDeployParameters, SpecParameters,
+    StoredBaseImage, StoredResources, StoredSandbox,
+};
 
 use crate::model::{AccountId, LambdaId, LambdaType};
 
@@ -63,7 +68,7 @@ pub struct Store {
 
 /// What listing filters on, for one lambda.
 #[derive(Debug, Clone)]
-pub struct ListEntry {
+struct ListEntry {
     /// Owner.
     pub account_id: AccountId,
     /// The name, lowercased (names are matched case-insensitively).
@@ -266,16 +271,13 @@ impl Store {
         }
         self.holders.clear()?;
         self.refs.clear()?;
-        let lambdas = self
-            .lambdas()?
-            .into_iter()
-            .map(|r| (r.lambda_id, false, r.current));
-        let builds = self
-            .builds()?
-            .into_iter()
-            .map(|b| (b.lambda_id, true, b.spec));
-        for (id, build, spec) in lambdas.chain(builds) {
-            self.hold(id, build, Some(&spec))?;
+        for value in self.lambdas.iter().values() {
+            let record: LambdaRecord = records::decode(&value?)?;
+            self.hold(record.lambda_id, false, Some(&record.current))?;
+        }
+        for value in self.builds.iter().values() {
+            let build: BuildRecord = records::decode(&value?)?;
+            self.hold(build.lambda_id, true, Some(&build.spec))?;
         }
         self.meta.insert(REFS_COUNTED, &[1])?;
         Ok(())
@@ -290,34 +292,220 @@ impl Store {
         )
     }
 
-    /// How many lambdas' current specs and build jobs reference the digest.
-    pub fn references(&self, kind: RefKind, digest: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .refs
-            .get(ref_key(kind, digest))?
-            .map_or(0, |v| read_count(&v)))
+    /// Removes the lambda's record, name and build job (and its references) and takes it
+    /// out of the listing.
+    fn delete_records(&self, record: &LambdaRecord) -> Result<(), StoreError> {
+        let id = record.lambda_id;
+        let name = name_key(record.account_id, &record.lambda_name);
+        let mut index = self
+            .list_index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let trees = (
+            &self.lambdas,
+            &self.names,
+            &self.builds,
+            &self.holders,
+            &self.refs,
+        );
+        unwrap_tx(
+            trees.transaction(|(lambdas, names, builds, holders, counts)| {
+                lambdas.remove(id.as_bytes())?;
+                if names
+                    .get(&name)?
+                    .is_some_and(|owner| owner.as_ref() == id.as_bytes())
+                {
+                    names.remove(name.as_slice())?;
+                }
+                builds.remove(id.as_bytes())?;
+                retarget(holders, counts, &holder_key(id, false), None)?;
+                retarget(holders, counts, &holder_key(id, true), None)?;
+                Ok(())
+            }),
+        )?;
+        index.remove(&list_key(record));
+        Ok(())
     }
 
+    /// Ids of the lambdas whose entry `keep` accepts, in list order (newest first),
+    /// after skipping `skip` of them, at most `take`.
+    fn list_ids(
+        &self,
+        keep: impl Fn(&ListEntry) -> bool,
+        skip: usize,
+        take: usize,
+    ) -> Vec<LambdaId> {
+        let index = self
+            .list_index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        index
+            .iter()
+            .filter(|(_, entry)| keep(entry))
+            .skip(skip)
+            .take(take)
+            .map(|((_, Reverse(id)), _)| *id)
+            .collect()
+    }
+
+    /// Whether the lambda exists (cheaper than reading its record).
+    pub fn lambda_exists(&self, id: LambdaId) -> Result<bool, StoreError> {
+        Ok(self.lambdas.contains_key(id.as_bytes())?)
+    }
+
+    /// Appends log lines to a lambda.
+    pub fn append_logs(&self, id: LambdaId, lines: &[String]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for line in lines {
+            let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
+            batch.insert(&log_key(id, seq)[..], line.as_bytes());
+        }
+        self.logs.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Number of log lines kept for a lambda.
+    pub fn count_logs(&self, id: LambdaId) -> usize {
+        self.logs.scan_prefix(id.as_bytes()).keys().count()
+    }
+
+    /// Drops the `count` oldest log lines of a lambda.
+    pub fn trim_logs(&self, id: LambdaId, count: usize) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.logs.scan_prefix(id.as_bytes()).keys().take(count) {
+            batch.remove(key?);
+        }
+        self.logs.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+/// What the lifecycle and the management API keep: lambdas, build jobs, the records of
+/// compiled artifacts, reference counts and the lambdas' logs. Async, so that a
+/// networked database implements it as it is; `Store` is the embedded (sled) backend.
+/// The guests' key-value data and the log writer's appends stay on `Store` itself.
+#[async_trait]
+pub trait LambdaStore: Send + Sync + std::fmt::Debug {
     /// Makes every acknowledged write durable.
-    ///
-    /// One flush at a time: each `flush_async` occupies a thread of sled's small I/O
-    /// pool, and with dozens in flight (a burst of creates) every pool thread can end up
-    /// waiting on sled's concurrency lock behind a queued batch writer, while the one
-    /// flush holding that lock waits for a buffer write no free thread is left to do:
-    /// the whole store deadlocked that way under 64 concurrent creates.
-    pub async fn flush(&self) -> Result<(), StoreError> {
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Proves the store can be written and read back (for the healthcheck). Concurrent
+    /// probes must not read each other's writes.
+    async fn probe(&self) -> Result<(), StoreError>;
+
+    /// Stores a lambda (new or changed), keeping names unique per account, and moves
+    /// the reference counts of its current spec. `old_name` is the name the record had
+    /// before (None for a new lambda).
+    async fn save_lambda(
+        &self,
+        record: &LambdaRecord,
+        old_name: Option<&str>,
+    ) -> Result<Result<(), NameTaken>, StoreError>;
+
+    /// One lambda.
+    async fn lambda(&self, id: LambdaId) -> Result<Option<LambdaRecord>, StoreError>;
+
+    /// Whether the lambda exists (cheaper than reading its record).
+    async fn lambda_exists(&self, id: LambdaId) -> Result<bool, StoreError>;
+
+    /// Every lambda (recovery at start).
+    async fn lambdas(&self) -> Result<Vec<LambdaRecord>, StoreError>;
+
+    /// The lambdas `query` selects in list order (newest first, then by id, descending),
+    /// after skipping `skip` of them, at most `take`.
+    async fn list(
+        &self,
+        query: &ListQuery,
+        skip: usize,
+        take: usize,
+    ) -> Result<Vec<LambdaRecord>, StoreError>;
+
+    /// Removes the lambda, its name, its build job, its logs and its key-value data.
+    async fn delete_lambda(&self, record: &LambdaRecord) -> Result<(), StoreError>;
+
+    /// Takes back a create the client is told failed, even when the store refuses the
+    /// delete: nothing of it may be listed.
+    async fn undo_create(&self, record: &LambdaRecord) -> Result<(), StoreError>;
+
+    /// Removes every log line of a lambda.
+    async fn delete_logs(&self, id: LambdaId) -> Result<(), StoreError>;
+
+    /// The newest `tail` log lines of a lambda, oldest first (all when `tail` is None).
+    async fn tail_logs(&self, id: LambdaId, tail: Option<u64>) -> Result<Vec<String>, StoreError>;
+
+    /// Removes a lambda's key-value data.
+    async fn kv_delete_namespace(&self, id: LambdaId) -> Result<(), StoreError>;
+
+    /// Stores the lambda's build job and moves the reference counts of its spec.
+    async fn save_build(&self, build: &BuildRecord) -> Result<(), StoreError>;
+
+    /// The lambda's latest build job.
+    async fn build(&self, id: LambdaId) -> Result<Option<BuildRecord>, StoreError>;
+
+    /// Every build job (recovery at start).
+    async fn builds(&self) -> Result<Vec<BuildRecord>, StoreError>;
+
+    /// Records compiled-cache files created for the component with `digest`.
+    async fn add_artifacts(&self, digest: &str, files: &[String]) -> Result<(), StoreError>;
+
+    /// The compiled-cache files of a component.
+    async fn artifacts(&self, digest: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Every component digest with recorded artifacts.
+    async fn artifact_digests(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Forgets a component's artifacts (after their files are deleted).
+    async fn remove_artifact_record(&self, digest: &str) -> Result<(), StoreError>;
+
+    /// How many lambdas' current specs and build jobs reference the digest.
+    async fn references(&self, kind: RefKind, digest: &str) -> Result<u64, StoreError>;
+}
+
+/// Which lambdas a list shows; every field given must match.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only this account's lambdas.
+    pub account: Option<AccountId>,
+    /// create_time < this.
+    pub created_before: Option<DateTime<Utc>>,
+    /// create_time >= this.
+    pub created_since: Option<DateTime<Utc>>,
+    /// Lambda type.
+    pub lambda_type: Option<LambdaType>,
+    /// Case-insensitive substring of the name.
+    pub name_contains: Option<String>,
+    /// Any of these namespaces.
+    pub namespaces: Option<Vec<String>>,
+}
+
+impl ListQuery {
+    /// `needle`: the name substring, lowercased.
+    fn selects(&self, entry: &ListEntry, needle: Option<&str>) -> bool {
+        self.account.is_none_or(|a| a == entry.account_id)
+            && self.created_before.is_none_or(|t| entry.create_time < t)
+            && self.created_since.is_none_or(|t| entry.create_time >= t)
+            && self.lambda_type.is_none_or(|t| t == entry.lambda_type)
+            && needle.is_none_or(|n| entry.name_lowercase.contains(n))
+            && self
+                .namespaces
+                .as_ref()
+                .is_none_or(|ns| ns.contains(&entry.namespace))
+    }
+}
+
+#[async_trait]
+impl LambdaStore for Store {
+    async fn flush(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.flush_gate.lock().await;
         self.db.flush_async().await?;
         Ok(())
     }
 
-    /// Proves the store can be written and read back (for the healthcheck). Each probe
-    /// has its own key: concurrent healthchecks must not read each other's writes.
-    pub async fn probe(&self) -> Result<(), StoreError> {
+    async fn probe(&self) -> Result<(), StoreError> {
         let key = format!("health-{}", uuid::Uuid::new_v4());
         let stamp = chrono::Utc::now().to_rfc3339();
         self.meta.insert(key.as_bytes(), stamp.as_bytes())?;
-        self.flush().await?;
+        LambdaStore::flush(self).await?;
         let read = self.meta.remove(key.as_bytes())?;
         match read {
             Some(v) if v.as_ref() == stamp.as_bytes() => Ok(()),
@@ -327,9 +515,7 @@ impl Store {
         }
     }
 
-    /// Stores a lambda (new or changed), keeping names unique per account. `old_name`
-    /// is the name the record had before (None for a new lambda).
-    pub fn save_lambda(
+    async fn save_lambda(
         &self,
         record: &LambdaRecord,
         old_name: Option<&str>,
@@ -370,37 +556,32 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Ids of the lambdas whose entry `keep` accepts, in list order (newest first),
-    /// after skipping `skip` of them, at most `take`.
-    pub fn list_ids(
+    async fn list(
         &self,
-        keep: impl Fn(&ListEntry) -> bool,
+        query: &ListQuery,
         skip: usize,
         take: usize,
-    ) -> Vec<LambdaId> {
-        let index = self
-            .list_index
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        index
-            .iter()
-            .filter(|(_, entry)| keep(entry))
-            .skip(skip)
-            .take(take)
-            .map(|((_, Reverse(id)), _)| *id)
-            .collect()
+    ) -> Result<Vec<LambdaRecord>, StoreError> {
+        let needle = query.name_contains.as_deref().map(str::to_lowercase);
+        let ids = self.list_ids(|entry| query.selects(entry, needle.as_deref()), skip, take);
+        let mut page = Vec::with_capacity(ids.len());
+        for id in ids {
+            // A lambda deleted since the ids were taken is simply not listed.
+            if let Some(record) = self.lambda(id).await? {
+                page.push(record);
+            }
+        }
+        Ok(page)
     }
 
-    /// One lambda.
-    pub fn lambda(&self, id: LambdaId) -> Result<Option<LambdaRecord>, StoreError> {
+    async fn lambda(&self, id: LambdaId) -> Result<Option<LambdaRecord>, StoreError> {
         self.lambdas
             .get(id.as_bytes())?
             .map(|v| records::decode(&v))
             .transpose()
     }
 
-    /// Every lambda (list filtering and ordering happen above).
-    pub fn lambdas(&self) -> Result<Vec<LambdaRecord>, StoreError> {
+    async fn lambdas(&self) -> Result<Vec<LambdaRecord>, StoreError> {
         self.lambdas
             .iter()
             .values()
@@ -408,63 +589,42 @@ impl Store {
             .collect()
     }
 
-    /// Removes the lambda, its name, its build job, its logs and its key-value data.
-    pub fn delete_lambda(&self, record: &LambdaRecord) -> Result<(), StoreError> {
-        let id = record.lambda_id;
-        let name = name_key(record.account_id, &record.lambda_name);
-        let mut index = self
-            .list_index
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let trees = (
-            &self.lambdas,
-            &self.names,
-            &self.builds,
-            &self.holders,
-            &self.refs,
-        );
-        unwrap_tx(
-            trees.transaction(|(lambdas, names, builds, holders, counts)| {
-                lambdas.remove(id.as_bytes())?;
-                if names
-                    .get(&name)?
-                    .is_some_and(|owner| owner.as_ref() == id.as_bytes())
-                {
-                    names.remove(name.as_slice())?;
-                }
-                builds.remove(id.as_bytes())?;
-                retarget(holders, counts, &holder_key(id, false), None)?;
-                retarget(holders, counts, &holder_key(id, true), None)?;
-                Ok(())
-            }),
-        )?;
-        index.remove(&list_key(record));
-        drop(index);
-        self.delete_logs(id)?;
-        self.kv_delete_namespace(id)
+    async fn delete_lambda(&self, record: &LambdaRecord) -> Result<(), StoreError> {
+        self.delete_records(record)?;
+        self.delete_logs(record.lambda_id).await?;
+        Store::kv_delete_namespace(self, record.lambda_id)
     }
 
-    /// Takes a lambda out of the listing only. For a create that failed after its
-    /// in-memory write when the store refuses every further write (sled keeps an I/O
-    /// error, e.g. a full disk, until reopened): the record was never made durable and
-    /// is gone after a restart, and until then nothing lists it.
-    pub fn unlist(&self, record: &LambdaRecord) {
-        self.list_index
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&list_key(record));
+    /// sled keeps an I/O error (a full disk, say) until it is reopened and refuses every
+    /// write after it: the record of the failed create is then never made durable and
+    /// is gone after a restart, and until then it is at least not listed.
+    async fn undo_create(&self, record: &LambdaRecord) -> Result<(), StoreError> {
+        let deleted = self.delete_lambda(record).await;
+        if deleted.is_err() {
+            self.list_index
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&list_key(record));
+        }
+        deleted
     }
 
-    /// Removes every log line of a lambda.
-    pub fn delete_logs(&self, id: LambdaId) -> Result<(), StoreError> {
+    async fn kv_delete_namespace(&self, id: LambdaId) -> Result<(), StoreError> {
+        Store::kv_delete_namespace(self, id)
+    }
+
+    async fn lambda_exists(&self, id: LambdaId) -> Result<bool, StoreError> {
+        Store::lambda_exists(self, id)
+    }
+
+    async fn delete_logs(&self, id: LambdaId) -> Result<(), StoreError> {
         for key in self.logs.scan_prefix(id.as_bytes()).keys() {
             self.logs.remove(key?)?;
         }
         Ok(())
     }
 
-    /// Stores the lambda's build job.
-    pub fn save_build(&self, build: &BuildRecord) -> Result<(), StoreError> {
+    async fn save_build(&self, build: &BuildRecord) -> Result<(), StoreError> {
         let value = records::encode(build)?;
         let refs = SpecRefs::of(&build.spec);
         let holder = holder_key(build.lambda_id, true);
@@ -476,16 +636,14 @@ impl Store {
         ))
     }
 
-    /// The lambda's latest build job.
-    pub fn build(&self, id: LambdaId) -> Result<Option<BuildRecord>, StoreError> {
+    async fn build(&self, id: LambdaId) -> Result<Option<BuildRecord>, StoreError> {
         self.builds
             .get(id.as_bytes())?
             .map(|v| records::decode(&v))
             .transpose()
     }
 
-    /// Every build job (for recovery at start).
-    pub fn builds(&self) -> Result<Vec<BuildRecord>, StoreError> {
+    async fn builds(&self) -> Result<Vec<BuildRecord>, StoreError> {
         self.builds
             .iter()
             .values()
@@ -493,12 +651,11 @@ impl Store {
             .collect()
     }
 
-    /// Records compiled-cache files created for the component with `digest`.
-    pub fn add_artifacts(&self, digest: &str, files: &[String]) -> Result<(), StoreError> {
+    async fn add_artifacts(&self, digest: &str, files: &[String]) -> Result<(), StoreError> {
         if files.is_empty() {
             return Ok(());
         }
-        let mut all = self.artifacts(digest)?;
+        let mut all = self.artifacts(digest).await?;
         all.extend(files.iter().cloned());
         all.sort();
         all.dedup();
@@ -506,8 +663,7 @@ impl Store {
         Ok(())
     }
 
-    /// The compiled-cache files of a component.
-    pub fn artifacts(&self, digest: &str) -> Result<Vec<String>, StoreError> {
+    async fn artifacts(&self, digest: &str) -> Result<Vec<String>, StoreError> {
         self.artifacts
             .get(digest)?
             .map(|v| records::decode(&v))
@@ -515,8 +671,7 @@ impl Store {
             .map(Option::unwrap_or_default)
     }
 
-    /// Every component digest with recorded artifacts.
-    pub fn artifact_digests(&self) -> Result<Vec<String>, StoreError> {
+    async fn artifact_digests(&self) -> Result<Vec<String>, StoreError> {
         self.artifacts
             .iter()
             .keys()
@@ -524,45 +679,18 @@ impl Store {
             .collect()
     }
 
-    /// Forgets a component's artifacts (after their files are deleted).
-    pub fn remove_artifact_record(&self, digest: &str) -> Result<(), StoreError> {
+    async fn remove_artifact_record(&self, digest: &str) -> Result<(), StoreError> {
         self.artifacts.remove(digest)?;
         Ok(())
     }
 
-    /// Whether the lambda exists (cheaper than reading its record).
-    pub fn lambda_exists(&self, id: LambdaId) -> Result<bool, StoreError> {
-        Ok(self.lambdas.contains_key(id.as_bytes())?)
+    async fn references(&self, kind: RefKind, digest: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .refs
+            .get(ref_key(kind, digest))?
+            .map_or(0, |v| read_count(&v)))
     }
-
-    /// Appends log lines to a lambda.
-    pub fn append_logs(&self, id: LambdaId, lines: &[String]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for line in lines {
-            let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
-            batch.insert(&log_key(id, seq)[..], line.as_bytes());
-        }
-        self.logs.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Number of log lines kept for a lambda.
-    pub fn count_logs(&self, id: LambdaId) -> usize {
-        self.logs.scan_prefix(id.as_bytes()).keys().count()
-    }
-
-    /// Drops the `count` oldest log lines of a lambda.
-    pub fn trim_logs(&self, id: LambdaId, count: usize) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for key in self.logs.scan_prefix(id.as_bytes()).keys().take(count) {
-            batch.remove(key?);
-        }
-        self.logs.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// The newest `tail` log lines of a lambda, oldest first (all when `tail` is None).
-    pub fn tail_logs(&self, id: LambdaId, tail: Option<u64>) -> Result<Vec<String>, StoreError> {
+    async fn tail_logs(&self, id: LambdaId, tail: Option<u64>) -> Result<Vec<String>, StoreError> {
         let take = tail.map_or(usize::MAX, |t| usize::try_from(t).unwrap_or(usize::MAX));
         let mut lines = self
             .logs
@@ -580,7 +708,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DeployParameters, LambdaStatus, LambdaType, Parameters, Runtime, Version};
+    use crate::model::{LambdaStatus, LambdaType, Runtime, Version};
 
     pub(crate) fn record(account: AccountId, name: &str) -> LambdaRecord {
         LambdaRecord {
@@ -597,8 +725,8 @@ mod tests {
                 lambda_type: LambdaType::Standalone,
                 runtime: Runtime::Wasm,
                 archive_digest: "00".into(),
-                parameters: Parameters::default(),
-                deploy_parameters: DeployParameters::default(),
+                parameters: SpecParameters::default(),
+                deploy_parameters: SpecDeployParameters::default(),
                 credentials_sealed: vec![],
                 wasm_digest: None,
                 openapi: None,
@@ -606,42 +734,53 @@ mod tests {
         }
     }
 
-    #[test]
-    fn names_are_unique_per_account() {
+    #[tokio::test]
+    async fn names_are_unique_per_account() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (a, b) = (AccountId::generate(), AccountId::generate());
         let first = record(a, "x");
-        assert_eq!(store.save_lambda(&first, None).unwrap(), Ok(()));
+        assert_eq!(store.save_lambda(&first, None).await.unwrap(), Ok(()));
         assert_eq!(
-            store.save_lambda(&record(a, "x"), None).unwrap(),
+            store.save_lambda(&record(a, "x"), None).await.unwrap(),
             Err(NameTaken)
         );
-        assert_eq!(store.save_lambda(&record(b, "x"), None).unwrap(), Ok(()));
+        assert_eq!(
+            store.save_lambda(&record(b, "x"), None).await.unwrap(),
+            Ok(())
+        );
         // Renaming frees the old name.
         let mut renamed = first;
         renamed.lambda_name = "y".into();
-        assert_eq!(store.save_lambda(&renamed, Some("x")).unwrap(), Ok(()));
-        assert_eq!(store.save_lambda(&record(a, "x"), None).unwrap(), Ok(()));
-        store.delete_lambda(&renamed).unwrap();
-        assert!(store.lambda(renamed.lambda_id).unwrap().is_none());
-        assert_eq!(store.save_lambda(&record(a, "y"), None).unwrap(), Ok(()));
-        assert_eq!(store.lambdas().unwrap().len(), 3);
+        assert_eq!(
+            store.save_lambda(&renamed, Some("x")).await.unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            store.save_lambda(&record(a, "x"), None).await.unwrap(),
+            Ok(())
+        );
+        store.delete_lambda(&renamed).await.unwrap();
+        assert!(store.lambda(renamed.lambda_id).await.unwrap().is_none());
+        assert_eq!(
+            store.save_lambda(&record(a, "y"), None).await.unwrap(),
+            Ok(())
+        );
+        assert_eq!(store.lambdas().await.unwrap().len(), 3);
     }
 
-    #[test]
-    fn the_list_index_follows_every_write_and_survives_reopening() {
+    #[tokio::test]
+    async fn the_list_index_follows_every_write_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let account = AccountId::generate();
-        let mut records: Vec<LambdaRecord> = (0..3)
-            .map(|i| {
-                let mut r = record(account, &format!("Name-{i}"));
-                r.create_time = chrono::DateTime::from_timestamp(1_700_000_000 + i, 0).unwrap();
-                store.save_lambda(&r, None).unwrap().unwrap();
-                r
-            })
-            .collect();
+        let mut records = Vec::new();
+        for i in 0..3 {
+            let mut r = record(account, &format!("Name-{i}"));
+            r.create_time = chrono::DateTime::from_timestamp(1_700_000_000 + i, 0).unwrap();
+            store.save_lambda(&r, None).await.unwrap().unwrap();
+            records.push(r);
+        }
         let all = |store: &Store| store.list_ids(|_| true, 0, 10);
         let ids = |rs: &[&LambdaRecord]| rs.iter().map(|r| r.lambda_id).collect::<Vec<_>>();
         // Newest first.
@@ -652,6 +791,7 @@ mod tests {
         records[0].current.lambda_type = LambdaType::Tasks;
         store
             .save_lambda(&records[0], Some("Name-0"))
+            .await
             .unwrap()
             .unwrap();
         let renamed = store.list_ids(|e| e.name_lowercase.contains("renamed"), 0, 10);
@@ -660,26 +800,32 @@ mod tests {
         assert_eq!(tasks, ids(&[&records[0]]));
         // A refused save leaves the index alone.
         let clash = record(account, "Name-1");
-        assert_eq!(store.save_lambda(&clash, None).unwrap(), Err(NameTaken));
-        store.delete_lambda(&records[1]).unwrap();
+        assert_eq!(
+            store.save_lambda(&clash, None).await.unwrap(),
+            Err(NameTaken)
+        );
+        store.delete_lambda(&records[1]).await.unwrap();
         assert_eq!(all(&store), ids(&[&records[2], &records[0]]));
         drop(store);
         let reopened = Store::open(dir.path()).unwrap();
         assert_eq!(all(&reopened), ids(&[&records[2], &records[0]]));
     }
 
-    #[test]
-    fn references_are_counted_with_every_write_and_survive_reopening() {
+    #[tokio::test]
+    async fn references_are_counted_with_every_write_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let refs = |store: &Store, kind, digest| store.references(kind, digest).unwrap();
+
         let mut first = record(AccountId::generate(), "a");
         first.current.archive_digest = "shared".into();
         let mut second = record(AccountId::generate(), "b");
         second.current.archive_digest = "shared".into();
-        store.save_lambda(&first, None).unwrap().unwrap();
-        store.save_lambda(&second, None).unwrap().unwrap();
-        assert_eq!(refs(&store, RefKind::Archive, "shared"), 2);
+        store.save_lambda(&first, None).await.unwrap().unwrap();
+        store.save_lambda(&second, None).await.unwrap().unwrap();
+        assert_eq!(
+            store.references(RefKind::Archive, "shared").await.unwrap(),
+            2
+        );
         // A build of a new archive holds it beside the serving one; once built it also
         // holds its component.
         let mut build = BuildRecord {
@@ -694,48 +840,69 @@ mod tests {
             finished: None,
             logs: vec![],
         };
-        store.save_build(&build).unwrap();
+        store.save_build(&build).await.unwrap();
         build.spec.wasm_digest = Some("wasm".into());
-        store.save_build(&build).unwrap();
-        store.save_build(&build).unwrap();
-        assert_eq!(refs(&store, RefKind::Archive, "new"), 1);
-        assert_eq!(refs(&store, RefKind::Component, "wasm"), 1);
+        store.save_build(&build).await.unwrap();
+        store.save_build(&build).await.unwrap();
+        assert_eq!(store.references(RefKind::Archive, "new").await.unwrap(), 1);
+        assert_eq!(
+            store.references(RefKind::Component, "wasm").await.unwrap(),
+            1
+        );
         // The lambda swaps to the built version: the old archive loses one holder.
         first.current = build.spec;
-        store.save_lambda(&first, Some("a")).unwrap().unwrap();
-        assert_eq!(refs(&store, RefKind::Archive, "shared"), 1);
-        assert_eq!(refs(&store, RefKind::Archive, "new"), 2);
-        assert_eq!(refs(&store, RefKind::Component, "wasm"), 2);
+        store.save_lambda(&first, Some("a")).await.unwrap().unwrap();
+        assert_eq!(
+            store.references(RefKind::Archive, "shared").await.unwrap(),
+            1
+        );
+        assert_eq!(store.references(RefKind::Archive, "new").await.unwrap(), 2);
+        assert_eq!(
+            store.references(RefKind::Component, "wasm").await.unwrap(),
+            2
+        );
         // A name clash changes nothing.
         let mut clash = record(first.account_id, "a");
         clash.current.archive_digest = "clash".into();
-        assert_eq!(store.save_lambda(&clash, None).unwrap(), Err(NameTaken));
-        assert_eq!(refs(&store, RefKind::Archive, "clash"), 0);
+        assert_eq!(
+            store.save_lambda(&clash, None).await.unwrap(),
+            Err(NameTaken)
+        );
+        assert_eq!(
+            store.references(RefKind::Archive, "clash").await.unwrap(),
+            0
+        );
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        store.delete_lambda(&first).unwrap();
-        assert_eq!(refs(&store, RefKind::Archive, "new"), 0);
-        assert_eq!(refs(&store, RefKind::Component, "wasm"), 0);
-        assert_eq!(refs(&store, RefKind::Archive, "shared"), 1);
+        store.delete_lambda(&first).await.unwrap();
+        assert_eq!(store.references(RefKind::Archive, "new").await.unwrap(), 0);
+        assert_eq!(
+            store.references(RefKind::Component, "wasm").await.unwrap(),
+            0
+        );
+        assert_eq!(
+            store.references(RefKind::Archive, "shared").await.unwrap(),
+            1
+        );
     }
 
-    #[test]
-    fn a_store_written_before_counting_is_counted_at_open() {
+    #[tokio::test]
+    async fn a_store_written_before_counting_is_counted_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let lambda = record(AccountId::generate(), "old");
-        store.save_lambda(&lambda, None).unwrap().unwrap();
+        store.save_lambda(&lambda, None).await.unwrap().unwrap();
         // As an older version left it: records, no counts.
         store.refs.clear().unwrap();
         store.holders.clear().unwrap();
         store.meta.remove(REFS_COUNTED).unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.references(RefKind::Archive, "00").unwrap(), 1);
+        assert_eq!(store.references(RefKind::Archive, "00").await.unwrap(), 1);
     }
 
-    #[test]
-    fn logs_are_bounded_and_tailed() {
+    #[tokio::test]
+    async fn logs_are_bounded_and_tailed() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = LambdaId::generate();
@@ -743,18 +910,40 @@ mod tests {
         store.append_logs(id, &lines).unwrap();
         assert_eq!(store.count_logs(id), 10);
         store.trim_logs(id, 5).unwrap();
-        assert_eq!(store.tail_logs(id, None).unwrap(), lines[5..].to_vec());
-        assert_eq!(store.tail_logs(id, Some(2)).unwrap(), lines[8..].to_vec());
+        assert_eq!(
+            store.tail_logs(id, None).await.unwrap(),
+            lines[5..].to_vec()
+        );
+        assert_eq!(
+            store.tail_logs(id, Some(2)).await.unwrap(),
+            lines[8..].to_vec()
+        );
         assert!(
             store
                 .tail_logs(LambdaId::generate(), None)
+                .await
                 .unwrap()
                 .is_empty()
         );
     }
 
     #[test]
-    fn records_carry_their_schema() {
+    fn specs_written_with_the_wire_types_still_decode() {
+        // What the store held when a spec embedded the API's parameter types.
+        let parameters = r#"{"lambda_name":null,"description":null,"lambda_type":"tasks",
+            "base_image":{"name":"python","tag":"3.12"},"additional_user_docker_commands":null,
+            "workers":2,"config":{"k":"v"}}"#;
+        let parameters: SpecParameters = serde_json::from_str(parameters).unwrap();
+        assert_eq!(parameters.lambda_type, Some(LambdaType::Tasks));
+        assert_eq!(parameters.workers, Some(2));
+        let deploy = r#"{"pod_count":3,"namespace":"ns-a","sandbox":{"memory_limit_mb":64}}"#;
+        let deploy: SpecDeployParameters = serde_json::from_str(deploy).unwrap();
+        assert_eq!(deploy.namespace(), "ns-a");
+        assert_eq!(deploy.sandbox.unwrap().memory_limit_mb, Some(64));
+    }
+
+    #[tokio::test]
+    async fn records_carry_their_schema() {
         let rec = record(AccountId::generate(), "z");
         let bytes = records::encode(&rec).unwrap();
         assert_eq!(bytes[0], records::SCHEMA_V1);

@@ -1,13 +1,16 @@
-//! Persisted records and their versioned encoding (one schema byte, then JSON), kept
-//! apart from the API's wire types so a storage change never changes the wire.
+//! Persisted records and their versioned encoding (one schema byte, then JSON), in types
+//! of their own, converted from and to the API's at the lifecycle: a storage change never
+//! changes the wire, nor a wire change what is stored.
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::model::{
-    AccountId, DeployParameters, ImageStatus, LambdaId, LambdaStatus, LambdaType, Parameters,
-    Runtime, Version,
+    AccountId, BaseImage, DEFAULT_NAMESPACE, DeployParameters, ImageStatus, LambdaId, LambdaStatus,
+    LambdaType, Parameters, Resources, Runtime, SandboxParameters, Version,
 };
 
 use super::StoreError;
@@ -45,15 +48,190 @@ pub struct LambdaSpec {
     /// sha256 (hex) of the stored archive (`<data>/archives/<digest>.zip`).
     pub archive_digest: String,
     /// The parameters as given (name and description live on the record).
-    pub parameters: Parameters,
+    pub parameters: SpecParameters,
     /// The deploy parameters as given.
-    pub deploy_parameters: DeployParameters,
+    pub deploy_parameters: SpecDeployParameters,
     /// Sealed credentials (see `secrets`).
     pub credentials_sealed: Vec<u8>,
     /// sha256 (hex) of `lambda.wasm`, once built.
     pub wasm_digest: Option<String>,
     /// The OpenAPI document shipped in the archive.
     pub openapi: Option<String>,
+}
+
+/// A spec's parameters as stored: the API's `parameters` without the name and the
+/// description. Their own type, so that a change of the wire format is a conversion
+/// here, not a change of what is on disk; unknown fields are ignored (older records
+/// carry the name and description as null).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpecParameters {
+    /// Default `standalone`.
+    pub lambda_type: Option<LambdaType>,
+    /// Container lambdas only.
+    pub base_image: Option<StoredBaseImage>,
+    /// Container lambdas only: extra Dockerfile lines.
+    pub additional_user_docker_commands: Option<Vec<String>>,
+    /// Worker processes per pod.
+    pub workers: Option<u32>,
+    /// Free JSON object handed to the lambda.
+    pub config: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A container lambda's base image as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredBaseImage {
+    /// Repository.
+    pub name: String,
+    /// Tag.
+    pub tag: String,
+}
+
+/// A spec's deploy parameters as stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpecDeployParameters {
+    /// `1`: pods get a GPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_enabled: Option<u8>,
+    /// Pods to run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_count: Option<u32>,
+    /// CPU and memory of each pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<StoredResources>,
+    /// Kubernetes namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Node selector labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<BTreeMap<String, String>>,
+    /// WASM sandbox limits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<StoredSandbox>,
+}
+
+/// Pod resources as stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoredResources {
+    /// Millicores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<u32>,
+    /// Millicores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_request: Option<u32>,
+    /// GiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ram_limit: Option<f64>,
+    /// GiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ram_request: Option<f64>,
+}
+
+/// WASM sandbox limits as stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoredSandbox {
+    /// Linear memory bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mb: Option<u32>,
+    /// Request deadline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+    /// Concurrent requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u32>,
+    /// Outbound HTTP allow-list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_outbound_hosts: Option<Vec<String>>,
+}
+
+impl SpecDeployParameters {
+    /// The namespace (the default one when none was given).
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+}
+
+impl From<&Parameters> for SpecParameters {
+    fn from(p: &Parameters) -> Self {
+        Self {
+            lambda_type: p.lambda_type,
+            base_image: p.base_image.as_ref().map(|b| StoredBaseImage {
+                name: b.name.clone(),
+                tag: b.tag.clone(),
+            }),
+            additional_user_docker_commands: p.additional_user_docker_commands.clone(),
+            workers: p.workers,
+            config: p.config.clone(),
+        }
+    }
+}
+
+impl From<&SpecParameters> for Parameters {
+    fn from(p: &SpecParameters) -> Self {
+        Self {
+            lambda_name: None,
+            description: None,
+            lambda_type: p.lambda_type,
+            base_image: p.base_image.as_ref().map(|b| BaseImage {
+                name: b.name.clone(),
+                tag: b.tag.clone(),
+            }),
+            additional_user_docker_commands: p.additional_user_docker_commands.clone(),
+            workers: p.workers,
+            config: p.config.clone(),
+        }
+    }
+}
+
+impl From<&DeployParameters> for SpecDeployParameters {
+    fn from(d: &DeployParameters) -> Self {
+        Self {
+            gpu_enabled: d.gpu_enabled,
+            pod_count: d.pod_count,
+            resources: d.resources.as_ref().map(|r| StoredResources {
+                cpu_limit: r.cpu_limit,
+                cpu_request: r.cpu_request,
+                ram_limit: r.ram_limit,
+                ram_request: r.ram_request,
+            }),
+            namespace: d.namespace.clone(),
+            selector: d.selector.clone(),
+            sandbox: d.sandbox.as_ref().map(|s| StoredSandbox {
+                memory_limit_mb: s.memory_limit_mb,
+                request_timeout_ms: s.request_timeout_ms,
+                max_concurrent_requests: s.max_concurrent_requests,
+                allowed_outbound_hosts: s.allowed_outbound_hosts.clone(),
+            }),
+        }
+    }
+}
+
+impl From<&SpecDeployParameters> for DeployParameters {
+    fn from(d: &SpecDeployParameters) -> Self {
+        Self {
+            gpu_enabled: d.gpu_enabled,
+            pod_count: d.pod_count,
+            resources: d.resources.as_ref().map(Resources::from),
+            namespace: d.namespace.clone(),
+            selector: d.selector.clone(),
+            sandbox: d.sandbox.as_ref().map(|s| SandboxParameters {
+                memory_limit_mb: s.memory_limit_mb,
+                request_timeout_ms: s.request_timeout_ms,
+                max_concurrent_requests: s.max_concurrent_requests,
+                allowed_outbound_hosts: s.allowed_outbound_hosts.clone(),
+            }),
+        }
+    }
+}
+
+impl From<&StoredResources> for Resources {
+    fn from(r: &StoredResources) -> Self {
+        Self {
+            cpu_limit: r.cpu_limit,
+            cpu_request: r.cpu_request,
+            ram_limit: r.ram_limit,
+            ram_request: r.ram_request,
+        }
+    }
 }
 
 /// A lambda.
