@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let engine = WasmEngine::new(&config, &data.path().join("artifacts"))?;
     let compiled = engine.compile(&wasm)?;
-    let store = Store::open(&data.path().join("store"))?;
+    let store = Arc::new(Store::open(&data.path().join("store"))?);
     let logs = LogSink::start(store.clone(), 1000, 4096)?;
     let lambda_id = LambdaId::generate();
     let sandbox = &config.sandbox;
@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
         version: Version::FIRST,
         lambda_type: LambdaType::Standalone,
         config: Vec::new(),
-        store,
+        kv: store,
         kv_quotas: KvQuotas {
             max_keys: config.keyvalue.max_keys,
             max_key_bytes: config.keyvalue.max_key_bytes,

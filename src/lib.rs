@@ -161,7 +161,8 @@ impl Server {
         let data_dir_lock = lock_data_dir(&data)?;
         config.data_dir.clone_from(&data);
         let config = Arc::new(config);
-        let store = store::Store::open(&data.join("store"))?;
+        // The embedded store keeps both the records and the guests' key-value data.
+        let store = Arc::new(store::Store::open(&data.join("store"))?);
         let sealer = secrets::Sealer::open(&config.encryption_key, &data)?;
         let archives = builder::ArchiveStore::open(&data.join("archives"))?;
         let metrics = metrics::Metrics::new().map_err(StartupError::Metrics)?;
@@ -209,7 +210,7 @@ impl Server {
         );
         let lifecycle = lifecycle::Lifecycle::new(lifecycle::Parts {
             config: config.clone(),
-            store: Arc::new(store.clone()),
+            store: store.clone(),
             kv: store,
             archives,
             sealer,

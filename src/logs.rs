@@ -1,13 +1,16 @@
 //! Lambda logs: a bounded, non-blocking sink the hot path writes guest output to,
-//! drained by one writer thread that group-commits lines into the store.
-//! Depends on `model` and `store`.
+//! drained by one writer thread that group-commits lines into the store (its async calls
+//! run to their end on the thread, in the service's runtime). Depends on `model` and
+//! `store`.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
 use crate::model::LambdaId;
-use crate::store::Store;
+use crate::store::LambdaStore;
 
 /// Lines buffered between guests and the writer; beyond this, lines are dropped
 /// (and counted) rather than slowing requests down.
@@ -36,16 +39,18 @@ pub struct LogSink {
 }
 
 impl LogSink {
-    /// Starts the writer thread; it ends when every sink is dropped.
+    /// Starts the writer thread; it ends when every sink is dropped. Called inside the
+    /// service's runtime, whose I/O the store's calls may need.
     pub fn start(
-        store: Store,
+        store: Arc<dyn LambdaStore>,
         keep_per_lambda: usize,
         max_line_bytes: usize,
     ) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
         let (tx, rx) = sync_channel(QUEUE_LINES);
         std::thread::Builder::new()
             .name("lambda-logs".into())
-            .spawn(move || write_loop(&store, &rx, keep_per_lambda))?;
+            .spawn(move || write_loop(&runtime, store.as_ref(), &rx, keep_per_lambda))?;
         Ok(Self {
             tx,
             max_line_bytes,
@@ -105,7 +110,12 @@ impl LogSink {
     }
 }
 
-fn write_loop(store: &Store, rx: &Receiver<Message>, keep: usize) {
+fn write_loop(
+    runtime: &tokio::runtime::Handle,
+    store: &dyn LambdaStore,
+    rx: &Receiver<Message>,
+    keep: usize,
+) {
     // Lines stored per lambda, counted once, then tracked here: trimming must not
     // rescan a lambda's whole log on every batch.
     let mut counts: HashMap<LambdaId, usize> = HashMap::new();
@@ -135,36 +145,37 @@ fn write_loop(store: &Store, rx: &Receiver<Message>, keep: usize) {
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        write_batch(store, by_lambda, &mut counts, keep);
+        runtime.block_on(write_batch(store, by_lambda, &mut counts, keep));
         for ack in acks {
             let _ = ack.send(());
         }
     }
 }
 
-fn write_batch(
-    store: &Store,
+async fn write_batch(
+    store: &dyn LambdaStore,
     by_lambda: HashMap<LambdaId, Vec<String>>,
     counts: &mut HashMap<LambdaId, usize>,
     keep: usize,
 ) {
     for (lambda, lines) in by_lambda {
         // Lines of a lambda deleted meanwhile must not outlive it.
-        if !matches!(store.lambda_exists(lambda), Ok(true)) {
+        if !matches!(store.lambda_exists(lambda).await, Ok(true)) {
             counts.remove(&lambda);
             continue;
         }
-        let count = counts
-            .entry(lambda)
-            .or_insert_with(|| store.count_logs(lambda));
-        if let Err(e) = store.append_logs(lambda, &lines) {
+        let count = match counts.entry(lambda) {
+            Entry::Occupied(counted) => counted.into_mut(),
+            Entry::Vacant(first) => first.insert(store.count_logs(lambda).await.unwrap_or(0)),
+        };
+        if let Err(e) = store.append_logs(lambda, &lines).await {
             tracing::error!(%lambda, error = %e, "cannot store lambda log lines");
             continue;
         }
         *count += lines.len();
         // Trim in steps (keep + 1/8) so a busy lambda does not trim every batch.
         if *count > keep + keep / 8 {
-            match store.trim_logs(lambda, *count - keep) {
+            match store.trim_logs(lambda, *count - keep).await {
                 Ok(()) => *count = keep,
                 Err(e) => tracing::error!(%lambda, error = %e, "cannot trim lambda logs"),
             }

@@ -501,7 +501,7 @@ impl Lifecycle {
             version: spec.version,
             lambda_type: spec.lambda_type,
             config: runtime::flatten_config(spec.parameters.config.as_ref(), Some(&credentials)),
-            store: self.kv.clone(),
+            kv: self.kv.clone(),
             kv_quotas: self.kv_quotas(),
             outbound: OutboundPolicy::new(
                 spec.deploy_parameters

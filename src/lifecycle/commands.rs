@@ -12,7 +12,8 @@ use crate::model::{
     Runtime, Version,
 };
 use crate::store::{
-    BuildKind, BuildRecord, LambdaRecord, LambdaSpec, SpecDeployParameters, SpecParameters,
+    BuildKind, BuildRecord, LambdaRecord, LambdaSpec, NameTaken, SpecDeployParameters,
+    SpecParameters,
 };
 
 impl Lifecycle {
@@ -194,14 +195,7 @@ impl Lifecycle {
         if !record.deployed {
             record.status = LambdaStatus::Waiting;
         }
-        if self
-            .store
-            .save_lambda(&record, Some(&old_name))
-            .await?
-            .is_err()
-        {
-            return Err(LifecycleError::NameTaken(record.lambda_name));
-        }
+        self.save_renamed(&record, &old_name).await?;
         let replaced = self
             .queue_build(
                 &record,
@@ -282,6 +276,14 @@ impl Lifecycle {
         Ok(replaced)
     }
 
+    /// Saves a changed lambda whose name was `old_name`; the new name must be free.
+    async fn save_renamed(&self, record: &LambdaRecord, old_name: &str) -> Result<()> {
+        match self.store.save_lambda(record, Some(old_name)).await? {
+            Ok(()) => Ok(()),
+            Err(NameTaken) => Err(LifecycleError::NameTaken(record.lambda_name.clone())),
+        }
+    }
+
     /// Renames or re-describes a lambda.
     pub async fn patch(
         &self,
@@ -299,14 +301,7 @@ impl Lifecycle {
             record.description = d;
         }
         record.last_update_time = now();
-        if self
-            .store
-            .save_lambda(&record, Some(&old_name))
-            .await?
-            .is_err()
-        {
-            return Err(LifecycleError::NameTaken(record.lambda_name));
-        }
+        self.save_renamed(&record, &old_name).await?;
         self.store.flush().await?;
         Ok(())
     }

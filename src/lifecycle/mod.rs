@@ -32,12 +32,12 @@ use crate::model::{
 };
 use crate::runtime::{Component, LoadedLambda, PodSet, Registry, WasmEngine};
 use crate::secrets::{Sealer, SecretsError};
-use crate::store::{LambdaRecord, LambdaStore, ListQuery, Store, StoreError};
+use crate::store::{KvStore, LambdaRecord, LambdaStore, ListQuery, StoreError};
 
 pub use build::BuildFailure;
 pub use deploy::{DeployError, Deployer, ImageBuilder, PodRequest, PodState, Progress};
 
-/// A lifecycle operation failed; `api::error` maps each to a LUNA code.
+/// A lifecycle operation failed; `edge::error` maps each to a LUNA code.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
     /// No such lambda (or it belongs to another account).
@@ -124,7 +124,7 @@ pub struct Parts {
     /// Lambda, build and log records.
     pub store: Arc<dyn LambdaStore>,
     /// The guests' key-value data.
-    pub kv: Store,
+    pub kv: Arc<dyn KvStore>,
     /// Uploaded archives by digest.
     pub archives: ArchiveStore,
     /// Credential encryption.
@@ -146,7 +146,7 @@ pub struct Parts {
 pub struct Lifecycle {
     config: Arc<Config>,
     store: Arc<dyn LambdaStore>,
-    kv: Store,
+    kv: Arc<dyn KvStore>,
     archives: ArchiveStore,
     sealer: Sealer,
     engine: Arc<WasmEngine>,

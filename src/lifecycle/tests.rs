@@ -12,7 +12,7 @@ use super::*;
 use crate::builder::archive::tests::zip_of;
 use crate::builder::container::BuildContext;
 use crate::model::{LambdaStatus, Version};
-use crate::store::{BuildKind, BuildRecord};
+use crate::store::{BuildKind, BuildRecord, Store};
 
 /// What a fake backend was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +165,7 @@ impl World {
         };
         config.data_dir = dir.path().to_path_buf();
         let config = Arc::new(config);
-        let store = Store::open(&dir.path().join("store")).unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
         let logs = LogSink::start(store.clone(), 100, 1000).unwrap();
         let backend = Arc::new(FakeBackend::default());
         let registry = Arc::new(Registry::default());
@@ -174,7 +174,7 @@ impl World {
             sealer: Sealer::open(&config.encryption_key, dir.path()).unwrap(),
             archives: ArchiveStore::open(&dir.path().join("archives")).unwrap(),
             config,
-            store: Arc::new(store.clone()),
+            store: store.clone(),
             kv: store,
             registry: registry.clone(),
             containers: Some(ContainerBackends {

@@ -7,7 +7,9 @@ use super::policy::OutboundPolicy;
 use crate::logs::LogSink;
 use crate::metrics::LambdaMetrics;
 use crate::model::{AccountId, LambdaId, LambdaType, Version};
-use crate::store::{KvQuotas, Store};
+use std::sync::Arc;
+
+use crate::store::{KvQuotas, KvStore};
 
 /// What every request of one lambda version shares.
 pub struct GuestEnv {
@@ -22,7 +24,7 @@ pub struct GuestEnv {
     /// `wasi:config` pairs, sorted by key.
     pub config: Vec<(String, String)>,
     /// The key-value namespace lives here.
-    pub store: Store,
+    pub kv: Arc<dyn KvStore>,
     /// Key-value quotas.
     pub kv_quotas: KvQuotas,
     /// Outbound HTTP allow-list and bounds.

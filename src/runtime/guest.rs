@@ -18,6 +18,19 @@ mod generated {
         with: {
             "wasi:keyvalue/store.bucket": super::KvBucket,
         },
+        // The key-value calls wait on the store (a networked one, possibly); the rest
+        // answer from memory.
+        imports: {
+            "wasi:keyvalue/store.[method]bucket.get": async,
+            "wasi:keyvalue/store.[method]bucket.set": async,
+            "wasi:keyvalue/store.[method]bucket.delete": async,
+            "wasi:keyvalue/store.[method]bucket.exists": async,
+            "wasi:keyvalue/store.[method]bucket.list-keys": async,
+            "wasi:keyvalue/atomics.increment": async,
+            "wasi:keyvalue/batch.get-many": async,
+            "wasi:keyvalue/batch.set-many": async,
+            "wasi:keyvalue/batch.delete-many": async,
+        },
     });
 }
 
@@ -114,21 +127,12 @@ fn kv_error(e: KvError) -> kv::Error {
 }
 
 impl HostState {
-    fn bucket(&self, handle: &Resource<KvBucket>) -> Result<&str, kv::Error> {
+    /// The name of the bucket behind `handle`.
+    fn bucket(&self, handle: &Resource<KvBucket>) -> Result<String, kv::Error> {
         self.table
             .get(handle)
-            .map(|b| b.name.as_str())
+            .map(|b| b.name.clone())
             .map_err(|e| kv::Error::Other(format!("bad bucket handle: {e}")))
-    }
-
-    /// Runs a store operation against the bucket behind `handle`.
-    fn with_bucket<T>(
-        &self,
-        handle: &Resource<KvBucket>,
-        op: impl FnOnce(&GuestEnv, &str) -> Result<T, KvError>,
-    ) -> Result<T, kv::Error> {
-        let bucket = self.bucket(handle)?;
-        op(&self.env, bucket).map_err(kv_error)
     }
 }
 
@@ -201,47 +205,66 @@ impl kv::Host for HostState {
 }
 
 impl kv::HostBucket for HostState {
-    fn get(
+    async fn get(
         &mut self,
         bucket: Resource<KvBucket>,
         key: String,
     ) -> Result<Option<Vec<u8>>, kv::Error> {
-        self.with_bucket(&bucket, |env, b| env.store.kv_get(env.lambda_id, b, &key))
+        let bucket = self.bucket(&bucket)?;
+        let env = &self.env;
+        env.kv
+            .get(env.lambda_id, &bucket, &key)
+            .await
+            .map_err(kv_error)
     }
 
-    fn set(
+    async fn set(
         &mut self,
         bucket: Resource<KvBucket>,
         key: String,
         value: Vec<u8>,
     ) -> Result<(), kv::Error> {
-        self.with_bucket(&bucket, |env, b| {
-            env.store
-                .kv_set(env.lambda_id, b, &key, &value, &env.kv_quotas)
-        })
+        let bucket = self.bucket(&bucket)?;
+        let env = &self.env;
+        env.kv
+            .set(env.lambda_id, &bucket, &key, &value, &env.kv_quotas)
+            .await
+            .map_err(kv_error)
     }
 
-    fn delete(&mut self, bucket: Resource<KvBucket>, key: String) -> Result<(), kv::Error> {
-        self.with_bucket(&bucket, |env, b| {
-            env.store.kv_delete(env.lambda_id, b, &key, &env.kv_quotas)
-        })
+    async fn delete(&mut self, bucket: Resource<KvBucket>, key: String) -> Result<(), kv::Error> {
+        let bucket = self.bucket(&bucket)?;
+        let env = &self.env;
+        env.kv
+            .delete(env.lambda_id, &bucket, &key, &env.kv_quotas)
+            .await
+            .map_err(kv_error)
     }
 
-    fn exists(&mut self, bucket: Resource<KvBucket>, key: String) -> Result<bool, kv::Error> {
-        self.with_bucket(&bucket, |env, b| {
-            Ok(env.store.kv_get(env.lambda_id, b, &key)?.is_some())
-        })
+    async fn exists(&mut self, bucket: Resource<KvBucket>, key: String) -> Result<bool, kv::Error> {
+        let bucket = self.bucket(&bucket)?;
+        let env = &self.env;
+        let value = env
+            .kv
+            .get(env.lambda_id, &bucket, &key)
+            .await
+            .map_err(kv_error)?;
+        Ok(value.is_some())
     }
 
-    fn list_keys(
+    async fn list_keys(
         &mut self,
         bucket: Resource<KvBucket>,
         cursor: Option<u64>,
     ) -> Result<kv::KeyResponse, kv::Error> {
-        self.with_bucket(&bucket, |env, b| {
-            let (keys, cursor) = env.store.kv_list(env.lambda_id, b, cursor.unwrap_or(0))?;
-            Ok(kv::KeyResponse { keys, cursor })
-        })
+        let bucket = self.bucket(&bucket)?;
+        let env = &self.env;
+        let (keys, cursor) = env
+            .kv
+            .list(env.lambda_id, &bucket, cursor.unwrap_or(0))
+            .await
+            .map_err(kv_error)?;
+        Ok(kv::KeyResponse { keys, cursor })
     }
 
     fn drop(&mut self, bucket: Resource<KvBucket>) -> wasmtime::Result<()> {
@@ -251,57 +274,65 @@ impl kv::HostBucket for HostState {
 }
 
 impl atomics::Host for HostState {
-    fn increment(
+    async fn increment(
         &mut self,
         bucket: Resource<KvBucket>,
         key: String,
         delta: u64,
     ) -> Result<u64, kv::Error> {
-        self.with_bucket(&bucket, |env, b| {
-            env.store
-                .kv_increment(env.lambda_id, b, &key, delta, &env.kv_quotas)
-        })
+        let bucket = self.bucket(&bucket)?;
+        let env = &self.env;
+        env.kv
+            .increment(env.lambda_id, &bucket, &key, delta, &env.kv_quotas)
+            .await
+            .map_err(kv_error)
     }
 }
 
 impl batch::Host for HostState {
-    fn get_many(
+    async fn get_many(
         &mut self,
         bucket: Resource<KvBucket>,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, kv::Error> {
-        self.with_bucket(&bucket, |env, b| {
-            keys.into_iter()
-                .map(|key| {
-                    Ok(env
-                        .store
-                        .kv_get(env.lambda_id, b, &key)?
-                        .map(|value| (key, value)))
-                })
-                .collect()
-        })
+        let bucket = self.bucket(&bucket)?;
+        let env = &self.env;
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value = env
+                .kv
+                .get(env.lambda_id, &bucket, &key)
+                .await
+                .map_err(kv_error)?;
+            values.push(value.map(|value| (key, value)));
+        }
+        Ok(values)
     }
 
-    fn set_many(
+    async fn set_many(
         &mut self,
         bucket: Resource<KvBucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), kv::Error> {
-        self.with_bucket(&bucket, |env, b| {
-            env.store
-                .kv_set_many(env.lambda_id, b, &key_values, &env.kv_quotas)
-        })
+        let bucket = self.bucket(&bucket)?;
+        let env = &self.env;
+        env.kv
+            .set_many(env.lambda_id, &bucket, &key_values, &env.kv_quotas)
+            .await
+            .map_err(kv_error)
     }
 
-    fn delete_many(
+    async fn delete_many(
         &mut self,
         bucket: Resource<KvBucket>,
         keys: Vec<String>,
     ) -> Result<(), kv::Error> {
-        self.with_bucket(&bucket, |env, b| {
-            env.store
-                .kv_delete_many(env.lambda_id, b, &keys, &env.kv_quotas)
-        })
+        let bucket = self.bucket(&bucket)?;
+        let env = &self.env;
+        env.kv
+            .delete_many(env.lambda_id, &bucket, &keys, &env.kv_quotas)
+            .await
+            .map_err(kv_error)
     }
 }
 

@@ -1,7 +1,9 @@
-//! Per-lambda key-value namespaces (the data behind `wasi:keyvalue`): entries keyed by
-//! lambda, bucket and key, with a usage record per lambda kept in the same transaction
-//! as every change so that quotas hold across restarts. Depends on `model` only.
+//! Per-lambda key-value namespaces (the data behind `wasi:keyvalue`): the `KvStore`
+//! interface the guests' imports use, and the sled backend's entries keyed by lambda,
+//! bucket and key, with a usage record per lambda kept in the same transaction as every
+//! change so that quotas hold across restarts. Depends on `model` only.
 
+use async_trait::async_trait;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
@@ -352,6 +354,149 @@ impl Store {
         }
         self.kv_usage.remove(lambda.as_bytes())?;
         Ok(())
+    }
+}
+
+/// The lambdas' key-value data as the guests' `wasi:keyvalue` imports use it: every
+/// call inside one lambda's namespace, writes checked against the quotas. Async, so a
+/// networked database implements it as it is; `Store` is the embedded backend.
+#[async_trait]
+pub trait KvStore: Send + Sync + std::fmt::Debug {
+    /// The value of `key` in `bucket`.
+    async fn get(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, KvError>;
+
+    /// Sets `key` in `bucket`.
+    async fn set(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError>;
+
+    /// Sets every pair at once (all or none).
+    async fn set_many(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        pairs: &[(String, Vec<u8>)],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError>;
+
+    /// Deletes `key` (a missing key is fine).
+    async fn delete(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError>;
+
+    /// Deletes every key at once.
+    async fn delete_many(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        keys: &[String],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError>;
+
+    /// Adds `delta` to the counter at `key`; returns the new value.
+    async fn increment(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+        delta: u64,
+        quotas: &KvQuotas,
+    ) -> Result<u64, KvError>;
+
+    /// One page of the bucket's keys from `cursor`, and the cursor of the next page.
+    async fn list(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        cursor: u64,
+    ) -> Result<(Vec<String>, Option<u64>), KvError>;
+}
+
+/// The sled backend answers at once: its calls never wait on a network.
+#[async_trait]
+impl KvStore for Store {
+    async fn get(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, KvError> {
+        self.kv_get(lambda, bucket, key)
+    }
+
+    async fn set(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        self.kv_set(lambda, bucket, key, value, quotas)
+    }
+
+    async fn set_many(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        pairs: &[(String, Vec<u8>)],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        self.kv_set_many(lambda, bucket, pairs, quotas)
+    }
+
+    async fn delete(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        self.kv_delete(lambda, bucket, key, quotas)
+    }
+
+    async fn delete_many(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        keys: &[String],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        self.kv_delete_many(lambda, bucket, keys, quotas)
+    }
+
+    async fn increment(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+        delta: u64,
+        quotas: &KvQuotas,
+    ) -> Result<u64, KvError> {
+        self.kv_increment(lambda, bucket, key, delta, quotas)
+    }
+
+    async fn list(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        cursor: u64,
+    ) -> Result<(Vec<String>, Option<u64>), KvError> {
+        self.kv_list(lambda, bucket, cursor)
     }
 }
 

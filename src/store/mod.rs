@@ -1,6 +1,6 @@
-//! The persistent store: the `LambdaStore` interface the lifecycle and the API use, and
-//! `Store`, its embedded backend over sled, which also holds the lambdas' key-value data
-//! and takes the log writer's appends. One tree per entity; records carry a schema byte;
+//! The persistent store: two async interfaces, `LambdaStore` (records and logs, for the
+//! lifecycle, the API and the log writer) and `KvStore` (the guests' key-value data), and
+//! `Store`, the embedded backend of both, over sled. One tree per entity; records carry a schema byte;
 //! the list order and filters are served from an in-memory index kept with every write;
 //! how many records reference each archive and component is counted with every write
 //! (`refs`), so garbage collection reads counts, not records. Depends on `model` only.
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-pub use kv::{KvError, KvQuotas, KvUsage, LIST_PAGE, check_bucket};
+pub use kv::{KvError, KvQuotas, KvStore, KvUsage, LIST_PAGE, check_bucket};
 pub use records::{
     BuildKind, BuildRecord, LambdaRecord, LambdaSpec, SpecDeployParameters, SpecParameters,
     StoredBaseImage, StoredResources, StoredSandbox,
@@ -347,43 +347,12 @@ impl Store {
             .map(|((_, Reverse(id)), _)| *id)
             .collect()
     }
-
-    /// Whether the lambda exists (cheaper than reading its record).
-    pub fn lambda_exists(&self, id: LambdaId) -> Result<bool, StoreError> {
-        Ok(self.lambdas.contains_key(id.as_bytes())?)
-    }
-
-    /// Appends log lines to a lambda.
-    pub fn append_logs(&self, id: LambdaId, lines: &[String]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for line in lines {
-            let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
-            batch.insert(&log_key(id, seq)[..], line.as_bytes());
-        }
-        self.logs.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Number of log lines kept for a lambda.
-    pub fn count_logs(&self, id: LambdaId) -> usize {
-        self.logs.scan_prefix(id.as_bytes()).keys().count()
-    }
-
-    /// Drops the `count` oldest log lines of a lambda.
-    pub fn trim_logs(&self, id: LambdaId, count: usize) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for key in self.logs.scan_prefix(id.as_bytes()).keys().take(count) {
-            batch.remove(key?);
-        }
-        self.logs.apply_batch(batch)?;
-        Ok(())
-    }
 }
 
-/// What the lifecycle and the management API keep: lambdas, build jobs, the records of
-/// compiled artifacts, reference counts and the lambdas' logs. Async, so that a
-/// networked database implements it as it is; `Store` is the embedded (sled) backend.
-/// The guests' key-value data and the log writer's appends stay on `Store` itself.
+/// What the lifecycle, the management API and the log writer keep: lambdas, build jobs,
+/// the records of compiled artifacts, reference counts and the lambdas' logs. Async, so
+/// that a networked database implements it as it is; `Store` is the embedded (sled)
+/// backend. The guests' key-value data is the other interface, `KvStore`.
 #[async_trait]
 pub trait LambdaStore: Send + Sync + std::fmt::Debug {
     /// Makes every acknowledged write durable.
@@ -429,6 +398,15 @@ pub trait LambdaStore: Send + Sync + std::fmt::Debug {
 
     /// Removes every log line of a lambda.
     async fn delete_logs(&self, id: LambdaId) -> Result<(), StoreError>;
+
+    /// Appends log lines to a lambda.
+    async fn append_logs(&self, id: LambdaId, lines: &[String]) -> Result<(), StoreError>;
+
+    /// Number of log lines kept for a lambda.
+    async fn count_logs(&self, id: LambdaId) -> Result<usize, StoreError>;
+
+    /// Drops the `count` oldest log lines of a lambda.
+    async fn trim_logs(&self, id: LambdaId, count: usize) -> Result<(), StoreError>;
 
     /// The newest `tail` log lines of a lambda, oldest first (all when `tail` is None).
     async fn tail_logs(&self, id: LambdaId, tail: Option<u64>) -> Result<Vec<String>, StoreError>;
@@ -614,7 +592,30 @@ impl LambdaStore for Store {
     }
 
     async fn lambda_exists(&self, id: LambdaId) -> Result<bool, StoreError> {
-        Store::lambda_exists(self, id)
+        Ok(self.lambdas.contains_key(id.as_bytes())?)
+    }
+
+    async fn append_logs(&self, id: LambdaId, lines: &[String]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for line in lines {
+            let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
+            batch.insert(&log_key(id, seq)[..], line.as_bytes());
+        }
+        self.logs.apply_batch(batch)?;
+        Ok(())
+    }
+
+    async fn count_logs(&self, id: LambdaId) -> Result<usize, StoreError> {
+        Ok(self.logs.scan_prefix(id.as_bytes()).keys().count())
+    }
+
+    async fn trim_logs(&self, id: LambdaId, count: usize) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.logs.scan_prefix(id.as_bytes()).keys().take(count) {
+            batch.remove(key?);
+        }
+        self.logs.apply_batch(batch)?;
+        Ok(())
     }
 
     async fn delete_logs(&self, id: LambdaId) -> Result<(), StoreError> {
@@ -907,9 +908,9 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let id = LambdaId::generate();
         let lines: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
-        store.append_logs(id, &lines).unwrap();
-        assert_eq!(store.count_logs(id), 10);
-        store.trim_logs(id, 5).unwrap();
+        store.append_logs(id, &lines).await.unwrap();
+        assert_eq!(store.count_logs(id).await.unwrap(), 10);
+        store.trim_logs(id, 5).await.unwrap();
         assert_eq!(
             store.tail_logs(id, None).await.unwrap(),
             lines[5..].to_vec()
