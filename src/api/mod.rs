@@ -1,9 +1,12 @@
 //! The management API: the axum router of every LUNA route but the proxy, with the
 //! request id check, route templates for metrics, and 404/405 answers in LUNA's form;
-//! the handlers are in `routes`. Depends on `edge`, `lifecycle`, `runtime`, `metrics`,
+//! the handlers are in `lambdas` (the lambda routes) and `service` (version, documents,
+//! configuration, metrics, health), their shared openings in `shared`. Depends on `edge`, `lifecycle`, `runtime`, `metrics`,
 //! `config`, `model`.
 
-mod routes;
+mod lambdas;
+mod service;
+mod shared;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -65,45 +68,51 @@ pub fn router(state: AppState) -> Router {
         .saturating_add(limits.max_json_bytes.saturating_mul(4))
         .saturating_add(64 * 1024);
     Router::new()
-        .route("/version", served(get(routes::version)))
-        .route("/1/lambdas", served(post(routes::create).get(routes::list)))
-        .route("/1/lambdas/validate", served(post(routes::validate)))
+        .route("/version", served(get(service::version)))
+        .route(
+            "/1/lambdas",
+            served(post(lambdas::create).get(lambdas::list)),
+        )
+        .route("/1/lambdas/validate", served(post(lambdas::validate)))
         .route(
             "/1/lambdas/{lambda_id}",
             served(
-                get(routes::get)
-                    .head(routes::head)
-                    .put(routes::recreate)
-                    .patch(routes::patch)
-                    .delete(routes::delete),
+                get(lambdas::get)
+                    .head(lambdas::head)
+                    .put(lambdas::recreate)
+                    .patch(lambdas::patch)
+                    .delete(lambdas::delete),
             ),
         )
-        .route("/1/lambdas/{lambda_id}/status", served(get(routes::status)))
-        .route("/1/lambdas/{lambda_id}/logs", served(get(routes::logs)))
+        .route(
+            "/1/lambdas/{lambda_id}/status",
+            served(get(lambdas::status)),
+        )
+        .route("/1/lambdas/{lambda_id}/logs", served(get(lambdas::logs)))
         .route(
             "/1/lambdas/{lambda_id}/update",
-            served(post(routes::update)),
+            served(post(lambdas::update)),
         )
         .route(
             "/1/lambdas/{lambda_id}/image/status",
-            served(get(routes::image_status)),
+            served(get(lambdas::image_status)),
         )
         .route(
             "/1/lambdas/{lambda_id}/image/logs",
-            served(get(routes::image_logs)),
+            served(get(lambdas::image_logs)),
         )
         .route(
             "/1/lambdas/{lambda_id}/docs",
-            served(get(routes::lambda_docs)),
+            served(get(service::lambda_docs)),
         )
-        .route("/1/docs/spec", served(get(routes::spec)))
-        .route("/1/docs/dev", served(get(routes::manual_root)))
-        .route("/1/docs/dev/{page}", served(get(routes::manual)))
-        .route("/1/config", served(get(routes::config)))
-        .route("/1/plugins", served(get(routes::plugins)))
-        .route("/metrics", served(get(routes::metrics)))
-        .route("/1/healthcheck", served(get(routes::healthcheck)))
-        .route("/healthcheck", served(get(routes::healthcheck)))
+        .route("/1/docs/spec", served(get(service::spec)))
+        .route("/1/docs/dev", served(get(service::manual_root)))
+        .route("/1/docs/dev/{page}", served(get(service::manual)))
+        .route("/1/config", served(get(service::config)))
+        .route("/1/plugins", served(get(service::plugins)))
+        .route("/metrics", served(get(service::metrics)))
+        .route("/1/healthcheck", served(get(service::healthcheck)))
+        .route("/healthcheck", served(get(service::healthcheck)))
         .route_layer(middleware::from_fn(record_route))
         .fallback(fallback)
         .layer(middleware::from_fn(method_not_allowed))

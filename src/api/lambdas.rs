@@ -1,15 +1,14 @@
-//! Handlers of the management routes and their wire types (DTOs), kept apart from
-//! store records. Each handler parses its input at the edge, calls the lifecycle,
-//! and renders LUNA's JSON shapes.
+//! The lambda routes: create, recreate, validate, patch, list, get, head, delete,
+//! status, logs, update and the image (build job) status and logs, with the lambda's
+//! wire type (`LambdaDto`), kept apart from the store's records.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use axum::Json;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Multipart, Path, RawQuery, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
@@ -19,54 +18,15 @@ use crate::edge::input::{self, Query, UploadParts};
 use crate::edge::{ApiError, AppState};
 use crate::lifecycle::{ListFilter, Upload};
 use crate::model::{
-    BaseImage, Credentials, DeployParameters, LambdaId, LambdaName, LambdaStatus, LambdaType,
-    Parameters, Runtime, SandboxParameters,
+    BaseImage, Credentials, DeployParameters, LambdaName, LambdaStatus, LambdaType, Parameters,
+    Runtime, SandboxParameters,
 };
 use crate::store::{LambdaRecord, ListQuery};
 
-type ApiResult<T = Response> = Result<T, ApiError>;
+use super::shared::{ApiResult, lambda_id, no_query, reader_account, scoped};
 
-const YAML: &str = "application/x-yaml";
-const HTML: &str = "text/html";
-const JSON: &str = "application/json";
-const TEXT: &str = "text/plain";
 const UPLOAD_PARTS: &[&str] = &["archive", "credentials", "parameters", "deploy_parameters"];
 const VALIDATE_PARTS: &[&str] = &["archive", "parameters"];
-
-fn lambda_id(raw: &str) -> ApiResult<LambdaId> {
-    raw.parse().map_err(|_| ApiError::lambda_not_found(raw))
-}
-
-fn no_query(raw: Option<&str>) -> ApiResult<()> {
-    Query::parse(raw, &[]).map(|_| ())
-}
-
-/// The account a read route is scoped to: `account_id` query or Luna-Account-Id header.
-fn reader_account(
-    headers: &HeaderMap,
-    query: &Query,
-) -> ApiResult<Option<crate::model::AccountId>> {
-    let from_query = query.account()?;
-    let from_header = input::account_optional(headers)?;
-    match (from_query, from_header) {
-        // Two different accounts in one request is a contradiction, not a scope.
-        (Some(q), Some(h)) if q != h => Err(ApiError::bad_query("account_id")),
-        (q, h) => Ok(q.or(h)),
-    }
-}
-
-/// `GET /version`.
-pub(super) async fn version(RawQuery(q): RawQuery) -> ApiResult {
-    no_query(q.as_deref())?;
-    let part = |s: &str| s.parse::<u32>().unwrap_or(0);
-    Ok(Json(json!({"Version": {
-        "api": 1,
-        "major": part(env!("CARGO_PKG_VERSION_MAJOR")),
-        "minor": part(env!("CARGO_PKG_VERSION_MINOR")),
-        "patch": part(env!("CARGO_PKG_VERSION_PATCH")),
-    }}))
-    .into_response())
-}
 
 /// The lambda object of GET one / list.
 #[derive(Debug, Serialize)]
@@ -377,21 +337,6 @@ pub(super) async fn list(
     Ok(Json(json!({ "lambdas": lambdas })).into_response())
 }
 
-async fn scoped(
-    state: &AppState,
-    raw_id: &str,
-    q: Option<&str>,
-    headers: &HeaderMap,
-    extra: &[&str],
-) -> ApiResult<(LambdaRecord, Query)> {
-    let mut allowed = vec!["account_id"];
-    allowed.extend_from_slice(extra);
-    let query = Query::parse(q, &allowed)?;
-    let account = reader_account(headers, &query)?;
-    let id = lambda_id(raw_id)?;
-    Ok((state.lifecycle.owned(id, account).await?, query))
-}
-
 /// `GET /1/lambdas/{lambda_id}`.
 pub(super) async fn get(
     State(state): State<AppState>,
@@ -501,162 +446,4 @@ pub(super) async fn image_logs(
         lines.drain(..skip);
     }
     Ok(Json(json!({ "logs": lines })).into_response())
-}
-
-/// Pages are self-contained (inline style, no scripts) and may render documents from
-/// lambda archives: the policy forbids every script, frame and outside fetch.
-const DOCS_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-fn typed(content_type: &'static str, body: String) -> Response {
-    let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
-    if content_type.starts_with(HTML) {
-        response.headers_mut().insert(
-            header::CONTENT_SECURITY_POLICY,
-            http::HeaderValue::from_static(DOCS_CSP),
-        );
-    }
-    response
-}
-
-/// `GET /1/lambdas/{lambda_id}/docs`.
-pub(super) async fn lambda_docs(
-    State(state): State<AppState>,
-    Path(raw_id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> ApiResult {
-    let (record, _) = scoped(&state, &raw_id, q.as_deref(), &headers, &[]).await?;
-    let kind = input::negotiate(&headers, &[YAML, HTML], None)?;
-    let text = record.current.openapi.clone().unwrap_or_else(|| {
-        crate::docs::default_lambda_spec(&record.lambda_id.to_string(), &record.lambda_name)
-    });
-    Ok(if kind == HTML {
-        typed("text/html; charset=utf-8", crate::docs::openapi_html(&text))
-    } else {
-        typed(YAML, text)
-    })
-}
-
-/// `GET /1/docs/spec`.
-pub(super) async fn spec(RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult {
-    no_query(q.as_deref())?;
-    let kind = input::negotiate(&headers, &[YAML, HTML], None)?;
-    Ok(if kind == HTML {
-        typed(
-            "text/html; charset=utf-8",
-            crate::docs::openapi_html(crate::docs::SERVICE_SPEC_YAML),
-        )
-    } else {
-        typed(YAML, crate::docs::SERVICE_SPEC_YAML.to_owned())
-    })
-}
-
-/// `GET /1/docs/dev`.
-pub(super) async fn manual_root(RawQuery(q): RawQuery) -> ApiResult {
-    no_query(q.as_deref())?;
-    Ok(Redirect::to("/1/docs/dev/index.html").into_response())
-}
-
-/// `GET /1/docs/dev/{page}`.
-pub(super) async fn manual(Path(page): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
-    no_query(q.as_deref())?;
-    crate::docs::manual_page(&page)
-        .map(|html| typed("text/html; charset=utf-8", html))
-        .ok_or_else(|| ApiError::no_route(&format!("/1/docs/dev/{page}")))
-}
-
-/// `GET /1/config`.
-pub(super) async fn config(
-    State(state): State<AppState>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> ApiResult {
-    no_query(q.as_deref())?;
-    let kind = input::negotiate(&headers, &[JSON, TEXT], Some(JSON))?;
-    Ok(if kind == TEXT {
-        typed("text/plain; charset=utf-8", state.config.masked_text())
-    } else {
-        Json(state.config.masked_json()).into_response()
-    })
-}
-
-/// `GET /1/plugins`: built-in components that run beside the API.
-pub(super) async fn plugins(State(state): State<AppState>, RawQuery(q): RawQuery) -> ApiResult {
-    no_query(q.as_deref())?;
-    let container = state.config.container_backend != crate::config::ContainerBackend::None;
-    Ok(Json(json!({ "plugins": [
-        {"name": "wasm-runtime", "running": 1},
-        {"name": "container-backend", "running": i32::from(container)},
-    ]}))
-    .into_response())
-}
-
-/// `GET /metrics`.
-pub(super) async fn metrics(State(state): State<AppState>, RawQuery(q): RawQuery) -> ApiResult {
-    no_query(q.as_deref())?;
-    let engine = state.lifecycle.engine();
-    let to_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-    let text = state.metrics.render(
-        &state.registry.occupancy(),
-        &[
-            ("loaded_lambdas", to_i64(state.registry.len())),
-            ("compile_cache_hits", to_i64(engine.cache_hits())),
-            ("compile_cache_misses", to_i64(engine.cache_misses())),
-            ("pooling_allocator", i64::from(engine.pooling())),
-            (
-                "log_lines_dropped",
-                i64::try_from(state.lifecycle.logs().dropped()).unwrap_or(i64::MAX),
-            ),
-        ],
-    );
-    Ok(typed("text/plain; version=0.0.4; charset=utf-8", text))
-}
-
-/// `GET /healthcheck`, `GET /1/healthcheck`.
-pub(super) async fn healthcheck(State(state): State<AppState>, RawQuery(q): RawQuery) -> ApiResult {
-    let query = Query::parse(q.as_deref(), &["include_luna_services"])?;
-    query.int_in("include_luna_services", 0..=1)?;
-    let started = Instant::now();
-    let mut errors = Vec::new();
-    let probe = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        state
-            .lifecycle
-            .store()
-            .probe()
-            .await
-            .map_err(|e| e.to_string())?;
-        probe_data_dir(&state.config.data_dir).await
-    })
-    .await;
-    match probe {
-        Ok(Ok(())) => {}
-        Ok(Err(cause)) => {
-            tracing::error!(%cause, "healthcheck: store unusable");
-            errors.push(json!({"component": "store", "error": "the store cannot be written"}));
-        }
-        Err(_) => errors
-            .push(json!({"component": "store", "error": "the store did not answer within 5 s"})),
-    }
-    let execution_time = started.elapsed().as_secs_f64();
-    Ok(if errors.is_empty() {
-        Json(json!({ "execution_time": execution_time })).into_response()
-    } else {
-        (
-            StatusCode::BAD_GATEWAY,
-            Json(json!({ "errors": errors, "execution_time": execution_time })),
-        )
-            .into_response()
-    })
-}
-
-/// The data directory must still exist and take new files (archives, keys, artifacts).
-async fn probe_data_dir(dir: &std::path::Path) -> Result<(), String> {
-    // One file per probe: concurrent healthchecks must not remove each other's.
-    let probe = dir.join(format!(".health-probe-{}", uuid::Uuid::new_v4()));
-    tokio::fs::write(&probe, b"ok")
-        .await
-        .map_err(|e| format!("{}: {e}", probe.display()))?;
-    tokio::fs::remove_file(&probe)
-        .await
-        .map_err(|e| format!("{}: {e}", probe.display()))
 }
