@@ -30,19 +30,7 @@ impl KubeDeployer {
 
     fn deployment(&self, request: &PodRequest) -> LambdaDeployment {
         LambdaDeployment {
-            lambda_id: request.lambda_id,
-            account_id: request.account_id,
-            version: request.version,
-            lambda_type: request.lambda_type,
-            namespace: request.namespace.clone(),
-            image: request.image.clone(),
-            pod_count: request.pod_count,
-            workers: request.workers,
-            resources: request.resources.clone(),
-            gpu: request.gpu,
-            selector: request.selector.clone(),
-            config_json: request.config_json.clone(),
-            credentials_json: request.credentials_json.clone(),
+            pods: request.clone(),
             service_port: self.kube.service_port(),
         }
     }
@@ -66,10 +54,10 @@ impl Deployer for KubeDeployer {
     ) -> Result<Vec<SocketAddr>, DeployError> {
         let id = request.lambda_id;
         let deployment = self.deployment(request);
-        let namespace = deployment.namespace.as_str();
+        let namespace = deployment.pods.namespace.as_str();
         progress(&format!(
             "applying Secret, Service and Deployment luna-lambda-{id} in namespace {namespace}: {} replica(s) of {}",
-            deployment.pod_count, deployment.image
+            deployment.pods.pod_count, deployment.pods.image
         ));
         self.kube
             .apply(&deployment)
@@ -80,7 +68,7 @@ impl Deployer for KubeDeployer {
             .wait_rolled_out(
                 namespace,
                 id,
-                deployment.pod_count,
+                deployment.pods.pod_count,
                 self.rollout_timeout,
                 &mut *progress,
             )

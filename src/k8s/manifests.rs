@@ -1,15 +1,15 @@
 //! Pure builders of the Kubernetes objects of a container lambda: a Deployment (replicas
 //! = pod_count, resources, GPU, node selector, readiness probe on `/healthcheck`), a
 //! ClusterIP Service in front of it and a Secret holding the credentials (never in the
-//! Deployment). Objects in, JSON out; unit-tested on their JSON.
-
-use std::collections::BTreeMap;
+//! Deployment). Objects in, JSON out; unit-tested on their JSON. Depends on `lifecycle`
+//! (the request it is made from) and `model`.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use serde_json::{Value, json};
 
-use crate::model::{AccountId, LambdaId, LambdaType, Resources, Version};
+use crate::lifecycle::PodRequest;
+use crate::model::LambdaId;
 
 /// Label on every object we manage (the Kubernetes convention).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "luna-lambda");
@@ -24,35 +24,12 @@ pub const CONTAINER_NAME: &str = "lambda";
 /// The key of the credentials in the Secret.
 const CREDENTIALS_KEY: &str = "credentials";
 
-/// Everything the manifests of one lambda version are made from.
+/// Everything the manifests of one lambda version are made from: the version's pods as
+/// the lifecycle asks for them, and the port of the Service in front of them.
 #[derive(Debug, Clone)]
 pub struct LambdaDeployment {
-    /// The lambda.
-    pub lambda_id: LambdaId,
-    /// Its owner.
-    pub account_id: AccountId,
-    /// The version the pods run.
-    pub version: Version,
-    /// Its type (the runner's `LUNA_LAMBDA_TYPE`).
-    pub lambda_type: LambdaType,
-    /// Namespace of every object.
-    pub namespace: String,
-    /// The pushed image.
-    pub image: String,
-    /// Replicas.
-    pub pod_count: u32,
-    /// Worker processes per pod.
-    pub workers: u32,
-    /// CPU (millicores) and memory (GiB).
-    pub resources: Option<Resources>,
-    /// One `nvidia.com/gpu` per pod.
-    pub gpu: bool,
-    /// Node selector labels.
-    pub selector: BTreeMap<String, String>,
-    /// `parameters.config` as JSON.
-    pub config_json: String,
-    /// The credentials as JSON (into the Secret only).
-    pub credentials_json: String,
+    /// The version's pods.
+    pub pods: PodRequest,
     /// Port of the ClusterIP Service.
     pub service_port: i32,
 }
@@ -91,25 +68,25 @@ fn quantities(cpu_millis: Option<u32>, ram_gib: Option<f64>) -> serde_json::Map<
 
 /// The lambda's Deployment.
 pub fn deployment(d: &LambdaDeployment) -> Result<Deployment, serde_json::Error> {
-    let resources = d.resources.clone().unwrap_or_default();
+    let resources = d.pods.resources.clone().unwrap_or_default();
     let mut limits = quantities(resources.cpu_limit, resources.ram_limit);
     let requests = quantities(resources.cpu_request, resources.ram_request);
-    if d.gpu {
+    if d.pods.gpu {
         limits.insert("nvidia.com/gpu".into(), json!("1"));
     }
-    let mut pod_labels = labels(d.lambda_id);
-    pod_labels[LABEL_VERSION] = json!(d.version.to_string());
+    let mut pod_labels = labels(d.pods.lambda_id);
+    pod_labels[LABEL_VERSION] = json!(d.pods.version.to_string());
     let env = json!([
         {"name": "PORT", "value": CONTAINER_PORT.to_string()},
         {"name": "LUNA_LAMBDA_LISTEN_HOST", "value": "0.0.0.0"},
-        {"name": "LAMBDA_ID", "value": d.lambda_id.to_string()},
-        {"name": "LAMBDA_VERSION", "value": d.version.to_string()},
-        {"name": "LUNA_ACCOUNT_ID", "value": d.account_id.to_string()},
-        {"name": "LUNA_LAMBDA_TYPE", "value": d.lambda_type.as_str()},
-        {"name": "WORKERS", "value": d.workers.to_string()},
-        {"name": "LUNA_LAMBDA_CONFIG", "value": d.config_json},
+        {"name": "LAMBDA_ID", "value": d.pods.lambda_id.to_string()},
+        {"name": "LAMBDA_VERSION", "value": d.pods.version.to_string()},
+        {"name": "LUNA_ACCOUNT_ID", "value": d.pods.account_id.to_string()},
+        {"name": "LUNA_LAMBDA_TYPE", "value": d.pods.lambda_type.as_str()},
+        {"name": "WORKERS", "value": d.pods.workers.to_string()},
+        {"name": "LUNA_LAMBDA_CONFIG", "value": d.pods.config_json},
         {"name": "LUNA_LAMBDA_CREDENTIALS", "valueFrom": {"secretKeyRef": {
-            "name": secret_name(d.lambda_id), "key": CREDENTIALS_KEY}}},
+            "name": secret_name(d.pods.lambda_id), "key": CREDENTIALS_KEY}}},
     ]);
     let probe = json!({
         "httpGet": {"path": "/healthcheck", "port": "http"},
@@ -121,22 +98,22 @@ pub fn deployment(d: &LambdaDeployment) -> Result<Deployment, serde_json::Error>
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": object_name(d.lambda_id),
-            "namespace": d.namespace,
-            "labels": labels(d.lambda_id),
+            "name": object_name(d.pods.lambda_id),
+            "namespace": d.pods.namespace,
+            "labels": labels(d.pods.lambda_id),
         },
         "spec": {
-            "replicas": d.pod_count,
-            "selector": {"matchLabels": {LABEL_LAMBDA: d.lambda_id.to_string()}},
+            "replicas": d.pods.pod_count,
+            "selector": {"matchLabels": {LABEL_LAMBDA: d.pods.lambda_id.to_string()}},
             // A new version's pods must be ready before old ones go.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {"labels": pod_labels},
                 "spec": {
-                    "nodeSelector": d.selector,
+                    "nodeSelector": d.pods.selector,
                     "containers": [{
                         "name": CONTAINER_NAME,
-                        "image": d.image,
+                        "image": d.pods.image,
                         "imagePullPolicy": "IfNotPresent",
                         "ports": [{"name": "http", "containerPort": CONTAINER_PORT}],
                         "env": env,
@@ -159,13 +136,13 @@ pub fn service(d: &LambdaDeployment) -> Result<Service, serde_json::Error> {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": object_name(d.lambda_id),
-            "namespace": d.namespace,
-            "labels": labels(d.lambda_id),
+            "name": object_name(d.pods.lambda_id),
+            "namespace": d.pods.namespace,
+            "labels": labels(d.pods.lambda_id),
         },
         "spec": {
             "type": "ClusterIP",
-            "selector": {LABEL_LAMBDA: d.lambda_id.to_string()},
+            "selector": {LABEL_LAMBDA: d.pods.lambda_id.to_string()},
             "ports": [{"name": "http", "port": d.service_port, "targetPort": "http"}],
         },
     }))
@@ -177,39 +154,44 @@ pub fn secret(d: &LambdaDeployment) -> Result<Secret, serde_json::Error> {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": secret_name(d.lambda_id),
-            "namespace": d.namespace,
-            "labels": labels(d.lambda_id),
+            "name": secret_name(d.pods.lambda_id),
+            "namespace": d.pods.namespace,
+            "labels": labels(d.pods.lambda_id),
         },
         "type": "Opaque",
-        "stringData": {CREDENTIALS_KEY: d.credentials_json},
+        "stringData": {CREDENTIALS_KEY: d.pods.credentials_json},
     }))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::model::{AccountId, LambdaType, Resources, Version};
 
     fn sample() -> LambdaDeployment {
         LambdaDeployment {
-            lambda_id: "0d5f0e3a-58a4-4b3c-9f0e-6c4b3d1d2a11".parse().unwrap(),
-            account_id: AccountId::generate(),
-            version: Version(3),
-            lambda_type: LambdaType::Tasks,
-            namespace: "lambdas".into(),
-            image: "registry:5000/luna-lambda-x:3".into(),
-            pod_count: 2,
-            workers: 4,
-            resources: Some(Resources {
-                cpu_limit: Some(1500),
-                cpu_request: Some(250),
-                ram_limit: Some(0.5),
-                ram_request: None,
-            }),
-            gpu: true,
-            selector: BTreeMap::from([("disk".to_owned(), "ssd".to_owned())]),
-            config_json: r#"{"a":1}"#.into(),
-            credentials_json: r#"{"token":"secret"}"#.into(),
+            pods: PodRequest {
+                lambda_id: "0d5f0e3a-58a4-4b3c-9f0e-6c4b3d1d2a11".parse().unwrap(),
+                account_id: AccountId::generate(),
+                version: Version(3),
+                lambda_type: LambdaType::Tasks,
+                namespace: "lambdas".into(),
+                image: "registry:5000/luna-lambda-x:3".into(),
+                pod_count: 2,
+                workers: 4,
+                resources: Some(Resources {
+                    cpu_limit: Some(1500),
+                    cpu_request: Some(250),
+                    ram_limit: Some(0.5),
+                    ram_request: None,
+                }),
+                gpu: true,
+                selector: BTreeMap::from([("disk".to_owned(), "ssd".to_owned())]),
+                config_json: r#"{"a":1}"#.into(),
+                credentials_json: r#"{"token":"secret"}"#.into(),
+            },
             service_port: 80,
         }
     }
@@ -270,7 +252,7 @@ mod tests {
         assert_eq!(svc["spec"]["type"], "ClusterIP");
         assert_eq!(
             svc["spec"]["selector"],
-            json!({"luna-lambda.lambda-id": d.lambda_id.to_string()})
+            json!({"luna-lambda.lambda-id": d.pods.lambda_id.to_string()})
         );
         assert_eq!(
             svc["spec"]["ports"][0],
@@ -278,11 +260,14 @@ mod tests {
         );
         let secret = serde_json::to_value(secret(&d).unwrap()).unwrap();
         assert_eq!(secret["stringData"]["credentials"], r#"{"token":"secret"}"#);
-        assert_eq!(secret["metadata"]["name"], secret_name(d.lambda_id));
+        assert_eq!(secret["metadata"]["name"], secret_name(d.pods.lambda_id));
         let plain = LambdaDeployment {
-            resources: None,
-            gpu: false,
-            selector: BTreeMap::new(),
+            pods: PodRequest {
+                resources: None,
+                gpu: false,
+                selector: BTreeMap::new(),
+                ..d.pods
+            },
             ..d
         };
         let json = serde_json::to_value(deployment(&plain).unwrap()).unwrap();

@@ -131,22 +131,22 @@ impl KubeBackend {
     pub async fn apply(&self, d: &LambdaDeployment) -> Result<()> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let secret = manifests::secret(d)?;
-        Api::<Secret>::namespaced(self.client.clone(), &d.namespace)
+        Api::<Secret>::namespaced(self.client.clone(), &d.pods.namespace)
             .patch(
-                &manifests::secret_name(d.lambda_id),
+                &manifests::secret_name(d.pods.lambda_id),
                 &params,
                 &Patch::Apply(&secret),
             )
             .await
             .map_err(api("secret apply"))?;
-        let name = manifests::object_name(d.lambda_id);
+        let name = manifests::object_name(d.pods.lambda_id);
         let service = manifests::service(d)?;
-        Api::<Service>::namespaced(self.client.clone(), &d.namespace)
+        Api::<Service>::namespaced(self.client.clone(), &d.pods.namespace)
             .patch(&name, &params, &Patch::Apply(&service))
             .await
             .map_err(api("service apply"))?;
         let deployment = manifests::deployment(d)?;
-        Api::<Deployment>::namespaced(self.client.clone(), &d.namespace)
+        Api::<Deployment>::namespaced(self.client.clone(), &d.pods.namespace)
             .patch(&name, &params, &Patch::Apply(&deployment))
             .await
             .map_err(api("deployment apply"))?;
