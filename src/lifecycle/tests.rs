@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -158,12 +159,18 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// A world whose configuration `adjust` changes first.
+    fn with(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             container_backend: crate::config::ContainerBackend::Docker,
             ..Config::default()
         };
         config.data_dir = dir.path().to_path_buf();
+        adjust(&mut config);
         let config = Arc::new(config);
         let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
         let logs = LogSink::start(store.clone(), 100, 1000).unwrap();
@@ -352,4 +359,32 @@ async fn a_delete_removes_the_pods_and_the_images() {
     assert!(world.registry.pods(id).is_none());
     let calls = world.backend.calls();
     assert_eq!(calls[calls.len() - 2..], [Call::Remove, Call::RemoveImages]);
+}
+
+#[tokio::test]
+async fn accepted_uploads_wait_in_memory_only_up_to_their_bound() {
+    let world = World::with(|config| config.builds.max_staged_mb = 1);
+    let lifecycle = &world.lifecycle;
+    let upload = || {
+        let report = crate::builder::archive::ArchiveReport {
+            wasm: Some(vec![0; 300_000]),
+            ..Default::default()
+        };
+        (bytes::Bytes::from(vec![0; 300_000]), report)
+    };
+    let (first, second) = (LambdaId::generate(), LambdaId::generate());
+    let (archive, report) = upload();
+    lifecycle.stage(first, V1, archive, report);
+    // 600 KB more would pass the 1 MiB bound: that job reads the stored archive instead.
+    let (archive, report) = upload();
+    lifecycle.stage(second, V1, archive, report);
+    assert!(lifecycle.staged.contains_key(&first));
+    assert!(!lifecycle.staged.contains_key(&second));
+    assert_eq!(lifecycle.staged_bytes.load(Ordering::Acquire), 600_000);
+    // A job that takes its upload back frees the room.
+    assert!(lifecycle.unstage(first).is_some());
+    let (archive, report) = upload();
+    lifecycle.stage(second, V1, archive, report);
+    assert!(lifecycle.staged.contains_key(&second));
+    assert_eq!(lifecycle.staged_bytes.load(Ordering::Acquire), 600_000);
 }
