@@ -128,10 +128,10 @@ fn kv_error(e: KvError) -> kv::Error {
 
 impl HostState {
     /// The name of the bucket behind `handle`.
-    fn bucket(&self, handle: &Resource<KvBucket>) -> Result<String, kv::Error> {
+    fn bucket(&self, handle: &Resource<KvBucket>) -> Result<&str, kv::Error> {
         self.table
             .get(handle)
-            .map(|b| b.name.clone())
+            .map(|b| b.name.as_str())
             .map_err(|e| kv::Error::Other(format!("bad bucket handle: {e}")))
     }
 }
@@ -213,7 +213,7 @@ impl kv::HostBucket for HostState {
         let bucket = self.bucket(&bucket)?;
         let env = &self.env;
         env.kv
-            .get(env.lambda_id, &bucket, &key)
+            .get(env.lambda_id, bucket, &key)
             .await
             .map_err(kv_error)
     }
@@ -227,7 +227,7 @@ impl kv::HostBucket for HostState {
         let bucket = self.bucket(&bucket)?;
         let env = &self.env;
         env.kv
-            .set(env.lambda_id, &bucket, &key, &value, &env.kv_quotas)
+            .set(env.lambda_id, bucket, &key, &value, &env.kv_quotas)
             .await
             .map_err(kv_error)
     }
@@ -236,7 +236,7 @@ impl kv::HostBucket for HostState {
         let bucket = self.bucket(&bucket)?;
         let env = &self.env;
         env.kv
-            .delete(env.lambda_id, &bucket, &key, &env.kv_quotas)
+            .delete(env.lambda_id, bucket, &key, &env.kv_quotas)
             .await
             .map_err(kv_error)
     }
@@ -246,7 +246,7 @@ impl kv::HostBucket for HostState {
         let env = &self.env;
         let value = env
             .kv
-            .get(env.lambda_id, &bucket, &key)
+            .get(env.lambda_id, bucket, &key)
             .await
             .map_err(kv_error)?;
         Ok(value.is_some())
@@ -261,7 +261,7 @@ impl kv::HostBucket for HostState {
         let env = &self.env;
         let (keys, cursor) = env
             .kv
-            .list(env.lambda_id, &bucket, cursor.unwrap_or(0))
+            .list(env.lambda_id, bucket, cursor.unwrap_or(0))
             .await
             .map_err(kv_error)?;
         Ok(kv::KeyResponse { keys, cursor })
@@ -283,7 +283,7 @@ impl atomics::Host for HostState {
         let bucket = self.bucket(&bucket)?;
         let env = &self.env;
         env.kv
-            .increment(env.lambda_id, &bucket, &key, delta, &env.kv_quotas)
+            .increment(env.lambda_id, bucket, &key, delta, &env.kv_quotas)
             .await
             .map_err(kv_error)
     }
@@ -301,7 +301,7 @@ impl batch::Host for HostState {
         for key in keys {
             let value = env
                 .kv
-                .get(env.lambda_id, &bucket, &key)
+                .get(env.lambda_id, bucket, &key)
                 .await
                 .map_err(kv_error)?;
             values.push(value.map(|value| (key, value)));
@@ -317,7 +317,7 @@ impl batch::Host for HostState {
         let bucket = self.bucket(&bucket)?;
         let env = &self.env;
         env.kv
-            .set_many(env.lambda_id, &bucket, &key_values, &env.kv_quotas)
+            .set_many(env.lambda_id, bucket, &key_values, &env.kv_quotas)
             .await
             .map_err(kv_error)
     }
@@ -330,7 +330,7 @@ impl batch::Host for HostState {
         let bucket = self.bucket(&bucket)?;
         let env = &self.env;
         env.kv
-            .delete_many(env.lambda_id, &bucket, &keys, &env.kv_quotas)
+            .delete_many(env.lambda_id, bucket, &keys, &env.kv_quotas)
             .await
             .map_err(kv_error)
     }
