@@ -5,10 +5,11 @@
 
 use std::process::Command;
 
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::{
-    ACCOUNT, OTHER_ACCOUNT, Server, assert_error, created_id, eventually, registry, upload_form,
+    ACCOUNT, OTHER_ACCOUNT, Server, Upload, assert_error, created_id, eventually, registry,
     wait_log, zip_of,
 };
 
@@ -127,9 +128,8 @@ fn standalone_zip(version_word: &str) -> Vec<u8> {
 
 async fn call(server: &Server, id: &str, path: &str, body: Value) -> reqwest::Response {
     server
-        .http
-        .post(server.url(&format!("/1/lambdas/{id}/proxy{path}")))
-        .header("Luna-Account-Id", ACCOUNT)
+        .call(Method::POST, &format!("/1/lambdas/{id}/proxy{path}"))
+        .account(ACCOUNT)
         .header(
             "Luna-Request-Id",
             "1700000000,00000000-0000-4000-8000-000000000042",
@@ -137,22 +137,19 @@ async fn call(server: &Server, id: &str, path: &str, body: Value) -> reqwest::Re
         .json(&body)
         .send()
         .await
-        .unwrap()
 }
 
 #[tokio::test]
 async fn python_lambda_builds_pushes_runs_recreates_and_is_deleted() {
     let server = docker_server();
-    let created = server
-        .create_raw(
-            ACCOUNT,
-            standalone_zip("one"),
-            json!({"lambda_name": "py-standalone", "config": {"greeting": {"lang": "en"}}, "workers": 2}),
-            Some(json!({"pod_count": 2, "resources": {"cpu_limit": 500, "ram_limit": 0.25}})),
-        )
-        .await;
-    assert_eq!(created.status(), 201);
-    let id = created_id(created).await;
+    let upload = Upload::new(standalone_zip("one"))
+        .parameters(json!({
+            "lambda_name": "py-standalone",
+            "config": {"greeting": {"lang": "en"}},
+            "workers": 2,
+        }))
+        .deploy(json!({"pod_count": 2, "resources": {"cpu_limit": 500, "ram_limit": 0.25}}));
+    let id = created_id(server.create_raw(ACCOUNT, upload).await).await;
     let _cleanup = Cleanup(vec![id.clone()]);
     let status = server.wait_status(&id, "running").await;
     assert_eq!(
@@ -160,8 +157,29 @@ async fn python_lambda_builds_pushes_runs_recreates_and_is_deleted() {
         json!({"0": "running", "1": "running"})
     );
 
-    // The build log streamed the real build: generated Dockerfile, steps, pip, push.
-    let logs = server.image_logs(&id).await;
+    the_build_log_streams_the_real_build_and_the_registry_holds_the_image(&server, &id).await;
+    calls_go_round_robin_with_config_credentials_and_request_id(&server, &id).await;
+    let r = server
+        .call(Method::GET, &format!("/1/lambdas/{id}/proxy/main"))
+        .account(OTHER_ACCOUNT)
+        .send()
+        .await;
+    assert_error(r, 404, 42001).await;
+    a_recreate_starts_the_new_version_then_removes_the_old_pods(&server, &id).await;
+
+    // Delete removes the containers and the image tags.
+    let r = server.delete_lambda(&id).await;
+    assert_eq!(r.status(), 204);
+    assert!(containers_of(&id).is_empty());
+    let image = format!("{}/luna-lambda-{id}", registry());
+    assert!(docker(&["images", "-q", &image]).is_empty());
+}
+
+async fn the_build_log_streams_the_real_build_and_the_registry_holds_the_image(
+    server: &Server,
+    id: &str,
+) {
+    let logs = server.image_logs(id).await;
     for needle in [
         "FROM luna-lambda/python:bookworm",
         "Step 1/",
@@ -173,8 +191,8 @@ async fn python_lambda_builds_pushes_runs_recreates_and_is_deleted() {
     ] {
         assert!(logs.contains(needle), "no '{needle}' in {logs}");
     }
-    let repo = format!("luna-lambda-{id}");
-    let tags = reqwest::get(format!("http://{}/v2/{repo}/tags/list", registry()))
+    let tags = format!("http://{}/v2/luna-lambda-{id}/tags/list", registry());
+    let tags = reqwest::get(tags)
         .await
         .unwrap()
         .json::<Value>()
@@ -185,10 +203,11 @@ async fn python_lambda_builds_pushes_runs_recreates_and_is_deleted() {
         json!(["1"]),
         "the registry holds the pushed image"
     );
+}
 
-    // Calls go round robin to both pods, with config, credentials and the request id.
+async fn calls_go_round_robin_with_config_credentials_and_request_id(server: &Server, id: &str) {
     for _ in 0..4 {
-        let r = call(&server, &id, "/main?name=ann", json!({"b": 1, "a": 2})).await;
+        let r = call(server, id, "/main?name=ann", json!({"b": 1, "a": 2})).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["lambda-version"], "1");
         let body: Value = r.json().await.unwrap();
@@ -203,8 +222,8 @@ async fn python_lambda_builds_pushes_runs_recreates_and_is_deleted() {
         assert_eq!(body["credentials"], json!(["login", "password"]));
     }
     wait_log(
-        &server,
-        &id,
+        server,
+        id,
         "[1700000000,00000000-0000-4000-8000-000000000042] greeting ann",
     )
     .await;
@@ -226,43 +245,28 @@ async fn python_lambda_builds_pushes_runs_recreates_and_is_deleted() {
             .all(|l| l.to_string().contains("greeting ann")),
         "round robin: {logs}"
     );
+}
 
-    // Another account cannot see or call it.
-    let r = server
-        .http
-        .get(server.url(&format!("/1/lambdas/{id}/proxy/main")))
-        .header("Luna-Account-Id", OTHER_ACCOUNT)
-        .send()
-        .await
-        .unwrap();
-    assert_error(r, 404, 42001).await;
-
-    // Recreate: version 2 is built and started while version 1 serves, then swapped.
-    let old_containers = containers_of(&id);
+async fn a_recreate_starts_the_new_version_then_removes_the_old_pods(server: &Server, id: &str) {
+    let old_containers = containers_of(id);
     assert_eq!(old_containers.len(), 2);
     let r = server
-        .http
-        .put(server.url(&format!("/1/lambdas/{id}")))
-        .header("Luna-Account-Id", ACCOUNT)
-        .multipart(upload_form(
-            standalone_zip("two"),
-            json!({"lambda_name": "py-standalone"}),
-            None,
-        ))
+        .call(Method::PUT, &format!("/1/lambdas/{id}"))
+        .account(ACCOUNT)
+        .upload(Upload::new(standalone_zip("two")).named("py-standalone"))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
-        server.wait_image(&id).await,
+        server.wait_image(id).await,
         "completed",
         "{}",
-        server.image_logs(&id).await
+        server.image_logs(id).await
     );
-    let r = call(&server, &id, "/main", json!({})).await;
+    let r = call(server, id, "/main", json!({})).await;
     assert_eq!(r.headers()["lambda-version"], "2");
     assert_eq!(r.json::<Value>().await.unwrap()["version"], "two");
-    let new_containers = containers_of(&id);
+    let new_containers = containers_of(id);
     assert_eq!(
         new_containers.len(),
         1,
@@ -272,32 +276,12 @@ async fn python_lambda_builds_pushes_runs_recreates_and_is_deleted() {
         old_containers.iter().all(|c| !new_containers.contains(c)),
         "old pods removed"
     );
-
-    // Delete removes the containers and the image tags.
-    let r = server.delete_lambda(&id).await;
-    assert_eq!(r.status(), 204);
-    assert!(containers_of(&id).is_empty());
-    assert!(docker(&["images", "-q", &format!("{}/{repo}", registry())]).is_empty());
 }
 
-#[tokio::test]
-async fn tasks_and_dockerfile_lambdas_run() {
-    let server = docker_server();
-    let tasks = zip_of(&[(
-        "lambda_main.py",
-        b"from luna_lambda_tools import BaseLambdaTask\n\nclass WordCount(BaseLambdaTask):\n    async def splitTasksContent(self, content):\n        return [{'text': t} for t in content['texts']]\n\n    def executeSubtask(self, sub):\n        return {'words': len(sub['text'].split())}\n",
-    )]);
-    let r = server
-        .create_raw(
-            ACCOUNT,
-            tasks,
-            json!({"lambda_name": "py-tasks", "lambda_type": "tasks"}),
-            None,
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    let tasks_id = created_id(r).await;
+const WORD_COUNT_TASKS: &[u8] = b"from luna_lambda_tools import BaseLambdaTask\n\nclass WordCount(BaseLambdaTask):\n    async def splitTasksContent(self, content):\n        return [{'text': t} for t in content['texts']]\n\n    def executeSubtask(self, sub):\n        return {'words': len(sub['text'].split())}\n";
 
+/// A Dockerfile lambda: a plain Python HTTP server on the port the service gives it.
+fn custom_dockerfile_zip() -> Vec<u8> {
     let server_py = br#"
 import json, os
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -313,65 +297,29 @@ class H(BaseHTTPRequestHandler):
 
 HTTPServer((os.environ["LUNA_LAMBDA_LISTEN_HOST"], int(os.environ["PORT"])), H).serve_forever()
 "#;
-    let custom = zip_of(&[
+    zip_of(&[
         ("Dockerfile", b"FROM luna-lambda/python:bookworm\nCOPY server.py /app/server.py\nCMD [\"python3\", \"/app/server.py\"]\n"),
         ("server.py", server_py),
-    ]);
+    ])
+}
+
+#[tokio::test]
+async fn tasks_and_dockerfile_lambdas_run() {
+    let server = docker_server();
+    let tasks = Upload::new(zip_of(&[("lambda_main.py", WORD_COUNT_TASKS)]))
+        .parameters(json!({"lambda_name": "py-tasks", "lambda_type": "tasks"}));
+    let tasks_id = created_id(server.create_raw(ACCOUNT, tasks).await).await;
     let custom_id = server
-        .create(ACCOUNT, "custom-dockerfile", custom, None)
+        .create(ACCOUNT, "custom-dockerfile", custom_dockerfile_zip(), None)
         .await;
     let _cleanup = Cleanup(vec![tasks_id.clone(), custom_id.clone()]);
 
-    server.wait_status(&tasks_id, "running").await;
-    let r = call(
-        &server,
-        &tasks_id,
-        "/split",
-        json!({"texts": ["a b", "c d e"]}),
-    )
-    .await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.json::<Value>().await.unwrap(),
-        json!([{"text": "a b"}, {"text": "c d e"}])
-    );
-    let r = call(&server, &tasks_id, "/execute", json!({"text": "c d e"})).await;
-    assert_eq!(r.json::<Value>().await.unwrap(), json!({"words": 3}));
-    let r = server
-        .proxy(reqwest::Method::GET, &tasks_id, "/split")
-        .await;
-    assert_error(r, 405, 12005).await;
-
-    server.wait_status(&custom_id, "running").await;
-    let logs = server.image_logs(&custom_id).await;
-    assert!(logs.contains("the archive's own Dockerfile"), "{logs}");
-    let r = server
-        .proxy(reqwest::Method::GET, &custom_id, "/anything?x=1")
-        .await;
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(
-        (body["custom"].clone(), body["path"].clone()),
-        (json!(true), json!("/anything?x=1"))
-    );
-    assert!(
-        body["rid"].as_str().is_some_and(|r| r.contains(',')),
-        "{body}"
-    );
-
+    a_tasks_lambda_splits_and_executes(&server, &tasks_id).await;
+    a_dockerfile_lambda_serves_with_its_own_server(&server, &custom_id).await;
     // The same archive again is an image cache hit: tagged, not rebuilt.
-    let again = server
-        .create_raw(
-            ACCOUNT,
-            zip_of(&[
-                ("Dockerfile", b"FROM luna-lambda/python:bookworm\nCOPY server.py /app/server.py\nCMD [\"python3\", \"/app/server.py\"]\n"),
-                ("server.py", server_py),
-            ]),
-            json!({"lambda_name": "custom-again"}),
-            None,
-        )
+    let again_id = server
+        .create(ACCOUNT, "custom-again", custom_dockerfile_zip(), None)
         .await;
-    let again_id = created_id(again).await;
     let _cleanup_again = Cleanup(vec![again_id.clone()]);
     server.wait_status(&again_id, "running").await;
     let logs = server.image_logs(&again_id).await;
@@ -385,6 +333,37 @@ HTTPServer((os.environ["LUNA_LAMBDA_LISTEN_HOST"], int(os.environ["PORT"])), H).
     }
 }
 
+async fn a_tasks_lambda_splits_and_executes(server: &Server, id: &str) {
+    server.wait_status(id, "running").await;
+    let r = call(server, id, "/split", json!({"texts": ["a b", "c d e"]})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!([{"text": "a b"}, {"text": "c d e"}])
+    );
+    let r = call(server, id, "/execute", json!({"text": "c d e"})).await;
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"words": 3}));
+    let r = server.proxy(Method::GET, id, "/split").await;
+    assert_error(r, 405, 12005).await;
+}
+
+async fn a_dockerfile_lambda_serves_with_its_own_server(server: &Server, id: &str) {
+    server.wait_status(id, "running").await;
+    let logs = server.image_logs(id).await;
+    assert!(logs.contains("the archive's own Dockerfile"), "{logs}");
+    let r = server.proxy(Method::GET, id, "/anything?x=1").await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (body["custom"].clone(), body["path"].clone()),
+        (json!(true), json!("/anything?x=1"))
+    );
+    assert!(
+        body["rid"].as_str().is_some_and(|r| r.contains(',')),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn bad_sources_are_refused_and_failing_builds_say_where() {
     let server = docker_server();
@@ -393,22 +372,14 @@ async fn bad_sources_are_refused_and_failing_builds_say_where() {
         ("lambda_main.py", b"def handler(request):\n    return {}\n"),
         ("util.py", b"def f(:\n    pass\n"),
     ]);
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "archive",
-            reqwest::multipart::Part::bytes(broken).file_name("l.zip").mime_str("application/zip").unwrap(),
-        )
-        .part(
-            "parameters",
-            crate::common::json_part(&json!({"lambda_name": "x", "additional_user_docker_commands": ["COPY --from=other /a /b"]})),
-        );
+    let upload = Upload::new(broken).without_credentials().parameters(
+        json!({"lambda_name": "x", "additional_user_docker_commands": ["COPY --from=other /a /b"]}),
+    );
     let r = server
-        .http
-        .post(server.url("/1/lambdas/validate"))
-        .multipart(form)
+        .call(Method::POST, "/1/lambdas/validate")
+        .upload(upload)
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200);
     let errors = r.json::<Value>().await.unwrap()["errors"].to_string();
     for needle in [
@@ -422,12 +393,7 @@ async fn bad_sources_are_refused_and_failing_builds_say_where() {
 
     // A build step that fails: image error naming the step, lambda failed, proxy 503.
     let r = server
-        .create_raw(
-            ACCOUNT,
-            zip_of(&[("lambda_main.py", b"def main(request):\n    return {}\n")]),
-            json!({"lambda_name": "fails", "additional_user_docker_commands": ["RUN echo about to fail && exit 3"]}),
-            None,
-        )
+        .create_raw(ACCOUNT, Upload::new(zip_of(&[("lambda_main.py", b"def main(request):\n    return {}\n")])).parameters(json!({"lambda_name": "fails", "additional_user_docker_commands": ["RUN echo about to fail && exit 3"]})))
         .await;
     let id = created_id(r).await;
     let _cleanup = Cleanup(vec![id.clone()]);
@@ -443,7 +409,7 @@ async fn bad_sources_are_refused_and_failing_builds_say_where() {
         "{logs}"
     );
     server.wait_status(&id, "failed").await;
-    let r = server.proxy(reqwest::Method::GET, &id, "/main").await;
+    let r = server.proxy(Method::GET, &id, "/main").await;
     assert_error(r, 503, 42007).await;
     assert!(containers_of(&id).is_empty());
 
@@ -451,24 +417,22 @@ async fn bad_sources_are_refused_and_failing_builds_say_where() {
     let r = server
         .create_raw(
             ACCOUNT,
-            zip_of(&[(
+            Upload::new(zip_of(&[(
                 "lambda_main.py",
                 b"raise SystemExit('missing settings: cannot start')\n",
-            )]),
-            json!({"lambda_name": "crashes", "lambda_type": "tasks"}),
-            None,
+            )]))
+            .parameters(json!({"lambda_name": "crashes", "lambda_type": "tasks"})),
         )
         .await;
     assert_error(r, 400, 42005).await;
     let r = server
         .create_raw(
             ACCOUNT,
-            zip_of(&[(
+            Upload::new(zip_of(&[(
                 "lambda_main.py",
                 b"import missing_module\ndef main(request):\n    return {}\n",
-            )]),
-            json!({"lambda_name": "crashes"}),
-            None,
+            )]))
+            .named("crashes"),
         )
         .await;
     let id = created_id(r).await;
@@ -506,13 +470,7 @@ async fn a_dead_pod_costs_its_requests_and_a_restart_reattaches() {
     server.wait_status(&id, "running").await;
     let before = containers_of(&id);
     assert_eq!(before.len(), 1);
-    assert_eq!(
-        server
-            .proxy(reqwest::Method::GET, &id, "/main")
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(server.proxy(Method::GET, &id, "/main").await.status(), 200);
 
     // The service stops (SIGTERM); the container keeps running and is re-attached.
     assert!(server.terminate().success());
@@ -523,13 +481,7 @@ async fn a_dead_pod_costs_its_requests_and_a_restart_reattaches() {
         "no new container after the restart"
     );
     server.wait_status(&id, "running").await;
-    assert_eq!(
-        server
-            .proxy(reqwest::Method::GET, &id, "/main")
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(server.proxy(Method::GET, &id, "/main").await.status(), 200);
     assert!(
         server
             .log()
@@ -540,7 +492,7 @@ async fn a_dead_pod_costs_its_requests_and_a_restart_reattaches() {
 
     // The pod is stopped behind the service's back: 502 42009, status terminated.
     docker(&["stop", "-t", "1", &before[0]]);
-    let r = server.proxy(reqwest::Method::GET, &id, "/main").await;
+    let r = server.proxy(Method::GET, &id, "/main").await;
     assert_error(r, 502, 42009).await;
     let (_, status) = server.get_json(&format!("/1/lambdas/{id}/status")).await;
     assert_eq!(status["status"], "terminated", "{status}");
@@ -652,24 +604,39 @@ async fn engine_and_registry_outages_fail_only_the_build() {
             &format!("127.0.0.1:{registry_port}"),
         ),
     ]);
-    // A build step that takes a while, so that the engine can go away during it. Its own
-    // sources: the other tests' builds must not share its Docker layer cache.
-    let parameters = |name: &str| json!({"lambda_name": name, "additional_user_docker_commands": ["RUN sleep 4"]});
-
-    // The registry is down when the first build pushes.
-    registry_relay.cut();
-    let id = created_id(
-        server
-            .create_raw(
-                ACCOUNT,
-                standalone_zip("first"),
-                parameters("outages"),
-                None,
-            )
-            .await,
+    let serving =
+        a_push_to_a_registry_that_is_down_fails_until_it_is_back(&server, &registry_relay).await;
+    let id = serving.lambda_id;
+    let _cleanup = Cleanup(vec![id.clone()]);
+    an_engine_lost_mid_build_fails_the_build_not_the_serving_version(
+        &server,
+        &engine,
+        &id,
+        &serving.version,
     )
     .await;
-    let _cleanup = Cleanup(vec![id.clone()]);
+    assert_eq!(server.delete_lambda(&id).await.status(), 204);
+}
+
+/// A lambda and the version it serves.
+struct Serving {
+    lambda_id: String,
+    version: String,
+}
+
+/// A build step that takes a while, so that the engine can go away during it. Its own
+/// sources: the other tests' builds must not share its Docker layer cache.
+const SLOW_STEP: &str = "RUN sleep 4";
+
+async fn a_push_to_a_registry_that_is_down_fails_until_it_is_back(
+    server: &Server,
+    registry_relay: &Relay,
+) -> Serving {
+    registry_relay.cut();
+    let upload = Upload::new(standalone_zip("first")).parameters(
+        json!({"lambda_name": "outages", "additional_user_docker_commands": [SLOW_STEP]}),
+    );
+    let id = created_id(server.create_raw(ACCOUNT, upload).await).await;
     assert_eq!(server.wait_image(&id).await, "error");
     let logs = server.image_logs(&id).await;
     assert!(
@@ -684,23 +651,28 @@ async fn engine_and_registry_outages_fail_only_the_build() {
     assert_eq!(server.update(&id).await.status(), 200);
     assert_eq!(server.wait_image(&id).await, "completed");
     server.wait_status(&id, "running").await;
-    let r = call(&server, &id, "/main?name=ann", json!({})).await;
+    let r = call(server, &id, "/main?name=ann", json!({})).await;
     assert_eq!(r.status(), 200);
-    let serving = r.headers()["lambda-version"].to_str().unwrap().to_owned();
+    let version = r.headers()["lambda-version"].to_str().unwrap().to_owned();
+    Serving {
+        lambda_id: id,
+        version,
+    }
+}
 
-    // The engine goes away while the next build runs its slow step.
-    let r = server
-        .recreate(
-            &id,
-            standalone_zip("second"),
-            json!({"additional_user_docker_commands": ["RUN sleep 4"]}),
-        )
-        .await;
+async fn an_engine_lost_mid_build_fails_the_build_not_the_serving_version(
+    server: &Server,
+    engine: &Relay,
+    id: &str,
+    serving: &str,
+) {
+    let slow = json!({"additional_user_docker_commands": [SLOW_STEP]});
+    let r = server.recreate(id, standalone_zip("second"), slow).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     // The step itself ("Step 5/7 : RUN sleep 4"), not the Dockerfile echoed before it
     // ("Dockerfile: RUN sleep 4", no space before the colon).
     eventually("the build reaches its RUN step", || async {
-        let logs = server.image_logs(&id).await;
+        let logs = server.image_logs(id).await;
         if logs.contains(" : RUN sleep 4") {
             Ok(())
         } else {
@@ -709,8 +681,8 @@ async fn engine_and_registry_outages_fail_only_the_build() {
     })
     .await;
     engine.cut();
-    assert_eq!(server.wait_image(&id).await, "error");
-    let logs = server.image_logs(&id).await;
+    assert_eq!(server.wait_image(id).await, "error");
+    let logs = server.image_logs(id).await;
     // Cut between engine calls, or inside the build stream at the step it was running.
     assert!(
         logs.contains("build failed: Docker engine")
@@ -722,17 +694,17 @@ async fn engine_and_registry_outages_fail_only_the_build() {
         "{logs}"
     );
     // The serving version is untouched: its pods are reached without the engine.
-    let r = call(&server, &id, "/main?name=bo", json!({})).await;
+    let r = call(server, id, "/main?name=bo", json!({})).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["lambda-version"].to_str().unwrap(), serving);
     assert_eq!(server.get("/1/lambdas").await.status(), 200);
 
     // Back: the rebuild succeeds and the new version serves.
     engine.restore();
-    assert_eq!(server.update(&id).await.status(), 200);
-    assert_eq!(server.wait_image(&id).await, "completed");
+    assert_eq!(server.update(id).await.status(), 200);
+    assert_eq!(server.wait_image(id).await, "completed");
     eventually("the new version serves", || async {
-        let r = call(&server, &id, "/main?name=cy", json!({})).await;
+        let r = call(server, id, "/main?name=cy", json!({})).await;
         let version = r.headers()["lambda-version"].to_str().unwrap().to_owned();
         if version != serving {
             Ok(())
@@ -741,5 +713,4 @@ async fn engine_and_registry_outages_fail_only_the_build() {
         }
     })
     .await;
-    assert_eq!(server.delete_lambda(&id).await.status(), 204);
 }

@@ -76,12 +76,7 @@ async fn a_full_data_directory_costs_only_the_create() {
     };
     let first = archive("before");
     let r = s
-        .create_raw(
-            ACCOUNT,
-            first.clone(),
-            json!({"lambda_name": "before"}),
-            None,
-        )
+        .create_raw(ACCOUNT, Upload::new(first.clone()).named("before"))
         .await;
     assert_eq!(r.status(), 201);
     let before: Value = r.json().await.unwrap();
@@ -106,7 +101,9 @@ async fn a_full_data_directory_costs_only_the_create() {
         } else {
             (archive(&name), json!({"lambda_name": name}))
         };
-        let r = s.create_raw(ACCOUNT, upload, parameters, None).await;
+        let r = s
+            .create_raw(ACCOUNT, Upload::new(upload).parameters(parameters))
+            .await;
         let body = assert_error(r, 500, 1).await;
         assert_eq!(body["detail"], "internal server error", "no internal text");
     }
@@ -134,12 +131,7 @@ async fn a_full_data_directory_costs_only_the_create() {
     let (_, list) = s.get_json("/1/lambdas").await;
     assert_eq!(names(&list), ["before"]);
     let r = s
-        .create_raw(
-            ACCOUNT,
-            archive("after"),
-            json!({"lambda_name": "after"}),
-            None,
-        )
+        .create_raw(ACCOUNT, Upload::new(archive("after")).named("after"))
         .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
     let (_, list) = s.get_json("/1/lambdas").await;

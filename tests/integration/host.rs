@@ -11,9 +11,8 @@ async fn probe(s: &Server, name: &str, parameters: Value) -> String {
     let response = s
         .create_raw(
             ACCOUNT,
-            zip_of(&[("lambda.wasm", &guest_wasm("sdk-probe"))]),
-            parameters,
-            None,
+            Upload::new(zip_of(&[("lambda.wasm", &guest_wasm("sdk-probe"))]))
+                .parameters(parameters),
         )
         .await;
     let body: Value = response.json().await.unwrap();
@@ -27,17 +26,15 @@ async fn probe(s: &Server, name: &str, parameters: Value) -> String {
 
 async fn send(s: &Server, method: Method, id: &str, path: &str, body: Vec<u8>) -> (u16, String) {
     let response = s
-        .http
-        .request(method, s.url(&format!("/1/lambdas/{id}/proxy{path}")))
-        .header("Luna-Account-Id", ACCOUNT)
+        .call(method, &format!("/1/lambdas/{id}/proxy{path}"))
+        .account(ACCOUNT)
         .header(
             "Luna-Request-Id",
             "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a",
         )
         .body(body)
         .send()
-        .await
-        .unwrap();
+        .await;
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }

@@ -7,9 +7,10 @@
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{ACCOUNT, Server, created_id, registry, upload_form, zip_of};
+use crate::common::{ACCOUNT, Server, Upload, created_id, registry, zip_of};
 use crate::fake_kube::FakeKube;
 
 /// An HTTP server standing in for the pods behind a lambda's Service.
@@ -40,13 +41,11 @@ fn python(main_body: &str) -> Vec<u8> {
 
 async fn recreate(server: &Server, id: &str, archive: Vec<u8>, parameters: Value, deploy: Value) {
     let r = server
-        .http
-        .put(server.url(&format!("/1/lambdas/{id}")))
-        .header("Luna-Account-Id", ACCOUNT)
-        .multipart(upload_form(archive, parameters, Some(deploy)))
+        .call(Method::PUT, &format!("/1/lambdas/{id}"))
+        .account(ACCOUNT)
+        .upload(Upload::new(archive).parameters(parameters).deploy(deploy))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
@@ -75,22 +74,62 @@ async fn container_lambdas_roll_out_roll_back_and_reattach_on_kubernetes() {
         "pod_count": 2, "namespace": "lambdas", "selector": {"disk": "ssd"},
         "resources": {"cpu_limit": 500, "ram_limit": 0.5},
     });
-    let r = server
-        .create_raw(
-            ACCOUNT,
-            python("return {'v': 1}"),
-            json!({"lambda_name": "on-k8s"}),
-            Some(deploy.clone()),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    let id = created_id(r).await;
+    let upload = Upload::new(python("return {'v': 1}"))
+        .named("on-k8s")
+        .deploy(deploy.clone());
+    let id = created_id(server.create_raw(ACCOUNT, upload).await).await;
     let status = server.wait_status(&id, "running").await;
     assert_eq!(
         status["pod_statuses"],
         json!({"0": "running", "1": "running"})
     );
-    let logs = server.image_logs(&id).await;
+    the_rollout_is_logged_step_by_step(&server, &id).await;
+    the_cluster_holds_the_credentials_only_in_the_secret(&fake, &id, &registry);
+    the_proxy_sends_to_the_service_and_logs_come_from_the_pods(&server, &id).await;
+    a_crash_looping_version_is_rolled_back(&server, &fake, &id, &registry, deploy).await;
+    // A good version rolls out (version 2 was used up by the failed build).
+    recreate(
+        &server,
+        &id,
+        python("return {'v': 3}"),
+        json!({}),
+        json!({"namespace": "lambdas"}),
+    )
+    .await;
+    assert_eq!(
+        server.wait_image(&id).await,
+        "completed",
+        "{}",
+        server.image_logs(&id).await
+    );
+    let r = server.proxy(Method::GET, &id, "/main").await;
+    assert_eq!(r.headers()["lambda-version"], "3");
+    let generation = fake.objects("deployments", "lambdas")[0]["metadata"]["generation"].clone();
+
+    // A restart re-attaches without a new rollout.
+    assert!(server.terminate().success());
+    let server = Server::start_in(&dir, &env);
+    server.wait_status(&id, "running").await;
+    assert_eq!(server.proxy(Method::GET, &id, "/main").await.status(), 200);
+    assert_eq!(
+        fake.objects("deployments", "lambdas")[0]["metadata"]["generation"],
+        generation
+    );
+
+    // Delete removes every object.
+    let r = server.delete_lambda(&id).await;
+    assert_eq!(r.status(), 204);
+    for kind in ["deployments", "services", "secrets", "pods"] {
+        assert!(
+            fake.objects(kind, "lambdas").is_empty(),
+            "{kind} left behind"
+        );
+    }
+    a_first_version_that_never_gets_ready_leaves_nothing(&server, &fake).await;
+}
+
+async fn the_rollout_is_logged_step_by_step(server: &Server, id: &str) {
+    let logs = server.image_logs(id).await;
     for needle in [
         "applying Secret, Service and Deployment",
         "in namespace lambdas: 2 replica(s)",
@@ -100,8 +139,9 @@ async fn container_lambdas_roll_out_roll_back_and_reattach_on_kubernetes() {
     ] {
         assert!(logs.contains(needle), "no '{needle}' in {logs}");
     }
+}
 
-    // What the cluster holds: credentials only in the Secret.
+fn the_cluster_holds_the_credentials_only_in_the_secret(fake: &FakeKube, id: &str, registry: &str) {
     let deployments = fake.objects("deployments", "lambdas");
     assert_eq!(deployments.len(), 1);
     let d = &deployments[0];
@@ -129,9 +169,10 @@ async fn container_lambdas_roll_out_roll_back_and_reattach_on_kubernetes() {
         fake.objects("services", "lambdas")[0]["spec"]["type"],
         "ClusterIP"
     );
+}
 
-    // The proxy sends to the Service.
-    let r = server.proxy(reqwest::Method::GET, &id, "/main?x=1").await;
+async fn the_proxy_sends_to_the_service_and_logs_come_from_the_pods(server: &Server, id: &str) {
+    let r = server.proxy(Method::GET, id, "/main?x=1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["lambda-version"], "1");
     let body: Value = r.json().await.unwrap();
@@ -151,18 +192,26 @@ async fn container_lambdas_roll_out_roll_back_and_reattach_on_kubernetes() {
             .ends_with("log line 5"),
         "{logs}"
     );
+}
 
-    // A version whose pods crash-loop is rolled back; version 1 keeps serving.
+/// A version whose pods crash-loop is rolled back; version 1 keeps serving.
+async fn a_crash_looping_version_is_rolled_back(
+    server: &Server,
+    fake: &FakeKube,
+    id: &str,
+    registry: &str,
+    deploy: Value,
+) {
     recreate(
-        &server,
-        &id,
+        server,
+        id,
         python("return {'v': 2}"),
         json!({"config": {"fake": "crashloop"}}),
-        deploy.clone(),
+        deploy,
     )
     .await;
-    assert_eq!(server.wait_image(&id).await, "error");
-    let logs = server.image_logs(&id).await;
+    assert_eq!(server.wait_image(id).await, "error");
+    let logs = server.image_logs(id).await;
     assert!(
         logs.contains("is CrashLoopBackOff") && logs.contains("rolled back to version 1"),
         "{logs}"
@@ -170,64 +219,15 @@ async fn container_lambdas_roll_out_roll_back_and_reattach_on_kubernetes() {
     let image = &fake.objects("deployments", "lambdas")[0]["spec"]["template"]["spec"]["containers"]
         [0]["image"];
     assert_eq!(image, &json!(format!("{registry}/luna-lambda-{id}:1")));
-    let r = server.proxy(reqwest::Method::GET, &id, "/main").await;
+    let r = server.proxy(Method::GET, id, "/main").await;
     assert_eq!(r.headers()["lambda-version"], "1");
+}
 
-    // A good version rolls out (version 2 was used up by the failed build).
-    recreate(
-        &server,
-        &id,
-        python("return {'v': 3}"),
-        json!({}),
-        json!({"namespace": "lambdas"}),
-    )
-    .await;
-    assert_eq!(
-        server.wait_image(&id).await,
-        "completed",
-        "{}",
-        server.image_logs(&id).await
-    );
-    let r = server.proxy(reqwest::Method::GET, &id, "/main").await;
-    assert_eq!(r.headers()["lambda-version"], "3");
-    let generation = fake.objects("deployments", "lambdas")[0]["metadata"]["generation"].clone();
-
-    // A restart re-attaches without a new rollout.
-    assert!(server.terminate().success());
-    let server = Server::start_in(&dir, &env);
-    server.wait_status(&id, "running").await;
-    assert_eq!(
-        server
-            .proxy(reqwest::Method::GET, &id, "/main")
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(
-        fake.objects("deployments", "lambdas")[0]["metadata"]["generation"],
-        generation
-    );
-
-    // Delete removes every object.
-    let r = server.delete_lambda(&id).await;
-    assert_eq!(r.status(), 204);
-    for kind in ["deployments", "services", "secrets", "pods"] {
-        assert!(
-            fake.objects(kind, "lambdas").is_empty(),
-            "{kind} left behind"
-        );
-    }
-
-    // A first version that never gets ready: failed, and nothing left in the cluster.
-    let r = server
-        .create_raw(
-            ACCOUNT,
-            python("return {}"),
-            json!({"lambda_name": "never-ready", "config": {"fake": "crashloop"}}),
-            Some(json!({"namespace": "lambdas"})),
-        )
-        .await;
-    let id = created_id(r).await;
+async fn a_first_version_that_never_gets_ready_leaves_nothing(server: &Server, fake: &FakeKube) {
+    let upload = Upload::new(python("return {}"))
+        .parameters(json!({"lambda_name": "never-ready", "config": {"fake": "crashloop"}}))
+        .deploy(json!({"namespace": "lambdas"}));
+    let id = created_id(server.create_raw(ACCOUNT, upload).await).await;
     server.wait_status(&id, "failed").await;
     assert!(fake.objects("deployments", "lambdas").is_empty());
     let r = server.delete_lambda(&id).await;
@@ -334,7 +334,7 @@ async fn real_cluster_runs_a_python_lambda() {
         .create(ACCOUNT, "real-cluster", python("return {'ok': True}"), None)
         .await;
     server.wait_status(&id, "running").await;
-    let r = server.proxy(reqwest::Method::GET, &id, "/main").await;
+    let r = server.proxy(Method::GET, &id, "/main").await;
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"ok": true}));
     let r = server.delete_lambda(&id).await;
     assert_eq!(r.status(), 204);

@@ -44,14 +44,28 @@ async fn serving_version(s: &Server, id: &str) -> u64 {
 async fn full_lifecycle_with_versions() {
     let s = Server::start(&[]);
     let id = s.create(ACCOUNT, "life", fixture_zip(), None).await;
+    the_build_reports_its_stages_and_the_lambda_runs(&s, &id).await;
+    a_call_answers_and_the_guest_output_reaches_the_logs(&s, &id).await;
+    a_recreate_serves_version_2_from_the_compile_cache(&s, &id).await;
+    // Update: version 3, same archive.
+    let r = s.update(&id).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], 3);
+    assert_eq!(s.wait_image(&id).await, "completed");
+    assert_eq!(serving_version(&s, &id).await, 3);
+    recreate_and_update_refuse_bad_requests(&s, &id).await;
+    a_delete_stops_serving_and_removes_everything_it_owns(&s, &id).await;
+}
+
+async fn the_build_reports_its_stages_and_the_lambda_runs(s: &Server, id: &str) {
     let (_, image) = s.get_json(&format!("/1/lambdas/{id}/image/status")).await;
     assert!(
         ["pending", "in_progress", "completed"].contains(&image["status"].as_str().unwrap()),
         "{image}"
     );
-    let status = s.wait_status(&id, "running").await;
+    let status = s.wait_status(id, "running").await;
     assert_eq!(status["pod_statuses"]["0"], "running");
-    assert_eq!(s.wait_image(&id).await, "completed");
+    assert_eq!(s.wait_image(id).await, "completed");
     let (_, logs) = s.get_json(&format!("/1/lambdas/{id}/image/logs")).await;
     let text = logs["logs"]
         .as_array()
@@ -73,9 +87,10 @@ async fn full_lifecycle_with_versions() {
         .get_json(&format!("/1/lambdas/{id}/image/logs?tail_lines=1"))
         .await;
     assert_eq!(tail["logs"].as_array().unwrap().len(), 1);
+}
 
-    // Call it.
-    let r = s.proxy(Method::GET, &id, "/hello").await;
+async fn a_call_answers_and_the_guest_output_reaches_the_logs(s: &Server, id: &str) {
+    let r = s.proxy(Method::GET, id, "/hello").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["lambda-version"], "1");
     let rid = r.headers()["luna-request-id"].to_str().unwrap().to_owned();
@@ -109,16 +124,17 @@ async fn full_lifecycle_with_versions() {
         12012,
     )
     .await;
+}
 
-    // Recreate: version 2 once it serves.
+async fn a_recreate_serves_version_2_from_the_compile_cache(s: &Server, id: &str) {
     let r = s
-        .recreate(&id, fixture_zip(), json!({"description": "second"}))
+        .recreate(id, fixture_zip(), json!({"description": "second"}))
         .await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["version"], 2);
-    assert_eq!(s.wait_image(&id).await, "completed");
-    assert_eq!(serving_version(&s, &id).await, 2);
+    assert_eq!(s.wait_image(id).await, "completed");
+    assert_eq!(serving_version(s, id).await, 2);
     let (_, l) = s.get_json(&format!("/1/lambdas/{id}")).await;
     assert_eq!(
         (l["version"].as_u64(), l["description"].as_str()),
@@ -129,15 +145,9 @@ async fn full_lifecycle_with_versions() {
         logs.to_string().contains("cache hit"),
         "same component again is a cache hit: {logs}"
     );
+}
 
-    // Update: version 3, same archive.
-    let r = s.update(&id).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["version"], 3);
-    assert_eq!(s.wait_image(&id).await, "completed");
-    assert_eq!(serving_version(&s, &id).await, 3);
-
-    // Errors of recreate/update.
+async fn recreate_and_update_refuse_bad_requests(s: &Server, id: &str) {
     let missing = "e63e2a1f-f505-441c-8e11-b2dcd0385329";
     assert_error(s.update(missing).await, 404, 42001).await;
     assert_error(
@@ -147,29 +157,26 @@ async fn full_lifecycle_with_versions() {
     )
     .await;
     let r = s
-        .http
-        .post(s.url(&format!("/1/lambdas/{id}/update")))
+        .call(Method::POST, &format!("/1/lambdas/{id}/update"))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_error(r, 400, 11066).await;
-    let r = s.recreate(&id, zip_of(&[("x", b"1")]), json!({})).await;
+    let r = s.recreate(id, zip_of(&[("x", b"1")]), json!({})).await;
     assert_error(r, 400, 42005).await;
+}
 
-    // Delete stops serving at once and removes everything it owns.
+async fn a_delete_stops_serving_and_removes_everything_it_owns(s: &Server, id: &str) {
     assert_eq!(compiled_artifacts(&s.data_dir), 1);
     let archives_before = std::fs::read_dir(s.data_dir.join("archives"))
         .unwrap()
         .count();
     assert!(archives_before >= 1);
     let r = s
-        .http
-        .delete(s.url(&format!("/1/lambdas/{id}")))
+        .call(Method::DELETE, &format!("/1/lambdas/{id}"))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 204);
-    assert_error(s.proxy(Method::GET, &id, "/hello").await, 404, 42001).await;
+    assert_error(s.proxy(Method::GET, id, "/hello").await, 404, 42001).await;
     assert_error(s.get(&format!("/1/lambdas/{id}/logs")).await, 404, 42001).await;
     assert_error(
         s.get(&format!("/1/lambdas/{id}/image/status")).await,

@@ -7,117 +7,32 @@ use serde_json::json;
 
 use crate::common::*;
 
+const GIVEN_REQUEST_ID: &str = "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a";
+
 #[tokio::test]
 async fn all_methods_reach_the_guest_with_request_metadata() {
     let s = Server::start(&[]);
     let id = s.running_fixture(ACCOUNT, "meta", None).await;
     for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
-        let r = s
-            .http
-            .request(
-                method.parse().unwrap(),
-                s.url(&format!(
-                    "/1/lambdas/{id}/proxy/meta/x?b=2&account_id={ACCOUNT}&c=%20"
-                )),
-            )
-            .header("Luna-Account-Id", ACCOUNT)
-            .header(
-                "Luna-Request-Id",
-                "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a",
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            r.status(),
-            404,
-            "{method}: /meta/x is not a fixture route, so the guest says 404"
-        );
-        assert_eq!(r.headers()["lambda-version"], "1");
-        let r = s
-            .http
-            .request(
-                method.parse().unwrap(),
-                s.url(&format!(
-                    "/1/lambdas/{id}/proxy/meta?b=2&account_id={ACCOUNT}&c=%20"
-                )),
-            )
-            .header("Luna-Account-Id", ACCOUNT)
-            .header(
-                "Luna-Request-Id",
-                "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a",
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{method}");
-        assert_eq!(
-            r.headers()["luna-request-id"],
-            "1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a"
-        );
-        assert_eq!(r.headers()["x-guest"], "fixture");
-        let text = r.text().await.unwrap();
-        assert!(text.contains(&format!("method={method}\n")), "{text}");
-        assert!(text.contains("path=/meta\n"), "{text}");
-        assert!(
-            text.contains("query=b=2&c=%20\n"),
-            "account_id is stripped: {text}"
-        );
-        assert!(
-            text.contains("request-id=1536751345,8b8b5937-2e9c-4e8b-a7a7-5caf86621b5a\n"),
-            "{text}"
-        );
+        the_guest_sees_method_path_query_and_request_id(&s, &id, method.parse().unwrap()).await;
     }
     let r = s
-        .http
-        .head(s.url(&format!("/1/lambdas/{id}/proxy/meta")))
+        .call(Method::HEAD, &format!("/1/lambdas/{id}/proxy/meta"))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("lambda-version"));
     // A generated request id is visible to the guest too.
     let r = s.proxy(Method::GET, &id, "/meta").await;
     let rid = r.headers()["luna-request-id"].to_str().unwrap().to_owned();
-    assert!(
-        r.text()
-            .await
-            .unwrap()
-            .contains(&format!("request-id={rid}"))
-    );
+    let text = r.text().await.unwrap();
+    assert!(text.contains(&format!("request-id={rid}")), "{text}");
     // The proxy root is the guest's "/".
     let r = s.proxy(Method::GET, &id, "").await;
     assert_eq!(r.text().await.unwrap(), "Hello from luna-lambda\n");
     // The guest's own status codes pass through.
     assert_eq!(s.proxy(Method::GET, &id, "/status").await.status(), 418);
-    // POST and PUT require the account header; the others accept account_id.
-    for method in [Method::POST, Method::PUT] {
-        let r = s
-            .http
-            .request(method, s.url(&format!("/1/lambdas/{id}/proxy/hello")))
-            .send()
-            .await
-            .unwrap();
-        assert_error(r, 400, 11066).await;
-    }
-    let r = s
-        .get(&format!("/1/lambdas/{id}/proxy/hello?account_id=nope"))
-        .await;
-    assert_error(r, 400, 12012).await;
-    let r = s
-        .http
-        .request(
-            Method::TRACE,
-            s.url(&format!("/1/lambdas/{id}/proxy/hello")),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_error(r, 405, 12005).await;
-    let r = s
-        .get("/1/lambdas/e63e2a1f-f505-441c-8e11-b2dcd0385329/proxy/hello")
-        .await;
-    assert_error(r, 404, 42001).await;
+    the_proxy_refuses_what_the_contract_forbids(&s, &id).await;
     let text = s.get("/metrics").await.text().await.unwrap();
     assert!(text.contains(
         r#"request_count_total{path="GET:/1/lambdas/{lambda_id}/proxy",status_code="200"}"#
@@ -128,19 +43,76 @@ async fn all_methods_reach_the_guest_with_request_metadata() {
     )));
 }
 
+async fn the_guest_sees_method_path_query_and_request_id(s: &Server, id: &str, method: Method) {
+    let call = |path: &str| {
+        let query = format!("?b=2&account_id={ACCOUNT}&c=%20");
+        s.call(
+            method.clone(),
+            &format!("/1/lambdas/{id}/proxy{path}{query}"),
+        )
+        .account(ACCOUNT)
+        .header("Luna-Request-Id", GIVEN_REQUEST_ID)
+        .send()
+    };
+    let r = call("/meta/x").await;
+    assert_eq!(
+        r.status(),
+        404,
+        "{method}: /meta/x is not a fixture route, so the guest says 404"
+    );
+    assert_eq!(r.headers()["lambda-version"], "1");
+    let r = call("/meta").await;
+    assert_eq!(r.status(), 200, "{method}");
+    assert_eq!(r.headers()["luna-request-id"], GIVEN_REQUEST_ID);
+    assert_eq!(r.headers()["x-guest"], "fixture");
+    let text = r.text().await.unwrap();
+    assert!(text.contains(&format!("method={method}\n")), "{text}");
+    assert!(text.contains("path=/meta\n"), "{text}");
+    assert!(
+        text.contains("query=b=2&c=%20\n"),
+        "account_id is stripped: {text}"
+    );
+    assert!(
+        text.contains(&format!("request-id={GIVEN_REQUEST_ID}\n")),
+        "{text}"
+    );
+}
+
+async fn the_proxy_refuses_what_the_contract_forbids(s: &Server, id: &str) {
+    // POST and PUT require the account header; the others accept account_id.
+    for method in [Method::POST, Method::PUT] {
+        let r = s
+            .call(method, &format!("/1/lambdas/{id}/proxy/hello"))
+            .send()
+            .await;
+        assert_error(r, 400, 11066).await;
+    }
+    let r = s
+        .get(&format!("/1/lambdas/{id}/proxy/hello?account_id=nope"))
+        .await;
+    assert_error(r, 400, 12012).await;
+    let r = s
+        .call(Method::TRACE, &format!("/1/lambdas/{id}/proxy/hello"))
+        .send()
+        .await;
+    assert_error(r, 405, 12005).await;
+    let r = s
+        .get("/1/lambdas/e63e2a1f-f505-441c-8e11-b2dcd0385329/proxy/hello")
+        .await;
+    assert_error(r, 404, 42001).await;
+}
+
 #[tokio::test]
 async fn bodies_stream_both_ways() {
     let s = Server::start(&[("LUNA_LAMBDA_LIMITS_MAX_PROXY_BODY_BYTES", "8388608")]);
     let id = s.running_fixture(ACCOUNT, "echo", None).await;
     let payload: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let r = s
-        .http
-        .post(s.url(&format!("/1/lambdas/{id}/proxy/echo")))
-        .header("Luna-Account-Id", ACCOUNT)
+        .call(Method::POST, &format!("/1/lambdas/{id}/proxy/echo"))
+        .account(ACCOUNT)
         .body(payload.clone())
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), payload.as_slice());
     // Chunks arrive as the guest produces them.
@@ -159,23 +131,16 @@ async fn request_body_limit() {
     let s = Server::start(&[("LUNA_LAMBDA_LIMITS_MAX_PROXY_BODY_BYTES", "65536")]);
     let id = s.running_fixture(ACCOUNT, "small", None).await;
     let post = |body: Vec<u8>| {
-        s.http
-            .post(s.url(&format!("/1/lambdas/{id}/proxy/echo")))
-            .header("Luna-Account-Id", ACCOUNT)
+        s.call(Method::POST, &format!("/1/lambdas/{id}/proxy/echo"))
+            .account(ACCOUNT)
             .body(body)
             .send()
     };
     assert_eq!(
-        post(vec![1u8; 65536])
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .len(),
+        post(vec![1u8; 65536]).await.bytes().await.unwrap().len(),
         65536
     );
-    assert_error(post(vec![1u8; 65537]).await.unwrap(), 413, 12047).await;
+    assert_error(post(vec![1u8; 65537]).await, 413, 12047).await;
     // A body without a declared length is cut off while streaming.
     let stream =
         futures::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![2u8; 32 * 1024])));
@@ -380,13 +345,11 @@ async fn components_from_plain_wit_bindgen_run_unchanged() {
     );
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
     let r = s
-        .http
-        .put(s.url(&format!("/1/lambdas/{id}/proxy/echo")))
-        .header("Luna-Account-Id", ACCOUNT)
+        .call(Method::PUT, &format!("/1/lambdas/{id}/proxy/echo"))
+        .account(ACCOUNT)
         .body(payload.clone())
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), payload.as_slice());
 }

@@ -118,12 +118,10 @@ async fn kill_9_during_a_swap_and_after_a_delete_leaves_a_consistent_state() {
         .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     let r = s
-        .http
-        .delete(s.url(&format!("/1/lambdas/{deleted}")))
-        .header("Luna-Account-Id", ACCOUNT)
+        .call(reqwest::Method::DELETE, &format!("/1/lambdas/{deleted}"))
+        .account(ACCOUNT)
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 204);
     s.kill();
 

@@ -12,9 +12,8 @@ async fn another_accounts_lambda_is_invisible_everywhere() {
     let id = s.running_fixture(ACCOUNT, "private", None).await;
     let missing = "e63e2a1f-f505-441c-8e11-b2dcd0385329";
     let as_other = |method: Method, path: &str| {
-        s.http
-            .request(method, s.url(path))
-            .header("Luna-Account-Id", OTHER_ACCOUNT)
+        s.call(method, path)
+            .account(OTHER_ACCOUNT)
             .header("Accept", "application/x-yaml")
     };
     let q = format!("account_id={OTHER_ACCOUNT}");
@@ -33,7 +32,7 @@ async fn another_accounts_lambda_is_invisible_everywhere() {
             (Method::DELETE, format!("/1/lambdas/{target}")),
         ];
         for (method, path) in cases {
-            let r = as_other(method.clone(), &path).send().await.unwrap();
+            let r = as_other(method.clone(), &path).send().await;
             let body = assert_error(r, 404, 42001).await;
             assert_eq!(
                 body["detail"],
@@ -51,33 +50,29 @@ async fn another_accounts_lambda_is_invisible_everywhere() {
         ] {
             let r = as_other(method.clone(), &format!("/1/lambdas/{target}/proxy/hello"))
                 .send()
-                .await
-                .unwrap();
+                .await;
             assert_error(r, 404, 42001).await;
         }
         let r = s.get(&format!("/1/lambdas/{target}/proxy/hello?{q}")).await;
         assert_error(r, 404, 42001).await;
         let r = as_other(Method::HEAD, &format!("/1/lambdas/{target}?{q}"))
             .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(r.status(), 404);
         let r = as_other(Method::PATCH, &format!("/1/lambdas/{target}"))
             .json(&json!({"lambda_name": "stolen"}))
             .send()
-            .await
-            .unwrap();
+            .await;
         assert_error(r, 404, 42001).await;
         let r = as_other(Method::PUT, &format!("/1/lambdas/{target}"))
-            .multipart(upload_form(fixture_zip(), json!({}), None))
+            .upload(Upload::new(fixture_zip()).parameters(json!({})))
             .send()
-            .await
-            .unwrap();
+            .await;
         assert_error(r, 404, 42001).await;
     }
     let (_, list) = s.get_json(&format!("/1/lambdas?{q}")).await;
     assert_eq!(list["lambdas"], Value::Array(vec![]));
-    let r = as_other(Method::GET, "/1/lambdas").send().await.unwrap();
+    let r = as_other(Method::GET, "/1/lambdas").send().await;
     assert_eq!(
         r.json::<Value>().await.unwrap()["lambdas"],
         Value::Array(vec![])
@@ -85,12 +80,7 @@ async fn another_accounts_lambda_is_invisible_everywhere() {
     // Names are unique per account: another account may take the same name, so a
     // create cannot reveal that the name exists elsewhere.
     let r = s
-        .create_raw(
-            OTHER_ACCOUNT,
-            fixture_zip(),
-            json!({"lambda_name": "private"}),
-            None,
-        )
+        .create_raw(OTHER_ACCOUNT, Upload::new(fixture_zip()).named("private"))
         .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     // Untouched for its owner.

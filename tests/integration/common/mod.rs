@@ -188,6 +188,11 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// A request of any method to `path`, with no account unless the test adds one.
+    pub fn call(&self, method: reqwest::Method, path: &str) -> Call {
+        Call(self.http.request(method, self.url(path)))
+    }
+
     /// The port the service listens on (guests call back to it on 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.base
@@ -230,21 +235,13 @@ impl Server {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// POST /1/lambdas with the usual parts; returns the raw response.
-    pub async fn create_raw(
-        &self,
-        account: &str,
-        archive: Vec<u8>,
-        parameters: Value,
-        deploy: Option<Value>,
-    ) -> reqwest::Response {
-        self.http
-            .post(self.url("/1/lambdas"))
-            .header("Luna-Account-Id", account)
-            .multipart(upload_form(archive, parameters, deploy))
+    /// POST /1/lambdas with `upload` as `account`; returns the raw response.
+    pub async fn create_raw(&self, account: &str, upload: Upload) -> reqwest::Response {
+        self.call(reqwest::Method::POST, "/1/lambdas")
+            .account(account)
+            .upload(upload)
             .send()
             .await
-            .unwrap()
     }
 
     /// Creates a lambda and returns its id (asserting 201).
@@ -255,9 +252,12 @@ impl Server {
         archive: Vec<u8>,
         deploy: Option<Value>,
     ) -> String {
-        let r = self
-            .create_raw(account, archive, json!({"lambda_name": name}), deploy)
-            .await;
+        let upload = Upload::new(archive).named(name);
+        let upload = match deploy {
+            Some(deploy) => upload.deploy(deploy),
+            None => upload,
+        };
+        let r = self.create_raw(account, upload).await;
         let status = r.status().as_u16();
         let location = r
             .headers()
@@ -352,13 +352,11 @@ impl Server {
         archive: Vec<u8>,
         parameters: Value,
     ) -> reqwest::Response {
-        self.http
-            .put(self.url(&format!("/1/lambdas/{id}")))
-            .header("Luna-Account-Id", ACCOUNT)
-            .multipart(upload_form(archive, parameters, None))
+        self.call(reqwest::Method::PUT, &format!("/1/lambdas/{id}"))
+            .account(ACCOUNT)
+            .upload(Upload::new(archive).parameters(parameters))
             .send()
             .await
-            .unwrap()
     }
 
     /// `POST /1/lambdas/{id}/update` as `ACCOUNT`.
@@ -416,31 +414,142 @@ pub async fn created_id(response: reqwest::Response) -> String {
     body["lambda_id"].as_str().unwrap().to_owned()
 }
 
-/// The multipart form of create / recreate.
-pub fn upload_form(archive: Vec<u8>, parameters: Value, deploy: Option<Value>) -> Form {
-    let mut form = Form::new()
-        .part(
-            "archive",
-            Part::bytes(archive)
-                .file_name("lambda.zip")
-                .mime_str("application/zip")
-                .unwrap(),
-        )
-        .part(
-            "credentials",
-            json_part(&json!({"login": "user", "password": "hunter2"})),
-        )
-        .part("parameters", json_part(&parameters));
-    if let Some(d) = deploy {
-        form = form.part("deploy_parameters", json_part(&d));
-    }
-    form
+/// The multipart body of create, recreate and validate, built part by part: by
+/// default an archive (`application/zip`), credentials and parameters naming the
+/// lambda "lambda"; each step replaces or drops one part.
+#[derive(Clone)]
+pub struct Upload {
+    archive: Option<(Vec<u8>, &'static str)>,
+    credentials: Option<String>,
+    parameters: Option<String>,
+    deploy: Option<String>,
+    extra: Vec<(&'static str, String)>,
 }
 
-pub fn json_part(v: &Value) -> Part {
-    Part::text(v.to_string())
-        .mime_str("application/json")
-        .unwrap()
+impl Upload {
+    pub fn new(archive: Vec<u8>) -> Self {
+        Self {
+            archive: Some((archive, "application/zip")),
+            credentials: Some(json!({"login": "user", "password": "hunter2"}).to_string()),
+            parameters: Some(json!({"lambda_name": "lambda"}).to_string()),
+            deploy: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Parameters naming the lambda and nothing else.
+    pub fn named(self, name: &str) -> Self {
+        self.parameters(json!({ "lambda_name": name }))
+    }
+
+    pub fn parameters(mut self, parameters: Value) -> Self {
+        self.parameters = Some(parameters.to_string());
+        self
+    }
+
+    /// The parameters part as raw text (to send what is not JSON).
+    pub fn parameters_text(mut self, text: &str) -> Self {
+        self.parameters = Some(text.to_owned());
+        self
+    }
+
+    pub fn deploy(mut self, deploy: Value) -> Self {
+        self.deploy = Some(deploy.to_string());
+        self
+    }
+
+    pub fn credentials(mut self, credentials: Value) -> Self {
+        self.credentials = Some(credentials.to_string());
+        self
+    }
+
+    /// The archive part with another Content-Type.
+    pub fn archive_type(mut self, mime: &'static str) -> Self {
+        if let Some((_, kind)) = &mut self.archive {
+            *kind = mime;
+        }
+        self
+    }
+
+    pub fn without_archive(mut self) -> Self {
+        self.archive = None;
+        self
+    }
+
+    pub fn without_credentials(mut self) -> Self {
+        self.credentials = None;
+        self
+    }
+
+    pub fn without_parameters(mut self) -> Self {
+        self.parameters = None;
+        self
+    }
+
+    /// One more JSON part the contract does not know.
+    pub fn extra_part(mut self, name: &'static str, value: Value) -> Self {
+        self.extra.push((name, value.to_string()));
+        self
+    }
+
+    pub fn form(self) -> Form {
+        let json = |text: String| Part::text(text).mime_str("application/json").unwrap();
+        let mut form = Form::new();
+        if let Some((bytes, mime)) = self.archive {
+            let part = Part::bytes(bytes).file_name("lambda.zip");
+            form = form.part("archive", part.mime_str(mime).unwrap());
+        }
+        for (name, text) in [
+            ("credentials", self.credentials),
+            ("parameters", self.parameters),
+            ("deploy_parameters", self.deploy),
+        ] {
+            if let Some(text) = text {
+                form = form.part(name, json(text));
+            }
+        }
+        for (name, text) in self.extra {
+            form = form.part(name, json(text));
+        }
+        form
+    }
+}
+
+/// One request to the server under test, built step by step and sent with `send`.
+pub struct Call(reqwest::RequestBuilder);
+
+impl Call {
+    /// As the given account (`Luna-Account-Id`).
+    pub fn account(self, account: &str) -> Self {
+        self.header("Luna-Account-Id", account)
+    }
+
+    pub fn header(self, name: &str, value: &str) -> Self {
+        Self(self.0.header(name, value))
+    }
+
+    pub fn json(self, body: &Value) -> Self {
+        Self(self.0.json(body))
+    }
+
+    pub fn body(self, body: impl Into<reqwest::Body>) -> Self {
+        Self(self.0.body(body))
+    }
+
+    pub fn upload(self, upload: Upload) -> Self {
+        Self(self.0.multipart(upload.form()))
+    }
+
+    pub async fn send(self) -> reqwest::Response {
+        self.0.send().await.unwrap()
+    }
+
+    /// Sends and reads the status and the JSON body (`Null` when there is none).
+    pub async fn send_json(self) -> (u16, Value) {
+        let r = self.send().await;
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
 }
 
 /// Asserts a LUNA error response.
