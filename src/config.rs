@@ -94,6 +94,9 @@ pub struct Config {
     pub containers: Containers,
     /// The Kubernetes backend.
     pub kubernetes: Kubernetes,
+    /// Who may call the API: the account header as given (LUNA behind its gateway), or
+    /// bearer tokens mapped to accounts.
+    pub auth: Auth,
     /// Seconds to wait for in-flight requests on shutdown.
     pub shutdown_grace_secs: u64,
 }
@@ -313,6 +316,7 @@ impl Default for Config {
             logs: Logs::default(),
             containers: Containers::default(),
             kubernetes: Kubernetes::default(),
+            auth: Auth::default(),
             shutdown_grace_secs: 10,
         }
     }
@@ -403,6 +407,33 @@ impl Default for Logs {
     }
 }
 
+/// How callers are identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// LUNA's contract: the Luna-Account-Id header is trusted as given (a gateway in
+    /// front authenticates), and a request without one acts on every account.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>` on every request but the health, version and
+    /// documentation routes; a token acts as its account only.
+    Token,
+}
+
+/// Authentication (`[auth]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// `none` (default) or `token`.
+    pub mode: AuthMode,
+    /// With `token`: a file of lines `<account uuid> <sha256 hex of the token>` (`#`
+    /// comments and blank lines allowed), read at start.
+    pub tokens_file: String,
+    /// With `token`: sha256 hex of the operator's token, the one token that may use
+    /// the unscoped forms of the routes, `/metrics` and `/1/config`; empty: none.
+    pub operator_token_sha256: String,
+}
+
 /// Command-line overrides (highest precedence).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -487,6 +518,7 @@ impl Config {
         for value in [
             &mut self.containers.docker_socket,
             &mut self.kubernetes.kubeconfig,
+            &mut self.auth.tokens_file,
         ] {
             if let Some(resolved) = resolve_path_text(value, base) {
                 *value = resolved;
@@ -601,6 +633,19 @@ impl Config {
                 c.base_image
             ));
         }
+        let auth = &self.auth;
+        if !auth.operator_token_sha256.is_empty() && !is_sha256_hex(&auth.operator_token_sha256) {
+            return bad(
+                "auth.operator_token_sha256 must be 64 hexadecimal digits (sha256 of the token)"
+                    .into(),
+            );
+        }
+        if auth.mode == AuthMode::Token
+            && auth.tokens_file.is_empty()
+            && auth.operator_token_sha256.is_empty()
+        {
+            return bad("auth.mode 'token' needs auth.tokens_file or auth.operator_token_sha256: no token could call the API".into());
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError::Invalid(format!("log_level '{}': {e}", self.log_level)))?;
         Ok(())
@@ -629,6 +674,11 @@ impl Config {
     }
 }
 
+/// 64 hexadecimal digits: how a sha256 digest is written in the auth settings.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 const MASK: &str = "********";
 
 fn mask_secrets(value: &mut serde_json::Value) {
@@ -648,10 +698,11 @@ fn mask_secrets(value: &mut serde_json::Value) {
 }
 
 /// Every key of the file that names a path: `data_dir` and the string path settings.
-const FILE_PATH_KEYS: [&[&str]; 3] = [
+const FILE_PATH_KEYS: [&[&str]; 4] = [
     &["data_dir"],
     &["containers", "docker_socket"],
     &["kubernetes", "kubeconfig"],
+    &["auth", "tokens_file"],
 ];
 
 /// Resolves the file's own relative paths against the file's directory.

@@ -1,5 +1,6 @@
 //! The front service every request enters through, above `api` and `proxy`: parses
-//! and propagates Luna-Request-Id, opens the root span, sends proxy calls down the
+//! and propagates Luna-Request-Id, authenticates and scopes the request when tokens are
+//! on, opens the root span, sends proxy calls down the
 //! proxy's fast path without the router and everything else to the management router,
 //! then records metrics per route template. Depends on `api`, `proxy`, `edge`, `model`.
 
@@ -13,6 +14,7 @@ use http::HeaderValue;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
+use crate::edge::auth;
 use crate::edge::error::ErrorCode;
 use crate::edge::{
     ApiError, AppState, BadRequestId, REQUEST_ID_HEADER, RouteTemplate, metric_method,
@@ -23,7 +25,7 @@ use crate::model::RequestId;
 pub async fn dispatch<B>(
     state: AppState,
     router: Router,
-    request: http::Request<B>,
+    mut request: http::Request<B>,
 ) -> Result<Response, Infallible>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
@@ -56,15 +58,39 @@ where
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
+    let refused = match &state.auth {
+        Some(auth) if !auth::is_open(request.uri().path()) => {
+            let uri = request.uri().clone();
+            auth.caller(request.headers())
+                .and_then(|caller| {
+                    auth::scope(caller, uri.path(), uri.query(), request.headers_mut())
+                })
+                .err()
+        }
+        _ => None,
+    };
     async move {
         let method = request.method().clone();
         let proxied = crate::proxy::match_path(request.uri().path()).map(|t| t.into_owned());
-        let mut response = match (proxied, bad_header) {
-            (Some(_), Some(detail)) if crate::proxy::METHODS.contains(&method) => {
+        let mut response = match (refused, proxied, bad_header) {
+            (Some(refused), _, _) => {
+                let unauthorized = refused.status == http::StatusCode::UNAUTHORIZED;
+                let mut response = refused.into_response();
+                if unauthorized {
+                    response.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer"),
+                    );
+                }
+                response
+            }
+            (None, Some(_), Some(detail)) if crate::proxy::METHODS.contains(&method) => {
                 ApiError::bad_header(&detail).into_response()
             }
-            (Some(target), _) => crate::proxy::handle(&state, request, target, &request_id).await,
-            (None, bad_header) => {
+            (None, Some(target), _) => {
+                crate::proxy::handle(&state, request, target, &request_id).await
+            }
+            (None, None, bad_header) => {
                 let mut request = request.map(Body::new);
                 if let Some(detail) = bad_header {
                     request.extensions_mut().insert(BadRequestId(detail));

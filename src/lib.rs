@@ -72,6 +72,9 @@ pub enum StartupError {
     /// Recovery after restart failed.
     #[error("recovery: {0}")]
     Recover(#[from] lifecycle::LifecycleError),
+    /// The tokens file cannot be used.
+    #[error(transparent)]
+    Auth(#[from] edge::auth::AuthError),
     /// A service thread could not be started.
     #[error("cannot start a service thread: {0}")]
     Thread(std::io::Error),
@@ -161,6 +164,7 @@ impl Server {
         let data_dir_lock = lock_data_dir(&data)?;
         config.data_dir.clone_from(&data);
         let config = Arc::new(config);
+        let auth = edge::auth::Authenticator::from_config(&config.auth)?.map(Arc::new);
         // The embedded store keeps both the records and the guests' key-value data.
         let store = Arc::new(store::Store::open(&data.join("store"))?);
         let sealer = secrets::Sealer::open(&config.encryption_key, &data)?;
@@ -221,6 +225,12 @@ impl Server {
             metrics: metrics.clone(),
         });
         lifecycle.recover().await?;
+        match &auth {
+            Some(_) => tracing::info!("bearer tokens required (auth.mode = token)"),
+            None => tracing::info!(
+                "auth.mode = none: the Luna-Account-Id header is trusted as given; run behind a gateway that sets it"
+            ),
+        }
         Ok(Self {
             listener,
             state: AppState {
@@ -229,6 +239,7 @@ impl Server {
                 registry,
                 pods,
                 metrics,
+                auth,
             },
             data_dir_lock,
         })

@@ -59,7 +59,6 @@ pub(super) async fn scoped(
     Ok((state.lifecycle.owned(id, account).await?, query))
 }
 
-/// lambda archives: the policy forbids every script, frame and outside fetch.
 /// Pages are self-contained (inline style, no scripts) and may render documents from
 /// lambda archives: the policy forbids every script, frame and outside fetch.
 const DOCS_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";

@@ -76,6 +76,28 @@ impl ApiError {
         )
     }
 
+    /// 11037 as well: Luna-Account-Id given more than once with different values (a
+    /// gateway that appends its own header must not let the client's win).
+    pub fn conflicting_account_headers() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            11037,
+            BAD_INPUT,
+            "Luna-Account-Id header is given more than once with different values",
+        )
+    }
+
+    /// 11070 (this service's): no valid bearer token while `auth.mode` is `token`.
+    pub fn unauthorized(detail: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, 11070, "Unauthorized", detail)
+    }
+
+    /// 11071 (this service's): the token may not do this (another account, an
+    /// operator-only route).
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, 11071, "Forbidden", detail)
+    }
+
     /// 12001: no such route.
     pub fn no_route(path: &str) -> Self {
         Self::new(

@@ -23,17 +23,21 @@ pub fn account_required(headers: &HeaderMap) -> Result<AccountId, ApiError> {
     account_optional(headers)?.ok_or_else(ApiError::missing_account_header)
 }
 
-/// The account header, when present.
+/// The account header, when present; repeated with different values is refused.
 pub fn account_optional(headers: &HeaderMap) -> Result<Option<AccountId>, ApiError> {
-    match headers.get(ACCOUNT_HEADER) {
-        None => Ok(None),
-        Some(v) => v
+    let mut account = None;
+    for value in headers.get_all(ACCOUNT_HEADER) {
+        let parsed: AccountId = value
             .to_str()
             .ok()
             .and_then(|s| s.parse().ok())
-            .map(Some)
-            .ok_or_else(ApiError::bad_account_header),
+            .ok_or_else(ApiError::bad_account_header)?;
+        if account.is_some_and(|seen| seen != parsed) {
+            return Err(ApiError::conflicting_account_headers());
+        }
+        account = Some(parsed);
     }
+    Ok(account)
 }
 
 /// A query string parsed against the parameters a route accepts.
@@ -332,5 +336,17 @@ mod tests {
             "8950722f-3fd4-4223-b48f-03f95f0e8dfb".parse().unwrap(),
         );
         assert!(account_required(&h).is_ok());
+        // Repeated alike is one account; a second, different one is a conflict.
+        h.append(
+            ACCOUNT_HEADER,
+            "8950722f-3fd4-4223-b48f-03f95f0e8dfb".parse().unwrap(),
+        );
+        assert!(account_required(&h).is_ok());
+        h.append(
+            ACCOUNT_HEADER,
+            "0468ca85-f6ca-4841-b30c-5ccc26b6f397".parse().unwrap(),
+        );
+        let error = account_required(&h).unwrap_err();
+        assert!(error.detail.contains("more than once"), "{error:?}");
     }
 }

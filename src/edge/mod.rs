@@ -1,10 +1,11 @@
 //! The HTTP pieces the management API and the proxy share, below both: the state every
 //! handler gets, `ApiError` with its LUNA codes (mapped once, in `error`), input parsing
-//! (`input`: account header, query strings, JSON, multipart, Accept), the request id
-//! header, and the extensions by which the front dispatcher and the handlers talk
+//! (`input`: account header, query strings, JSON, multipart, Accept), bearer tokens
+//! (`auth`), the request id header, and the extensions by which the front dispatcher and the handlers talk
 //! (`BadRequestId` on requests; `RouteTemplate` and `error::ErrorCode` on responses).
 //! Depends on `lifecycle`, `runtime`, `metrics`, `config`, `model`.
 
+pub mod auth;
 pub mod error;
 pub mod input;
 
@@ -34,6 +35,8 @@ pub struct AppState {
     pub pods: crate::runtime::PodClient,
     /// Metrics.
     pub metrics: Metrics,
+    /// Bearer tokens, when `auth.mode` is `token`.
+    pub auth: Option<Arc<auth::Authenticator>>,
 }
 
 /// The route template a response was produced by, put on the response by whoever

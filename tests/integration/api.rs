@@ -277,16 +277,6 @@ async fn validate_reports_every_problem_of_bad_archives() {
 
 use std::io::Cursor;
 
-/// The lambda ids of a list answer, in order.
-fn listed_ids(list: &Value) -> Vec<String> {
-    list["lambdas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["lambda_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// The ids `GET /1/lambdas?<query>` lists (asserting 200).
 async fn listed(s: &Server, query: &str) -> Vec<String> {
     let (code, list) = s.get_json(&format!("/1/lambdas?{query}")).await;

@@ -8,6 +8,7 @@
 mod common;
 
 mod api;
+mod auth;
 mod containers;
 mod examples;
 mod fake_kube;

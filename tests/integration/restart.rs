@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::common::*;
 
 /// The ids of every listed lambda.
-async fn listed_ids(s: &Server) -> Vec<String> {
+async fn ids_listed_by(s: &Server) -> Vec<String> {
     let (_, list) = s.get_json("/1/lambdas?page_size=100").await;
     list["lambdas"]
         .as_array()
@@ -44,7 +44,7 @@ async fn kill_9_loses_nothing_acknowledged() {
     s.kill();
 
     let s = Server::start_in(&dir, &env);
-    let listed = listed_ids(&s).await;
+    let listed = ids_listed_by(&s).await;
     assert_eq!(listed.len(), 5, "{listed:?}");
     assert!(listed.contains(&running));
     // The running lambda serves again without recompiling.
@@ -127,7 +127,7 @@ async fn kill_9_during_a_swap_and_after_a_delete_leaves_a_consistent_state() {
 
     let s = Server::start_in(&dir, &env);
     // The deleted lambda is not listed, not served, not found.
-    assert_eq!(listed_ids(&s).await, std::slice::from_ref(&swapped));
+    assert_eq!(ids_listed_by(&s).await, std::slice::from_ref(&swapped));
     assert_eq!(
         s.get(&format!("/1/lambdas/{deleted}/status"))
             .await

@@ -552,6 +552,16 @@ impl Call {
     }
 }
 
+/// The lambda ids of a list answer, in order.
+pub fn listed_ids(list: &Value) -> Vec<String> {
+    list["lambdas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lambda_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Asserts a LUNA error response.
 pub async fn assert_error(response: reqwest::Response, status: u16, code: u64) -> Value {
     let got = response.status().as_u16();
