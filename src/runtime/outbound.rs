@@ -52,9 +52,11 @@ fn log_denial(env: &GuestEnv, request_id: &str, uri: &http::Uri, why: &str) {
 }
 
 /// Whether `ip` is outside the public internet: loopback, private (RFC 1918, unique
-/// local), link-local (where cloud metadata lives), shared (CGNAT), unspecified,
-/// broadcast, multicast, documentation, benchmarking or reserved; IPv6 forms that
-/// embed an IPv4 address (mapped, compatible, NAT64) are judged by that address.
+/// local), link-local (where cloud metadata lives), site-local, shared (CGNAT),
+/// unspecified, broadcast, multicast, documentation, benchmarking, discard-only,
+/// Teredo, ORCHID, local-use NAT64 (64:ff9b:1::/48) or reserved; IPv6 forms that embed
+/// an IPv4 address (mapped, translated, compatible, well-known NAT64, 6to4) are judged
+/// by that address.
 pub fn is_non_public(ip: IpAddr) -> bool {
     fn v4(ip: Ipv4Addr) -> bool {
         let [a, b, c, _] = ip.octets();
@@ -69,22 +71,38 @@ pub fn is_non_public(ip: IpAddr) -> bool {
             || (a == 100 && (64..128).contains(&b))
             || (a == 192 && b == 0 && c == 0)
             || (a == 198 && (b == 18 || b == 19))
+            || (a == 192 && b == 88 && c == 99)
             || a >= 240
     }
     fn v6(ip: Ipv6Addr) -> bool {
         let s = ip.segments();
         let o = ip.octets();
         let embedded = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+        let six_to_four = Ipv4Addr::new(o[2], o[3], o[4], o[5]);
         ip.is_loopback()
             || ip.is_unspecified()
             || ip.is_multicast()
             || (s[0] & 0xfe00) == 0xfc00
             || (s[0] & 0xffc0) == 0xfe80
+            // fec0::/10, site-local (deprecated, still routed inside sites).
+            || (s[0] & 0xffc0) == 0xfec0
             || (s[0] == 0x2001 && s[1] == 0x0db8)
+            // 100::/64 discard-only; 2001::/32 Teredo; 2001:2::/48 benchmarking;
+            // 2001:10::/28 and 2001:20::/28 ORCHID.
+            || s[..4] == [0x100, 0, 0, 0]
+            || (s[0] == 0x2001 && s[1] == 0)
+            || (s[0] == 0x2001 && s[1] == 2 && s[2] == 0)
+            || (s[0] == 0x2001 && matches!(s[1] & 0xfff0, 0x10 | 0x20))
+            // 64:ff9b:1::/48: local-use NAT64, whose IPv4 side is the operator's choice.
+            || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
             || ip.to_ipv4_mapped().is_some_and(v4)
-            // ::a.b.c.d (deprecated IPv4-compatible) and 64:ff9b::/96 (NAT64).
+            // ::a.b.c.d (deprecated IPv4-compatible), ::ffff:0:a.b.c.d (IPv4-translated)
+            // and 64:ff9b::/96 (well-known NAT64) end in the address; 2002::/16 (6to4)
+            // carries it after the prefix.
             || (s[..6] == [0; 6] && v4(embedded))
+            || (s[..6] == [0, 0, 0, 0, 0xffff, 0] && v4(embedded))
             || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && v4(embedded))
+            || (s[0] == 0x2002 && v4(six_to_four))
     }
     match ip {
         IpAddr::V4(ip) => v4(ip),
@@ -92,9 +110,17 @@ pub fn is_non_public(ip: IpAddr) -> bool {
     }
 }
 
+/// Whether `ip` is an address of this host's own interfaces, public ones included: a
+/// guest must not reach the service's own ports through the host's public address.
+/// Binding a socket to an address succeeds only for local addresses (and sends
+/// nothing), so no interface list is read.
+pub fn is_own_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 /// Why a destination was not pinned.
 enum Unpinned {
-    /// It resolves to this non-public address.
+    /// It resolves to this non-public address or one of this host's.
     NonPublic(IpAddr),
     /// It could not be resolved.
     Failed(HttpError),
@@ -128,7 +154,8 @@ async fn pin_public_address(
             })?
             .collect(),
     };
-    if let Some(address) = addresses.iter().find(|a| is_non_public(a.ip())) {
+    let refused = |a: &&SocketAddr| is_non_public(a.ip()) || is_own_address(a.ip());
+    if let Some(address) = addresses.iter().find(refused) {
         return Err(Unpinned::NonPublic(address.ip()));
     }
     let Some(first) = addresses.first() else {
@@ -209,8 +236,9 @@ impl WasiHttpHooks for OutboundHooks {
                     Ok(()) => {}
                     Err(Unpinned::NonPublic(ip)) => {
                         let why = format!(
-                            "it resolves to {ip}, which is not a public address \
-                             (the operator's sandbox.allow_private_outbound is off)"
+                            "it resolves to {ip}, which is not a public address or is \
+                             this host's own (the operator's sandbox.allow_private_outbound \
+                             is off)"
                         );
                         log_denial(&env, &request_id, &original, &why);
                         return Err(HttpError::DestinationIpProhibited);
@@ -316,6 +344,20 @@ mod tests {
             "::ffff:169.254.169.254",
             "::10.0.0.1",
             "64:ff9b::a00:1",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:10.0.0.1",
+            "64:ff9b:1::808:808",
+            "64:ff9b:1:ffff::1",
+            "fec0::1",
+            "feff::1",
+            "100::1",
+            "2001::1",
+            "2001:2::1",
+            "2001:10::1",
+            "2001:20::1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::1",
+            "192.88.99.1",
         ] {
             assert!(is_non_public(ip.parse().unwrap()), "{ip} is not public");
         }
@@ -328,8 +370,40 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "2002:808:808::1",
+            "2001:4860::8888",
         ] {
             assert!(!is_non_public(ip.parse().unwrap()), "{ip} is public");
+        }
+    }
+
+    /// Binding only: nothing is sent to any address.
+    #[test]
+    fn the_hosts_own_addresses_are_recognised() {
+        let own = std::process::Command::new("ip")
+            .args(["-o", "addr"])
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default();
+        let addresses: Vec<IpAddr> = own
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(3))
+            .filter_map(|cidr| cidr.split('/').next()?.parse().ok())
+            // A link-local address binds only with its interface named.
+            .filter(|ip: &IpAddr| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+            .collect();
+        for ip in addresses
+            .iter()
+            .copied()
+            .chain(["127.0.0.1".parse().unwrap()])
+        {
+            assert!(is_own_address(ip), "{ip} is this host's");
+        }
+        for ip in ["8.8.8.8", "2606:4700::1111"] {
+            assert!(
+                !is_own_address(ip.parse().unwrap()),
+                "{ip} is not this host's"
+            );
         }
     }
 
