@@ -266,6 +266,16 @@ pub struct Kubernetes {
     pub service_port: i32,
     /// Connecting to, and waiting on, the API server.
     pub api_timeout_secs: u64,
+    /// The user id lambda containers run as (never 0: pods run as non-root).
+    pub run_as_user: i64,
+    /// The namespace the service's own pods run in: the only source each lambda's
+    /// NetworkPolicy admits.
+    pub service_namespace: String,
+    /// `key=value`: the label of the service's own pods in `service_namespace`.
+    pub service_pod_label: String,
+    /// Whether lambda pods may open connections (the NetworkPolicy's egress); off, a
+    /// pod answers requests and reaches nothing, DNS included.
+    pub pod_egress: bool,
 }
 
 impl Default for Kubernetes {
@@ -275,6 +285,10 @@ impl Default for Kubernetes {
             context: String::new(),
             service_port: 80,
             api_timeout_secs: 30,
+            run_as_user: 65_532,
+            service_namespace: "luna-lambda".to_owned(),
+            service_pod_label: "app.kubernetes.io/name=luna-lambda".to_owned(),
+            pod_egress: false,
         }
     }
 }
@@ -601,6 +615,23 @@ impl Config {
                 return bad(format!(
                     "kubernetes.service_port must be in 1..65535 and kubernetes.api_timeout_secs positive, got {} and {}",
                     k.service_port, k.api_timeout_secs
+                ));
+            }
+            if k.run_as_user <= 0 {
+                return bad(format!(
+                    "kubernetes.run_as_user must be a non-root user id (1 or more), got {}",
+                    k.run_as_user
+                ));
+            }
+            if k.service_namespace.is_empty()
+                || !k
+                    .service_pod_label
+                    .split_once('=')
+                    .is_some_and(|(key, value)| !key.is_empty() && !value.is_empty())
+            {
+                return bad(format!(
+                    "kubernetes.service_namespace must be set and kubernetes.service_pod_label be key=value, got '{}' and '{}'",
+                    k.service_namespace, k.service_pod_label
                 ));
             }
         }

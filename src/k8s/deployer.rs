@@ -32,6 +32,7 @@ impl KubeDeployer {
         LambdaDeployment {
             pods: request.clone(),
             service_port: self.kube.service_port(),
+            confinement: self.kube.confinement(),
         }
     }
 

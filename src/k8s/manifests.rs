@@ -1,11 +1,14 @@
 //! Pure builders of the Kubernetes objects of a container lambda: a Deployment (replicas
-//! = pod_count, resources, GPU, node selector, readiness probe on `/healthcheck`), a
-//! ClusterIP Service in front of it and a Secret holding the credentials (never in the
-//! Deployment). Objects in, JSON out; unit-tested on their JSON. Depends on `lifecycle`
+//! = pod_count, resources, GPU, node selector, readiness probe on `/healthcheck`; pods
+//! non-root under the runtime's default seccomp profile, without capabilities or a
+//! service account token), a ClusterIP Service in front of it, a NetworkPolicy that
+//! admits the service's pods only and no egress unless opened, and a Secret holding the
+//! credentials (never in the Deployment). Objects in, JSON out; unit-tested on their JSON. Depends on `lifecycle`
 //! (the request it is made from) and `model`.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{Value, json};
 
 use crate::lifecycle::PodRequest;
@@ -32,6 +35,21 @@ pub struct LambdaDeployment {
     pub pods: PodRequest,
     /// Port of the ClusterIP Service.
     pub service_port: i32,
+    /// How the pods are confined (the operator's settings).
+    pub confinement: Confinement,
+}
+
+/// How a lambda's pods are confined, from `[kubernetes]`.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    /// User id the containers run as (non-root).
+    pub run_as_user: i64,
+    /// Namespace of the service's own pods.
+    pub service_namespace: String,
+    /// Label (key, value) of the service's own pods.
+    pub service_pod_label: (String, String),
+    /// Whether the pods may open connections.
+    pub egress: bool,
 }
 
 /// Name of the Deployment and the Service.
@@ -111,6 +129,15 @@ pub fn deployment(d: &LambdaDeployment) -> Result<Deployment, serde_json::Error>
                 "metadata": {"labels": pod_labels},
                 "spec": {
                     "nodeSelector": d.pods.selector,
+                    // A lambda has no business with the cluster's API.
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": d.confinement.run_as_user,
+                        "runAsGroup": d.confinement.run_as_user,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [{
                         "name": CONTAINER_NAME,
                         "image": d.pods.image,
@@ -144,6 +171,36 @@ pub fn service(d: &LambdaDeployment) -> Result<Service, serde_json::Error> {
             "type": "ClusterIP",
             "selector": {LABEL_LAMBDA: d.pods.lambda_id.to_string()},
             "ports": [{"name": "http", "port": d.service_port, "targetPort": "http"}],
+        },
+    }))
+}
+
+/// The lambda's NetworkPolicy: ingress only from the service's pods to the lambda's
+/// port; egress nowhere unless the operator opened it.
+pub fn network_policy(d: &LambdaDeployment) -> Result<NetworkPolicy, serde_json::Error> {
+    let c = &d.confinement;
+    let (label, value) = &c.service_pod_label;
+    let egress = if c.egress { json!([{}]) } else { json!([]) };
+    serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": object_name(d.pods.lambda_id),
+            "namespace": d.pods.namespace,
+            "labels": labels(d.pods.lambda_id),
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_LAMBDA: d.pods.lambda_id.to_string()}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{
+                "from": [{
+                    "namespaceSelector": {"matchLabels": {
+                        "kubernetes.io/metadata.name": c.service_namespace}},
+                    "podSelector": {"matchLabels": {label: value}},
+                }],
+                "ports": [{"protocol": "TCP", "port": CONTAINER_PORT}],
+            }],
+            "egress": egress,
         },
     }))
 }
@@ -193,7 +250,54 @@ mod tests {
                 credentials_json: r#"{"token":"secret"}"#.into(),
             },
             service_port: 80,
+            confinement: Confinement {
+                run_as_user: 65_532,
+                service_namespace: "luna-lambda".into(),
+                service_pod_label: ("app.kubernetes.io/name".into(), "luna-lambda".into()),
+                egress: false,
+            },
         }
+    }
+
+    #[test]
+    fn pods_are_confined_and_fenced_by_a_network_policy() {
+        let d = sample();
+        let json = serde_json::to_value(deployment(&d).unwrap()).unwrap();
+        let pod = &json["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(
+            pod["securityContext"],
+            json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                   "seccompProfile": {"type": "RuntimeDefault"}})
+        );
+        assert_eq!(
+            pod["containers"][0]["securityContext"],
+            json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}})
+        );
+        let policy = serde_json::to_value(network_policy(&d).unwrap()).unwrap();
+        assert_eq!(policy["metadata"]["name"], object_name(d.pods.lambda_id));
+        assert_eq!(
+            policy["spec"]["podSelector"]["matchLabels"],
+            json!({"luna-lambda.lambda-id": d.pods.lambda_id.to_string()})
+        );
+        assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        assert_eq!(
+            policy["spec"]["ingress"],
+            json!([{"from": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "luna-lambda"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "luna-lambda"}},
+            }], "ports": [{"protocol": "TCP", "port": 8080}]}])
+        );
+        assert_eq!(policy["spec"]["egress"], json!([]), "no egress by default");
+        let opened = LambdaDeployment {
+            confinement: Confinement {
+                egress: true,
+                ..d.confinement.clone()
+            },
+            ..d
+        };
+        let policy = serde_json::to_value(network_policy(&opened).unwrap()).unwrap();
+        assert_eq!(policy["spec"]["egress"], json!([{}]), "opened: anywhere");
     }
 
     #[test]

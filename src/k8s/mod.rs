@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -126,6 +127,18 @@ impl KubeBackend {
         self.settings.service_port
     }
 
+    /// How lambda pods are confined, from the settings (validated at start).
+    pub fn confinement(&self) -> manifests::Confinement {
+        let k = &self.settings;
+        let (label, value) = k.service_pod_label.split_once('=').unwrap_or_default();
+        manifests::Confinement {
+            run_as_user: k.run_as_user,
+            service_namespace: k.service_namespace.clone(),
+            service_pod_label: (label.to_owned(), value.to_owned()),
+            egress: k.pod_egress,
+        }
+    }
+
     /// Applies the Secret, the Service and the Deployment (server-side apply, forced:
     /// this service owns them). A changed Deployment starts a rolling update.
     pub async fn apply(&self, d: &LambdaDeployment) -> Result<()> {
@@ -140,6 +153,12 @@ impl KubeBackend {
             .await
             .map_err(api("secret apply"))?;
         let name = manifests::object_name(d.pods.lambda_id);
+        // The fence stands before any pod of the lambda starts.
+        let policy = manifests::network_policy(d)?;
+        Api::<NetworkPolicy>::namespaced(self.client.clone(), &d.pods.namespace)
+            .patch(&name, &params, &Patch::Apply(&policy))
+            .await
+            .map_err(api("network policy apply"))?;
         let service = manifests::service(d)?;
         Api::<Service>::namespaced(self.client.clone(), &d.pods.namespace)
             .patch(&name, &params, &Patch::Apply(&service))
@@ -271,7 +290,8 @@ impl KubeBackend {
         Ok(text.lines().map(str::to_owned).collect())
     }
 
-    /// Deletes the Deployment, the Service and the Secret (missing ones are fine).
+    /// Deletes the Deployment, the Service, the NetworkPolicy and the Secret (missing
+    /// ones are fine).
     pub async fn delete(&self, namespace: &str, lambda_id: LambdaId) -> Result<()> {
         let name = manifests::object_name(lambda_id);
         let params = DeleteParams::default();
@@ -288,6 +308,13 @@ impl KubeBackend {
                 .await
                 .map(drop),
             "service delete",
+        )?;
+        missing_ok(
+            Api::<NetworkPolicy>::namespaced(self.client.clone(), namespace)
+                .delete(&name, &params)
+                .await
+                .map(drop),
+            "network policy delete",
         )?;
         missing_ok(
             Api::<Secret>::namespaced(self.client.clone(), namespace)

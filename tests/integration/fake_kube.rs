@@ -51,7 +51,7 @@ struct Kind {
     api_version: &'static str,
 }
 
-const KINDS: [Kind; 4] = [
+const KINDS: [Kind; 5] = [
     Kind {
         plural: "secrets",
         group: "",
@@ -75,6 +75,12 @@ const KINDS: [Kind; 4] = [
         group: "apps",
         kind: "Deployment",
         api_version: "apps/v1",
+    },
+    Kind {
+        plural: "networkpolicies",
+        group: "networking.k8s.io",
+        kind: "NetworkPolicy",
+        api_version: "networking.k8s.io/v1",
     },
 ];
 
@@ -508,6 +514,14 @@ impl FakeKube {
             )
             .route(
                 "/apis/apps/v1/namespaces/{ns}/{plural}/{name}",
+                axum::routing::any(object),
+            )
+            .route(
+                "/apis/networking.k8s.io/v1/namespaces/{ns}/{plural}",
+                axum::routing::any(collection),
+            )
+            .route(
+                "/apis/networking.k8s.io/v1/namespaces/{ns}/{plural}/{name}",
                 axum::routing::any(object),
             )
             .with_state(cluster.clone());

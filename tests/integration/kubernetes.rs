@@ -85,6 +85,7 @@ async fn container_lambdas_roll_out_roll_back_and_reattach_on_kubernetes() {
     );
     the_rollout_is_logged_step_by_step(&server, &id).await;
     the_cluster_holds_the_credentials_only_in_the_secret(&fake, &id, &registry);
+    the_pods_are_confined_and_fenced(&fake, &id);
     the_proxy_sends_to_the_service_and_logs_come_from_the_pods(&server, &id).await;
     a_crash_looping_version_is_rolled_back(&server, &fake, &id, &registry, deploy).await;
     // A good version rolls out (version 2 was used up by the failed build).
@@ -119,7 +120,13 @@ async fn container_lambdas_roll_out_roll_back_and_reattach_on_kubernetes() {
     // Delete removes every object.
     let r = server.delete_lambda(&id).await;
     assert_eq!(r.status(), 204);
-    for kind in ["deployments", "services", "secrets", "pods"] {
+    for kind in [
+        "deployments",
+        "services",
+        "secrets",
+        "pods",
+        "networkpolicies",
+    ] {
         assert!(
             fake.objects(kind, "lambdas").is_empty(),
             "{kind} left behind"
@@ -168,6 +175,31 @@ fn the_cluster_holds_the_credentials_only_in_the_secret(fake: &FakeKube, id: &st
     assert_eq!(
         fake.objects("services", "lambdas")[0]["spec"]["type"],
         "ClusterIP"
+    );
+}
+
+/// Tenants' pods: non-root, default seccomp, no API token; reachable only from the
+/// service's pods, and reaching nothing.
+fn the_pods_are_confined_and_fenced(fake: &FakeKube, id: &str) {
+    let pod_spec = &fake.objects("deployments", "lambdas")[0]["spec"]["template"]["spec"];
+    assert_eq!(pod_spec["automountServiceAccountToken"], false);
+    assert_eq!(pod_spec["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod_spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let policies = fake.objects("networkpolicies", "lambdas");
+    assert_eq!(policies.len(), 1);
+    let spec = &policies[0]["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["luna-lambda.lambda-id"],
+        id
+    );
+    assert_eq!(spec["egress"], json!([]));
+    let from = &spec["ingress"][0]["from"][0];
+    assert_eq!(
+        from["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "luna-lambda"
     );
 }
 
