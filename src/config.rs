@@ -207,6 +207,8 @@ pub struct Builds {
     pub retention_secs: u64,
     /// Image log lines kept per job.
     pub max_log_lines: usize,
+    /// Longer image log lines (a build step's output) are cut.
+    pub max_log_line_bytes: usize,
     /// Accepted uploads kept in memory for their build jobs, in total (MiB): a job whose
     /// upload is kept neither reads its archive back nor checks it again. Above the
     /// bound (0: never) jobs read and check the stored archive.
@@ -248,8 +250,14 @@ pub struct Containers {
     pub proxy_response_timeout_ms: u64,
     /// Idle keep-alive connections kept per pod.
     pub proxy_max_idle_per_pod: usize,
-    /// Log lines read per pod when the logs route names no `tail_lines`.
+    /// Log lines read per pod when the logs route names no `tail_lines` (and at most).
     pub max_log_lines_per_pod: usize,
+    /// Bytes read per pod for one logs request, whatever the lines (their newest part).
+    pub max_log_bytes_per_pod: usize,
+    /// Docker backend: a pod's own log file rotates at this size (MiB) ...
+    pub log_max_size_mb: u64,
+    /// ... keeping this many files.
+    pub log_max_files: u64,
 }
 
 /// The Kubernetes backend (`container_backend = "kubernetes"`): images are still built
@@ -307,6 +315,9 @@ impl Default for Containers {
             proxy_response_timeout_ms: 60_000,
             proxy_max_idle_per_pod: 64,
             max_log_lines_per_pod: 10_000,
+            max_log_bytes_per_pod: 1024 * 1024,
+            log_max_size_mb: 10,
+            log_max_files: 3,
         }
     }
 }
@@ -407,6 +418,7 @@ impl Default for Builds {
             timeout_secs: 300,
             retention_secs: 3600,
             max_log_lines: 1000,
+            max_log_line_bytes: 4096,
             max_staged_mb: 256,
         }
     }
@@ -593,8 +605,11 @@ impl Config {
         if self.engine.epoch_tick_ms == 0 || self.engine.pool_instances == 0 {
             return bad("engine.epoch_tick_ms and engine.pool_instances must be positive".into());
         }
-        if self.builds.max_concurrent == 0 || self.builds.timeout_secs == 0 {
-            return bad("builds.max_concurrent and builds.timeout_secs must be positive".into());
+        if self.builds.max_concurrent == 0
+            || self.builds.timeout_secs == 0
+            || self.builds.max_log_line_bytes == 0
+        {
+            return bad("builds.max_concurrent, builds.timeout_secs and builds.max_log_line_bytes must be positive".into());
         }
         if self.limits.max_archive_bytes == 0
             || self.limits.max_entries == 0
@@ -641,8 +656,11 @@ impl Config {
             || c.proxy_connect_timeout_ms == 0
             || c.proxy_response_timeout_ms == 0
             || c.restart_max_retries < 0
+            || c.log_max_size_mb == 0
+            || c.log_max_files == 0
+            || c.max_log_bytes_per_pod == 0
         {
-            return bad("containers.*_timeout_* must be positive and containers.restart_max_retries at least 0".into());
+            return bad("containers.*_timeout_*, containers.log_max_size_mb, log_max_files and max_log_bytes_per_pod must be positive and containers.restart_max_retries at least 0".into());
         }
         if c.listen_host.parse::<std::net::IpAddr>().is_err() {
             return bad(format!(

@@ -83,15 +83,7 @@ impl LogSink {
 
     /// Queues a line stamped with the time; never blocks. Returns false if dropped.
     pub fn line(&self, lambda: LambdaId, text: &str) -> bool {
-        let mut text = text.trim_end_matches(['\r', '\n']).to_owned();
-        if text.len() > self.max_line_bytes {
-            let mut cut = self.max_line_bytes;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push_str(" [truncated]");
-        }
+        let text = crate::model::bounded_line(text, self.max_line_bytes);
         let stamped = format!(
             "{} {text}",
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

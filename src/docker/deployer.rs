@@ -19,6 +19,8 @@ use crate::model::{LambdaId, Version};
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// Lines of a failed pod's output quoted in the build log.
 const FAILED_POD_LOG_LINES: usize = 20;
+/// ... and at most this many bytes of them.
+const FAILED_POD_LOG_BYTES: usize = 16 * 1024;
 /// Longest one health probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -126,9 +128,14 @@ impl Deployer for DockerEngine {
                     elapsed.as_millis()
                 )),
                 Err(reason) => {
-                    let output = DockerEngine::logs(self, &pod.container_id, FAILED_POD_LOG_LINES)
-                        .await
-                        .unwrap_or_default();
+                    let output = DockerEngine::logs(
+                        self,
+                        &pod.container_id,
+                        FAILED_POD_LOG_LINES,
+                        FAILED_POD_LOG_BYTES,
+                    )
+                    .await
+                    .unwrap_or_default();
                     progress(&format!("pod {} failed to start: {reason}", pod.index));
                     for line in &output {
                         progress(&format!("pod {} output: {line}", pod.index));
@@ -181,8 +188,9 @@ impl Deployer for DockerEngine {
         _namespace: &str,
         pod: &str,
         lines: usize,
+        max_bytes: usize,
     ) -> Result<Vec<String>, DeployError> {
-        DockerEngine::logs(self, pod, lines)
+        DockerEngine::logs(self, pod, lines, max_bytes)
             .await
             .map_err(DeployError::backend)
     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummaryStateEnum, DeviceRequest, HostConfig, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummaryStateEnum, DeviceRequest, HostConfig, HostConfigLogConfig,
+    RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
@@ -361,7 +361,7 @@ impl DockerEngine {
                 host_config: Some(host_config(
                     spec.resources.as_ref(),
                     spec.gpu,
-                    self.settings.restart_max_retries,
+                    &self.settings,
                 )),
                 ..Default::default()
             };
@@ -445,27 +445,31 @@ impl DockerEngine {
     }
 
     /// The last `tail` lines a container wrote (stdout and stderr).
-    pub async fn logs(&self, container_id: &str, tail: usize) -> Result<Vec<String>> {
+    /// The container's last `tail` lines, keeping only their newest `max_bytes` while
+    /// they stream in (memory stays within twice that, whatever the lines' length).
+    pub async fn logs(
+        &self,
+        container_id: &str,
+        tail: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<String>> {
         let options = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
             .tail(&tail.to_string())
             .build();
         let mut stream = self.docker.logs(container_id, Some(options));
-        let mut text = Vec::new();
+        let mut window = NewestBytes::new(max_bytes);
         while let Some(chunk) = stream.next().await {
             match chunk {
-                Ok(output) => text.extend_from_slice(&output.into_bytes()),
+                Ok(output) => window.push(&output.into_bytes()),
                 Err(bollard::errors::Error::DockerResponseServerError {
                     status_code: 404, ..
                 }) => break,
                 Err(e) => return Err(api("container logs")(e)),
             }
         }
-        Ok(String::from_utf8_lossy(&text)
-            .lines()
-            .map(str::to_owned)
-            .collect())
+        Ok(window.lines())
     }
 
     /// Whether the container still runs (or is being restarted), and if not, why.
@@ -537,11 +541,7 @@ pub fn container_name(lambda_id: LambdaId, version: Version, index: u32) -> Stri
 
 /// CPU, memory, GPU and restart policy of a pod. CPU is in millicores, memory in GiB
 /// (LUNA's units).
-pub fn host_config(
-    resources: Option<&Resources>,
-    gpu: bool,
-    restart_max_retries: i64,
-) -> HostConfig {
+pub fn host_config(resources: Option<&Resources>, gpu: bool, settings: &Containers) -> HostConfig {
     const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
     let r = resources.cloned().unwrap_or_default();
     HostConfig {
@@ -562,13 +562,65 @@ pub fn host_config(
         }),
         restart_policy: Some(RestartPolicy {
             name: Some(RestartPolicyNameEnum::ON_FAILURE),
-            maximum_retry_count: Some(restart_max_retries),
+            maximum_retry_count: Some(settings.restart_max_retries),
+        }),
+        // The engine keeps a pod's output in files of its own: rotated, so a chatty pod
+        // cannot fill the engine's disk.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".to_owned()),
+            config: Some(HashMap::from([
+                (
+                    "max-size".to_owned(),
+                    format!("{}m", settings.log_max_size_mb),
+                ),
+                ("max-file".to_owned(), settings.log_max_files.to_string()),
+            ])),
         }),
         // On the host network a capability such as NET_RAW would reach every loopback
         // service; a lambda needs none of them, nor to gain privileges.
         cap_drop: Some(vec!["ALL".to_owned()]),
         security_opt: Some(vec!["no-new-privileges".to_owned()]),
         ..Default::default()
+    }
+}
+
+/// The newest `max` bytes of a stream, as whole lines.
+struct NewestBytes {
+    max: usize,
+    bytes: Vec<u8>,
+    cut: bool,
+}
+
+impl NewestBytes {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            bytes: Vec::new(),
+            cut: false,
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+        // Dropping the oldest part only past twice the bound keeps the copying linear.
+        if self.bytes.len() > 2 * self.max {
+            self.bytes.drain(..self.bytes.len() - self.max);
+            self.cut = true;
+        }
+    }
+
+    fn lines(mut self) -> Vec<String> {
+        if self.bytes.len() > self.max {
+            self.bytes.drain(..self.bytes.len() - self.max);
+            self.cut = true;
+        }
+        let text = String::from_utf8_lossy(&self.bytes);
+        let mut lines = text.lines();
+        if self.cut {
+            // The first line lost its beginning.
+            lines.next();
+        }
+        lines.map(str::to_owned).collect()
     }
 }
 
@@ -616,6 +668,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pods_logs_are_read_up_to_their_newest_bytes() {
+        let mut window = NewestBytes::new(12);
+        window.push(b"old line\n");
+        window.push(b"x".repeat(100).as_slice());
+        window.push(b"\nnew\nnewest\n");
+        assert_eq!(window.lines(), ["new", "newest"]);
+        assert!(window_bound_holds(), "memory stays within twice the bound");
+        let mut small = NewestBytes::new(1024);
+        small.push(b"a\nb\n");
+        assert_eq!(small.lines(), ["a", "b"]);
+    }
+
+    fn window_bound_holds() -> bool {
+        let mut window = NewestBytes::new(64);
+        (0..1000).all(|_| {
+            window.push(&[b'y'; 50]);
+            window.bytes.len() <= 128
+        })
+    }
+
+    #[test]
     fn resources_map_to_engine_units() {
         let r = Resources {
             cpu_limit: Some(1500),
@@ -623,7 +696,11 @@ mod tests {
             ram_limit: Some(0.5),
             ram_request: Some(0.25),
         };
-        let hc = host_config(Some(&r), true, 3);
+        let settings = Containers {
+            restart_max_retries: 3,
+            ..Containers::default()
+        };
+        let hc = host_config(Some(&r), true, &settings);
         assert_eq!(hc.network_mode.as_deref(), Some("host"));
         assert_eq!(hc.nano_cpus, Some(1_500_000_000));
         assert_eq!(hc.cpu_shares, Some(256));
@@ -638,7 +715,17 @@ mod tests {
         assert_eq!(restart.maximum_retry_count, Some(3));
         assert_eq!(hc.cap_drop, Some(vec!["ALL".to_owned()]));
         assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_owned()]));
-        let none = host_config(None, false, 0);
+        let logs = hc.log_config.unwrap();
+        assert_eq!(logs.typ.as_deref(), Some("json-file"));
+        assert_eq!(
+            logs.config.unwrap(),
+            HashMap::from([
+                ("max-size".to_owned(), "10m".to_owned()),
+                ("max-file".to_owned(), "3".to_owned())
+            ]),
+            "a pod's own log rotates"
+        );
+        let none = host_config(None, false, &Containers::default());
         assert_eq!(
             (none.memory, none.nano_cpus, none.device_requests),
             (None, None, None)

@@ -154,9 +154,11 @@ impl Deployer for KubeDeployer {
         namespace: &str,
         pod: &str,
         lines: usize,
+        max_bytes: usize,
     ) -> Result<Vec<String>, DeployError> {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.kube
-            .logs(namespace, pod, i64::try_from(lines).unwrap_or(i64::MAX))
+            .logs(namespace, pod, count(lines), count(max_bytes))
             .await
             .map_err(DeployError::backend)
     }

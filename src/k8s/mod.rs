@@ -28,6 +28,8 @@ const FIELD_MANAGER: &str = "luna-lambda";
 const ROLLOUT_POLL: Duration = Duration::from_millis(250);
 /// Lines of a failing pod's log quoted when a rollout fails.
 const FAILED_POD_LOG_LINES: i64 = 20;
+/// ... and at most this many bytes of them.
+const FAILED_POD_LOG_BYTES: i64 = 16 * 1024;
 
 /// A Kubernetes API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +234,12 @@ impl KubeBackend {
             }
             reason.push_str(&format!("; pod {} is {}", pod.name, pod.state));
             let lines = self
-                .logs(namespace, &pod.name, FAILED_POD_LOG_LINES)
+                .logs(
+                    namespace,
+                    &pod.name,
+                    FAILED_POD_LOG_LINES,
+                    FAILED_POD_LOG_BYTES,
+                )
                 .await
                 .unwrap_or_default();
             if !lines.is_empty() {
@@ -277,10 +284,18 @@ impl KubeBackend {
     }
 
     /// The newest `tail` lines of a pod's lambda container.
-    pub async fn logs(&self, namespace: &str, pod: &str, tail: i64) -> Result<Vec<String>> {
+    /// The pod's last `tail` lines, of which the API server sends at most `max_bytes`.
+    pub async fn logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        tail: i64,
+        max_bytes: i64,
+    ) -> Result<Vec<String>> {
         let params = LogParams {
             container: Some(manifests::CONTAINER_NAME.to_owned()),
             tail_lines: Some(tail),
+            limit_bytes: Some(max_bytes),
             ..Default::default()
         };
         let text = Api::<Pod>::namespaced(self.client.clone(), namespace)

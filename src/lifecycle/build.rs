@@ -252,13 +252,14 @@ impl Lifecycle {
         self.jobs.insert(id, task.abort_handle());
     }
 
-    /// Appends a line to a build job's log (bounded).
+    /// Appends a line to a build job's log, bounded in length and in lines kept.
     fn append_line(&self, build: &mut BuildRecord, line: &str) {
+        let line = crate::model::bounded_line(line, self.config.builds.max_log_line_bytes);
         tracing::info!(lambda = %build.lambda_id, version = %build.spec.version, "{line}");
         if build.logs.len() >= self.config.builds.max_log_lines {
             build.logs.remove(0);
         }
-        build.logs.push(stamp(line));
+        build.logs.push(stamp(&line));
     }
 
     /// Appends a line to a build job's log and saves the job.

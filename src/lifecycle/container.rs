@@ -239,11 +239,16 @@ impl Lifecycle {
             let text = if lines == 0 {
                 Vec::new()
             } else {
-                backends
+                let max_bytes = self.config.containers.max_log_bytes_per_pod;
+                let read = backends
                     .deployer
-                    .logs(namespace, &pod.name, lines)
-                    .await
+                    .logs(namespace, &pod.name, lines, max_bytes);
+                let line_cap = self.config.logs.max_line_bytes;
+                read.await
                     .map_err(LifecycleError::Deploy)?
+                    .iter()
+                    .map(|line| crate::model::bounded_line(line, line_cap))
+                    .collect()
             };
             out.insert(index.to_string(), text);
         }

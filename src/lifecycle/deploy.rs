@@ -137,12 +137,14 @@ pub trait Deployer: Send + Sync + fmt::Debug {
         version: Version,
     ) -> Result<Vec<PodState>, DeployError>;
 
-    /// The newest `lines` lines a pod printed.
+    /// The newest `lines` lines a pod printed, reading at most `max_bytes` of them (a
+    /// pod's lines may be of any length).
     async fn logs(
         &self,
         namespace: &str,
         pod: &str,
         lines: usize,
+        max_bytes: usize,
     ) -> Result<Vec<String>, DeployError>;
 
     /// After a restart of the service: serves `request` (the version that served before)

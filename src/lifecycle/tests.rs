@@ -73,6 +73,8 @@ impl ImageBuilder for FakeBackend {
         progress: Progress<'_>,
     ) -> Result<String, DeployError> {
         self.record(Call::Build(version));
+        // What a build step may print: one line of any length.
+        progress(&format!("step output: {}", "x".repeat(100_000)));
         progress("fake image built");
         Ok(self.image(lambda_id, version))
     }
@@ -132,6 +134,7 @@ impl Deployer for FakeBackend {
         _namespace: &str,
         pod: &str,
         lines: usize,
+        _max_bytes: usize,
     ) -> Result<Vec<String>, DeployError> {
         Ok(vec![format!("{pod}: {lines} lines")])
     }
@@ -387,4 +390,22 @@ async fn accepted_uploads_wait_in_memory_only_up_to_their_bound() {
     lifecycle.stage(second, V1, archive, report);
     assert!(lifecycle.staged.contains_key(&second));
     assert_eq!(lifecycle.staged_bytes.load(Ordering::Acquire), 600_000);
+}
+
+#[tokio::test]
+async fn image_logs_are_bounded_in_line_length_and_in_lines() {
+    let world = World::with(|config| config.builds.max_log_line_bytes = 64);
+    let id = world.create().await;
+    let logs = world.lifecycle.image(id, None).await.unwrap().logs;
+    let step = logs.iter().find(|l| l.contains("step output")).unwrap();
+    // A line is its time stamp, a space and at most 64 bytes of text.
+    let stamp = "2026-01-01T00:00:00.000Z ".len();
+    assert!(step.ends_with(" [truncated]"), "{step}");
+    for line in &logs {
+        assert!(line.len() <= stamp + 64 + " [truncated]".len(), "{line}");
+    }
+    let world = World::with(|config| config.builds.max_log_lines = 4);
+    let id = world.create().await;
+    let logs = world.lifecycle.image(id, None).await.unwrap().logs;
+    assert_eq!(logs.len(), 4, "the newest lines only: {logs:?}");
 }

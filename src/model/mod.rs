@@ -328,6 +328,20 @@ impl BaseImage {
 /// change of what the runner is.
 const FORBIDDEN_DOCKER_INSTRUCTIONS: [&str; 4] = ["FROM", "ONBUILD", "CMD", "ENTRYPOINT"];
 
+/// `text` without its line ending, cut at `max_bytes` (on a character boundary) and
+/// marked ` [truncated]` when cut: how every log line the service keeps is bounded.
+pub fn bounded_line(text: &str, max_bytes: usize) -> String {
+    let text = text.trim_end_matches(['\r', '\n']);
+    if text.len() <= max_bytes {
+        return text.to_owned();
+    }
+    let mut cut = max_bytes;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{} [truncated]", &text[..cut])
+}
+
 /// Why one of `additional_user_docker_commands` is refused, if it is.
 pub fn docker_command_problem(cmd: &str) -> Option<String> {
     if cmd.contains(['\n', '\r']) {
@@ -663,6 +677,14 @@ impl fmt::Debug for Credentials {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn log_lines_are_cut_on_a_character_boundary() {
+        assert_eq!(super::bounded_line("short\r\n", 10), "short");
+        assert_eq!(super::bounded_line("abcdef", 3), "abc [truncated]");
+        // 'é' is two bytes: a cut inside it moves back before it.
+        assert_eq!(super::bounded_line("aé", 2), "a [truncated]");
+    }
+
     use super::*;
 
     #[test]
