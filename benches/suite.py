@@ -334,8 +334,12 @@ http {
 def container_service(work):
     """The service with the Docker backend (engine, registry and base image made ready)."""
     sh(os.path.join(ROOT, "deploy", "local-docker.sh"))
+    # The nginx stand-in pod builds on the rootfs image, so the operator allows it.
     return Service(work, env={"LUNA_LAMBDA_CONTAINER_BACKEND": "docker",
-                              "LUNA_LAMBDA_CONTAINERS_REGISTRY": "127.0.0.1:5000"})
+                              "LUNA_LAMBDA_CONTAINERS_REGISTRY": "127.0.0.1:5000",
+                              "LUNA_LAMBDA_CONTAINERS_ALLOWED_BASE_IMAGES":
+                                  "luna-lambda/python:bookworm,"
+                                  "luna-lambda/debian-python-rootfs:bookworm"})
 
 
 def pod_port(lambda_id):

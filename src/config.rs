@@ -236,6 +236,10 @@ pub struct Containers {
     pub registry: String,
     /// Base image of Python lambdas that name none (`deploy/base-image/build.sh` makes it).
     pub base_image: String,
+    /// The images a lambda may build on (`parameters.base_image`, a Dockerfile's `FROM`):
+    /// `name:tag`, or `name:*` for any tag of `name`. Empty: `base_image` alone. Another
+    /// lambda's image is never one of them unless named here.
+    pub allowed_base_images: Vec<String>,
     /// Address containers listen on (they use the host network: the engine has no bridge).
     pub listen_host: String,
     /// Every Docker engine call but builds and pushes.
@@ -307,6 +311,7 @@ impl Default for Containers {
             docker_socket: String::new(),
             registry: String::new(),
             base_image: "luna-lambda/python:bookworm".to_owned(),
+            allowed_base_images: Vec::new(),
             listen_host: "127.0.0.1".to_owned(),
             docker_timeout_secs: 60,
             start_timeout_secs: 60,
@@ -467,6 +472,33 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// `--data-dir`.
     pub data_dir: Option<PathBuf>,
+}
+
+impl Containers {
+    /// Whether a lambda may build on `image` (`name:tag`; a name without a tag is
+    /// `name:latest`).
+    pub fn base_image_allowed(&self, image: &str) -> bool {
+        let image = if image
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+        {
+            image.to_owned()
+        } else {
+            format!("{image}:latest")
+        };
+        if self.allowed_base_images.is_empty() {
+            return image == self.base_image;
+        }
+        self.allowed_base_images
+            .iter()
+            .any(|allowed| match allowed.strip_suffix(":*") {
+                Some(name) => image
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(':') && !rest[1..].contains(['/', ':'])),
+                None => *allowed == image,
+            })
+    }
 }
 
 impl Config {
@@ -852,6 +884,14 @@ fn apply_env(tree: &mut toml::Value, var: &str, raw: &str) -> Result<(), ConfigE
         Some(toml::Value::Float(_)) => {
             toml::Value::Float(raw.trim().parse().map_err(|_| invalid("a number"))?)
         }
+        // A list is given comma-separated; empty is the empty list.
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_owned()))
+                .collect(),
+        ),
         _ => toml::Value::String(raw.to_owned()),
     };
     table.insert(key, parsed);

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::archive::{DOCKERFILE_ENTRY, PYTHON_ENTRY};
 use crate::config::Limits;
-use crate::model::Parameters;
+use crate::model::{AccountId, Parameters};
 
 /// Where the lambda's files live in a Python lambda's image (the runner's working dir).
 pub const LAMBDA_DIR: &str = "/srv/lambda";
@@ -22,7 +22,8 @@ pub struct BuildContext {
     pub tar: Vec<u8>,
     /// The Dockerfile used.
     pub dockerfile: String,
-    /// sha256 over the Dockerfile and the archive digest: equal keys build equal images.
+    /// sha256 over the Dockerfile, the archive digest and the account: equal keys build
+    /// equal images for one account (another account never shares an image).
     pub build_key: String,
     /// The base image of a Python lambda (`None` for an archive's own Dockerfile).
     pub base_image: Option<String>,
@@ -61,6 +62,7 @@ pub fn python_dockerfile(base: &str, has_requirements: bool, extra: &[String]) -
 pub fn build_context(
     archive: &[u8],
     archive_digest: &str,
+    account: AccountId,
     parameters: &Parameters,
     default_base: &str,
     limits: &Limits,
@@ -133,6 +135,8 @@ pub fn build_context(
     key.update(dockerfile.as_bytes());
     key.update([0]);
     key.update(archive_digest.as_bytes());
+    key.update([0]);
+    key.update(account.to_string().as_bytes());
     Ok(BuildContext {
         tar,
         dockerfile,
@@ -161,6 +165,8 @@ fn append(
 mod tests {
     use super::*;
     use std::io::Write;
+
+    const ACCOUNT: AccountId = AccountId::from_bytes([7; 16]);
 
     fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
         let mut out = zip::ZipWriter::new(Cursor::new(Vec::new()));
@@ -197,7 +203,8 @@ mod tests {
             additional_user_docker_commands: Some(vec!["ENV A=1".into()]),
             ..Default::default()
         };
-        let ctx = build_context(&zip, "d1", &params, "base:1", &Limits::default()).unwrap();
+        let ctx =
+            build_context(&zip, "d1", ACCOUNT, &params, "base:1", &Limits::default()).unwrap();
         assert_eq!(ctx.base_image.as_deref(), Some("base:1"));
         assert!(ctx.dockerfile.contains("FROM base:1\n"));
         assert!(
@@ -217,12 +224,27 @@ mod tests {
             ]
         );
         // Deterministic, and keyed by everything that changes the image.
-        let again = build_context(&zip, "d1", &params, "base:1", &Limits::default()).unwrap();
+        let again =
+            build_context(&zip, "d1", ACCOUNT, &params, "base:1", &Limits::default()).unwrap();
         assert_eq!((&again.tar, &again.build_key), (&ctx.tar, &ctx.build_key));
-        let other_base = build_context(&zip, "d1", &params, "base:2", &Limits::default()).unwrap();
+        let other_base =
+            build_context(&zip, "d1", ACCOUNT, &params, "base:2", &Limits::default()).unwrap();
         assert_ne!(other_base.build_key, ctx.build_key);
+        let other_account = build_context(
+            &zip,
+            "d1",
+            AccountId::generate(),
+            &params,
+            "base:1",
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_ne!(
+            other_account.build_key, ctx.build_key,
+            "never shared across accounts"
+        );
         let other_archive =
-            build_context(&zip, "d2", &params, "base:1", &Limits::default()).unwrap();
+            build_context(&zip, "d2", ACCOUNT, &params, "base:1", &Limits::default()).unwrap();
         assert_ne!(other_archive.build_key, ctx.build_key);
     }
 
@@ -236,7 +258,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        let ctx = build_context(&zip, "d", &params, "default:1", &Limits::default()).unwrap();
+        let ctx =
+            build_context(&zip, "d", ACCOUNT, &params, "default:1", &Limits::default()).unwrap();
         assert!(ctx.dockerfile.contains("FROM registry:5000/py:3\n"));
         assert!(!ctx.dockerfile.contains("pip"));
     }
@@ -248,7 +271,8 @@ mod tests {
             additional_user_docker_commands: Some(vec!["LABEL a=b".into()]),
             ..Default::default()
         };
-        let ctx = build_context(&zip, "d", &params, "default:1", &Limits::default()).unwrap();
+        let ctx =
+            build_context(&zip, "d", ACCOUNT, &params, "default:1", &Limits::default()).unwrap();
         assert_eq!(ctx.base_image, None);
         assert_eq!(
             ctx.dockerfile,
@@ -265,7 +289,8 @@ mod tests {
             max_uncompressed_bytes: 100,
             ..Limits::default()
         };
-        let err = build_context(&zip, "d", &Parameters::default(), "b", &limits).unwrap_err();
+        let err =
+            build_context(&zip, "d", ACCOUNT, &Parameters::default(), "b", &limits).unwrap_err();
         assert!(err.contains("expands beyond 100"), "{err}");
     }
 }

@@ -72,6 +72,7 @@ pub fn check_upload(
                         .to_owned(),
                 );
             }
+            let containers = &config.containers;
             if report
                 .python
                 .iter()
@@ -81,14 +82,15 @@ pub fn check_upload(
                     &report.python,
                     parameters.lambda_type.unwrap_or_default(),
                 ));
-            } else if let Some(dockerfile) = &report.dockerfile
-                && !dockerfile.lines().any(|l| {
-                    l.split_whitespace()
-                        .next()
-                        .is_some_and(|i| i.eq_ignore_ascii_case("FROM"))
-                })
-            {
-                problems.push("'Dockerfile' has no FROM instruction".to_owned());
+                let base = container::base_image(parameters, &containers.base_image);
+                if !containers.base_image_allowed(&base) {
+                    problems.push(format!(
+                        "base_image '{base}' is not one of the images this service builds on ({})",
+                        allowed_list(containers)
+                    ));
+                }
+            } else if let Some(dockerfile) = &report.dockerfile {
+                problems.extend(dockerfile_problems(dockerfile, containers));
             }
         }
         None => {}
@@ -98,6 +100,54 @@ pub fn check_upload(
         problems,
         no_container_backend,
     }
+}
+
+fn allowed_list(containers: &crate::config::Containers) -> String {
+    if containers.allowed_base_images.is_empty() {
+        containers.base_image.clone()
+    } else {
+        containers.allowed_base_images.join(", ")
+    }
+}
+
+/// What is wrong with an archive's own Dockerfile: no `FROM`, or a `FROM` of an image
+/// outside the operator's allow-list (another lambda's image included). A stage built
+/// earlier in the same file may be named; `scratch` is no image at all.
+fn dockerfile_problems(dockerfile: &str, containers: &crate::config::Containers) -> Vec<String> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut problems = Vec::new();
+    let mut any_from = false;
+    for line in dockerfile.lines() {
+        let mut words = line.split_whitespace();
+        if !words.next().is_some_and(|i| i.eq_ignore_ascii_case("FROM")) {
+            continue;
+        }
+        any_from = true;
+        let mut words = words.skip_while(|w| w.starts_with("--"));
+        let Some(image) = words.next() else {
+            problems.push("'Dockerfile' has a FROM without an image".to_owned());
+            continue;
+        };
+        let image_lower = image.to_ascii_lowercase();
+        let known = image_lower == "scratch"
+            || stages.contains(&image_lower)
+            || (!image.contains('$') && containers.base_image_allowed(image));
+        if !known {
+            problems.push(format!(
+                "'Dockerfile': FROM {image} is not one of the images this service builds on ({})",
+                allowed_list(containers)
+            ));
+        }
+        if words.next().is_some_and(|w| w.eq_ignore_ascii_case("AS"))
+            && let Some(stage) = words.next()
+        {
+            stages.push(stage.to_ascii_lowercase());
+        }
+    }
+    if !any_from {
+        problems.push("'Dockerfile' has no FROM instruction".to_owned());
+    }
+    problems
 }
 
 /// sha256 as lowercase hex.
@@ -188,6 +238,40 @@ impl ArchiveStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builds_start_only_from_allowed_images() {
+        let mut containers = crate::config::Containers::default();
+        let problems = |text: &str, c: &crate::config::Containers| dockerfile_problems(text, c);
+        assert!(problems("FROM luna-lambda/python:bookworm\nRUN x\n", &containers).is_empty());
+        assert!(problems("FROM scratch\n", &containers).is_empty());
+        // Another lambda's image, by the registry's name for it.
+        let other = "FROM 127.0.0.1:5000/luna-lambda-0d5f0e3a-58a4-4b3c-9f0e-6c4b3d1d2a11:1\n";
+        assert_eq!(problems(other, &containers).len(), 1);
+        assert_eq!(
+            problems("FROM $BASE\n", &containers).len(),
+            1,
+            "unresolvable"
+        );
+        let staged = "FROM luna-lambda/python:bookworm AS deps\nFROM deps\n";
+        assert!(problems(staged, &containers).is_empty(), "an earlier stage");
+        assert_eq!(problems("RUN x\n", &containers).len(), 1, "no FROM");
+        assert_eq!(
+            problems("FROM --platform=linux/amd64 python:3.12\n", &containers).len(),
+            1
+        );
+        containers.allowed_base_images = vec!["python:*".into(), "debian:bookworm".into()];
+        assert!(problems("FROM --platform=linux/amd64 python:3.12\n", &containers).is_empty());
+        assert!(problems("FROM debian:bookworm\n", &containers).is_empty());
+        assert_eq!(problems("FROM debian:trixie\n", &containers).len(), 1);
+        assert_eq!(
+            problems("FROM python\n", &containers).len(),
+            0,
+            "python:latest"
+        );
+        assert_eq!(problems("FROM python:3/../x\n", &containers).len(), 1);
+        assert!(!containers.base_image_allowed("luna-lambda/python:bookworm"));
+    }
 
     #[test]
     fn archives_are_content_addressed() {

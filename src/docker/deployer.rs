@@ -12,7 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{DockerEngine, Pod, PodSpec};
 use crate::builder::container::BuildContext;
-use crate::lifecycle::{DeployError, Deployer, ImageBuilder, PodRequest, PodState, Progress};
+use crate::lifecycle::{
+    BuiltImage, DeployError, Deployer, ImageBuilder, PodRequest, PodState, Progress,
+};
 use crate::model::{LambdaId, Version};
 
 /// Pause between two health probes of a starting pod.
@@ -35,23 +37,27 @@ impl ImageBuilder for DockerEngine {
         lambda_id: LambdaId,
         version: Version,
         context: BuildContext,
+        reuse: Option<&str>,
         progress: Progress<'_>,
-    ) -> Result<String, DeployError> {
+    ) -> Result<BuiltImage, DeployError> {
         let repository = self.repository(lambda_id);
         let tag = version.to_string();
         let reference = DockerEngine::image(self, lambda_id, version);
         let started = Instant::now();
-        match self
-            .image_with_key(&context.build_key)
-            .await
-            .map_err(DeployError::backend)?
-        {
+        let reusable = match reuse {
+            Some(image) => self
+                .built_by_us(image, &context.build_key)
+                .await
+                .map_err(DeployError::backend)?,
+            None => false,
+        };
+        match reuse.filter(|_| reusable) {
             Some(image) => {
-                self.tag(&image, &repository, &tag)
+                self.tag(image, &repository, &tag)
                     .await
                     .map_err(DeployError::backend)?;
                 progress(&format!(
-                    "image cache hit: {image} was built from the same archive and Dockerfile; tagged {reference}, no build"
+                    "image cache hit: this service built {image} from the same archive and Dockerfile for this account; tagged {reference}, no build"
                 ));
             }
             None => {
@@ -82,7 +88,14 @@ impl ImageBuilder for DockerEngine {
                 pushed.elapsed().as_millis()
             ));
         }
-        Ok(reference)
+        let image_id = self
+            .image_id(&reference)
+            .await
+            .map_err(DeployError::backend)?;
+        Ok(BuiltImage {
+            reference,
+            image_id,
+        })
     }
 
     async fn remove_images(&self, lambda_id: LambdaId) -> Result<usize, DeployError> {

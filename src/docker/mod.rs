@@ -184,12 +184,34 @@ impl DockerEngine {
         !self.settings.registry.is_empty()
     }
 
-    /// The id of an image built with this build key, if the engine still has one.
-    pub async fn image_with_key(&self, build_key: &str) -> Result<Option<String>> {
-        let images = self
-            .images_where("label", format!("{LABEL_BUILD_KEY}={build_key}"))
-            .await?;
-        Ok(images.into_iter().next().map(|i| i.id))
+    /// Whether the engine still has the image `image_id` (one this service recorded as
+    /// built) and it still carries `build_key`. An id is a digest of the image's content,
+    /// so no other image can take its place.
+    pub async fn built_by_us(&self, image_id: &str, build_key: &str) -> Result<bool> {
+        match self.docker.inspect_image(image_id).await {
+            Ok(image) => Ok(image
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|labels| labels.get(LABEL_BUILD_KEY).cloned())
+                .is_some_and(|key| key == build_key)),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(api("image inspect")(e)),
+        }
+    }
+
+    /// The engine's id of the image `reference` names.
+    pub async fn image_id(&self, reference: &str) -> Result<String> {
+        let image = self
+            .docker
+            .inspect_image(reference)
+            .await
+            .map_err(api("image inspect"))?;
+        image.id.ok_or_else(|| DockerError::Api {
+            call: "image inspect",
+            message: format!("the engine gave no id for {reference}"),
+        })
     }
 
     /// Builds `context` (a tar with the Dockerfile at its root) as `reference`, calling
@@ -235,6 +257,9 @@ impl DockerEngine {
                 partial.push_str(&text);
                 while let Some(end) = partial.find('\n') {
                     let line: String = partial.drain(..=end).collect();
+                    // The classic builder echoes the labels as a last LABEL step; the key
+                    // names the image cache entry and is not shown.
+                    let line = line.replace(build_key, "<build key>");
                     let line = line.trim_end();
                     if line.starts_with("Step ") {
                         step = line.to_owned();
@@ -246,7 +271,7 @@ impl DockerEngine {
             }
         }
         if !partial.trim().is_empty() {
-            progress(partial.trim_end());
+            progress(partial.replace(build_key, "<build key>").trim_end());
         }
         Ok(())
     }

@@ -51,6 +51,9 @@ pub enum BuildFailure {
     /// The compiled artifact could not be recorded.
     #[error("cannot record the compiled artifact: {0}")]
     Artifact(StoreError),
+    /// The record of the images this service built cannot be read or written.
+    #[error("cannot read or record the built image: {0}")]
+    ImageRecord(StoreError),
     /// The version's credentials cannot be unsealed.
     #[error("cannot unseal the lambda's credentials: {0}")]
     Credentials(SecretsError),

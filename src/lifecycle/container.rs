@@ -38,6 +38,7 @@ impl BuildJob<'_> {
             builder::container::build_context(
                 &archive,
                 &digest,
+                account,
                 &parameters,
                 &default_base,
                 &limits,
@@ -45,22 +46,38 @@ impl BuildJob<'_> {
         })
         .await?
         .map_err(BuildFailure::BuildContext)?;
+        // The build key is not shown: it names the image cache entry.
         self.log(&format!(
-            "build context ready: {} bytes, {}; build key {}",
+            "build context ready: {} bytes, {}",
             context.tar.len(),
             context.base_image.as_ref().map_or_else(
                 || "the archive's own Dockerfile".to_owned(),
                 |b| format!("generated Dockerfile on base image {b}")
             ),
-            context.build_key
         ));
         for line in context.dockerfile.lines().filter(|l| !l.trim().is_empty()) {
             self.log(&format!("Dockerfile: {line}"));
         }
-        let image = backends
+        let build_key = context.build_key.clone();
+        let reuse = lifecycle
+            .store
+            .built_image(&build_key)
+            .await
+            .map_err(BuildFailure::ImageRecord)?;
+        let built = backends
             .images
-            .build(id, version, context, &mut |line| self.log(line))
+            .build(id, version, context, reuse.as_deref(), &mut |line| {
+                self.log(line)
+            })
             .await?;
+        if reuse.as_deref() != Some(built.image_id.as_str()) {
+            lifecycle
+                .store
+                .record_built_image(&build_key, &built.image_id)
+                .await
+                .map_err(BuildFailure::ImageRecord)?;
+        }
+        let image = built.reference;
         let request = lifecycle.pod_request(id, account, &spec, image)?;
         let previous = match lifecycle.serving_container_spec(id).await {
             Some(serving) if serving.version != version => {

@@ -93,18 +93,29 @@ pub trait ImageBuilder: Send + Sync + fmt::Debug {
     /// The image reference of one version of a lambda.
     fn image(&self, lambda_id: LambdaId, version: Version) -> String;
 
-    /// Builds `context` as the image of `version` (or tags the image an equal build
-    /// key already made), pushes it where pods pull from, and returns its reference.
+    /// Builds `context` as the image of `version`, or tags `reuse` (the image this
+    /// service recorded for an equal build key) when it is still there and still carries
+    /// that key; pushes it where pods pull from.
     async fn build(
         &self,
         lambda_id: LambdaId,
         version: Version,
         context: BuildContext,
+        reuse: Option<&str>,
         progress: Progress<'_>,
-    ) -> Result<String, DeployError>;
+    ) -> Result<BuiltImage, DeployError>;
 
     /// Removes every image of a lambda; returns how many tags went.
     async fn remove_images(&self, lambda_id: LambdaId) -> Result<usize, DeployError>;
+}
+
+/// An image a build made (or reused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltImage {
+    /// Where pods pull it from.
+    pub reference: String,
+    /// The engine's id of it (a content digest), recorded for later reuse.
+    pub image_id: String,
 }
 
 /// Runs container lambdas' pods.

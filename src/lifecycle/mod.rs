@@ -35,7 +35,7 @@ use crate::secrets::{Sealer, SecretsError};
 use crate::store::{KvStore, LambdaRecord, LambdaStore, ListQuery, StoreError};
 
 pub use build::BuildFailure;
-pub use deploy::{DeployError, Deployer, ImageBuilder, PodRequest, PodState, Progress};
+pub use deploy::{BuiltImage, DeployError, Deployer, ImageBuilder, PodRequest, PodState, Progress};
 
 /// A lifecycle operation failed; `edge::error` maps each to a LUNA code.
 #[derive(Debug, thiserror::Error)]

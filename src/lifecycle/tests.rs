@@ -70,13 +70,17 @@ impl ImageBuilder for FakeBackend {
         lambda_id: LambdaId,
         version: Version,
         _context: BuildContext,
+        _reuse: Option<&str>,
         progress: Progress<'_>,
-    ) -> Result<String, DeployError> {
+    ) -> Result<BuiltImage, DeployError> {
         self.record(Call::Build(version));
         // What a build step may print: one line of any length.
         progress(&format!("step output: {}", "x".repeat(100_000)));
         progress("fake image built");
-        Ok(self.image(lambda_id, version))
+        Ok(BuiltImage {
+            reference: self.image(lambda_id, version),
+            image_id: format!("sha256:{version}"),
+        })
     }
 
     async fn remove_images(&self, _lambda_id: LambdaId) -> Result<usize, DeployError> {

@@ -41,7 +41,7 @@ macro_rules! uuid_newtype {
                 self.0.as_bytes()
             }
             /// Rebuilds an id from store-key bytes.
-            pub fn from_bytes(bytes: [u8; 16]) -> Self {
+            pub const fn from_bytes(bytes: [u8; 16]) -> Self {
                 Self(Uuid::from_bytes(bytes))
             }
         }

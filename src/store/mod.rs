@@ -437,7 +437,17 @@ pub trait LambdaStore: Send + Sync + std::fmt::Debug {
 
     /// How many lambdas' current specs and build jobs reference the digest.
     async fn references(&self, kind: RefKind, digest: &str) -> Result<u64, StoreError>;
+
+    /// Records that this service built the container image `image_id` for `build_key`.
+    async fn record_built_image(&self, build_key: &str, image_id: &str) -> Result<(), StoreError>;
+
+    /// The image this service built for `build_key`, if it recorded one: the only image
+    /// a build may reuse (a label in the engine proves nothing).
+    async fn built_image(&self, build_key: &str) -> Result<Option<String>, StoreError>;
 }
+
+/// Where the images this service built are recorded, in `meta`.
+const BUILT_IMAGE_PREFIX: &str = "built-image/";
 
 /// Which lambdas a list shows; every field given must match.
 #[derive(Debug, Clone, Default)]
@@ -690,6 +700,20 @@ impl LambdaStore for Store {
             .refs
             .get(ref_key(kind, digest))?
             .map_or(0, |v| read_count(&v)))
+    }
+
+    async fn record_built_image(&self, build_key: &str, image_id: &str) -> Result<(), StoreError> {
+        let key = format!("{BUILT_IMAGE_PREFIX}{build_key}");
+        self.meta.insert(key.as_bytes(), image_id.as_bytes())?;
+        Ok(())
+    }
+
+    async fn built_image(&self, build_key: &str) -> Result<Option<String>, StoreError> {
+        let key = format!("{BUILT_IMAGE_PREFIX}{build_key}");
+        Ok(self
+            .meta
+            .get(key.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
     async fn tail_logs(&self, id: LambdaId, tail: Option<u64>) -> Result<Vec<String>, StoreError> {
         let take = tail.map_or(usize::MAX, |t| usize::try_from(t).unwrap_or(usize::MAX));

@@ -282,6 +282,11 @@ const WORD_COUNT_TASKS: &[u8] = b"from luna_lambda_tools import BaseLambdaTask\n
 
 /// A Dockerfile lambda: a plain Python HTTP server on the port the service gives it.
 fn custom_dockerfile_zip() -> Vec<u8> {
+    custom_dockerfile_zip_with("")
+}
+
+/// The Dockerfile lambda with `salt` in its sources (a content of its own).
+fn custom_dockerfile_zip_with(salt: &str) -> Vec<u8> {
     let server_py = br#"
 import json, os
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -300,6 +305,7 @@ HTTPServer((os.environ["LUNA_LAMBDA_LISTEN_HOST"], int(os.environ["PORT"])), H).
     zip_of(&[
         ("Dockerfile", b"FROM luna-lambda/python:bookworm\nCOPY server.py /app/server.py\nCMD [\"python3\", \"/app/server.py\"]\n"),
         ("server.py", server_py),
+        ("salt.txt", salt.as_bytes()),
     ])
 }
 
@@ -713,4 +719,123 @@ async fn an_engine_lost_mid_build_fails_the_build_not_the_serving_version(
         }
     })
     .await;
+}
+
+/// The attacker knows the build key of a tenant's image (its label) and plants an image
+/// carrying it: the service reuses only images it recorded as built itself for that
+/// account and content, so the planted one never runs; and an identical upload of
+/// another account is built apart.
+#[tokio::test]
+async fn a_planted_image_with_anothers_build_key_is_never_reused() {
+    let server = docker_server();
+    let archive = custom_dockerfile_zip_with(&uuid::Uuid::new_v4().to_string());
+    let first = server
+        .create(ACCOUNT, "genuine", archive.clone(), None)
+        .await;
+    let _cleanup = Cleanup(vec![first.clone()]);
+    server.wait_status(&first, "running").await;
+    let genuine = format!("{}/luna-lambda-{first}:1", registry());
+    let key = docker(&[
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"luna-lambda.build-key\"}}",
+        &genuine,
+    ]);
+    assert_eq!(key.len(), 64, "{key}");
+    assert!(
+        !server.image_logs(&first).await.contains(&key),
+        "the key is not shown in the image logs"
+    );
+
+    // The tenant's lambda goes, and with it its image; the attacker plants one labelled
+    // with the key an identical upload would have.
+    assert_eq!(server.delete_lambda(&first).await.status(), 204);
+    let planted = plant_image(&key);
+    let again = server.create(ACCOUNT, "again", archive.clone(), None).await;
+    let elsewhere = server
+        .create(OTHER_ACCOUNT, "elsewhere", archive, None)
+        .await;
+    let _cleanup_again = Cleanup(vec![again.clone(), elsewhere.clone()]);
+    for (id, account) in [(&again, ACCOUNT), (&elsewhere, OTHER_ACCOUNT)] {
+        server.wait_status(id, "running").await;
+        let logs = server.image_logs(id).await;
+        assert!(logs.contains("cache miss"), "{logs}");
+        let image = format!("{}/luna-lambda-{id}:1", registry());
+        let built = docker(&["inspect", "--format", "{{.Id}}", &image]);
+        assert_ne!(built, planted, "the planted image runs for {id}");
+        let path = format!("/1/lambdas/{id}/proxy/x");
+        let (_, body) = server
+            .call(Method::GET, &path)
+            .account(account)
+            .send_json()
+            .await;
+        assert_eq!(body["custom"], true, "{body}");
+    }
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &planted])
+        .output();
+    for id in [&again, &elsewhere] {
+        assert_eq!(server.delete_lambda(id).await.status(), 204);
+    }
+}
+
+/// Builds an image that carries `build_key` as its label, as an attacker with access to
+/// the engine would; returns its id.
+fn plant_image(build_key: &str) -> String {
+    use std::io::Write as _;
+    let tag = format!("luna-test-planted:{}", &build_key[..12]);
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", &tag, "--label"])
+        .arg(format!("luna-lambda.build-key={build_key}"))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker build runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"FROM luna-lambda/python:bookworm\nCMD [\"python3\", \"-c\", \"print('planted')\"]\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "planting the image failed");
+    docker(&["inspect", "--format", "{{.Id}}", &tag])
+}
+
+/// A tenant cannot build on another lambda's image, by `FROM` or by `base_image`.
+#[tokio::test]
+async fn another_lambdas_image_is_no_base() {
+    let server = docker_server();
+    let victim = "0d5f0e3a-58a4-4b3c-9f0e-6c4b3d1d2a11";
+    let image = format!("{}/luna-lambda-{victim}:1", registry());
+    let dockerfile = format!("FROM {image}\nCMD [\"cat\", \"/srv/lambda/lambda_main.py\"]\n");
+    let r = server
+        .create_raw(
+            OTHER_ACCOUNT,
+            Upload::new(zip_of(&[("Dockerfile", dockerfile.as_bytes())])).named("reader"),
+        )
+        .await;
+    let body = assert_error(r, 400, 42005).await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("FROM {image}")),
+        "{body}"
+    );
+    let (name, tag) = image.rsplit_once(':').unwrap();
+    let python = zip_of(&[("lambda_main.py", b"def main(request):\n    return {}\n")]);
+    let upload = Upload::new(python)
+        .parameters(json!({"lambda_name": "reader", "base_image": {"name": name, "tag": tag}}));
+    let body = assert_error(server.create_raw(OTHER_ACCOUNT, upload).await, 400, 42005).await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is not one of the images"),
+        "{body}"
+    );
 }
