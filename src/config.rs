@@ -138,6 +138,9 @@ pub struct Sandbox {
     pub max_request_timeout_ms: u64,
     /// Largest `max_concurrent_requests` a lambda may ask for.
     pub max_concurrent_requests_limit: u32,
+    /// Requests one account's WASM lambdas run at once, all together: one tenant cannot
+    /// take every instance slot of the pool.
+    pub max_concurrent_per_account: u32,
     /// Largest response body a guest may stream; past it the response is cut off.
     pub max_response_body_bytes: u64,
     /// Host resources (streams, requests, buckets, ...) one instance may hold at once.
@@ -375,6 +378,7 @@ impl Default for Sandbox {
             max_memory_limit_mb: 1024,
             max_request_timeout_ms: 600_000,
             max_concurrent_requests_limit: 10_000,
+            max_concurrent_per_account: 500,
             max_response_body_bytes: 64 * MIB,
             max_resources: 10_000,
             max_outbound_requests: 64,
@@ -609,6 +613,9 @@ impl Config {
                 "sandbox.max_concurrent_requests must be in 1..{}, got {}",
                 s.max_concurrent_requests_limit, s.max_concurrent_requests
             ));
+        }
+        if s.max_concurrent_per_account == 0 {
+            return bad("sandbox.max_concurrent_per_account must be positive".into());
         }
         if s.max_resources == 0
             || s.outbound_connect_timeout_ms == 0

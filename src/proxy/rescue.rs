@@ -30,6 +30,9 @@ pub fn rescue(error: &InvokeError, lambda: LambdaId) -> ApiError {
         InvokeError::Overloaded => ApiError::overloaded(format!(
             "Lambda with id '{lambda}' is handling its maximum number of concurrent requests"
         )),
+        InvokeError::AccountOverloaded => ApiError::overloaded(format!(
+            "Lambda with id '{lambda}' cannot run now: its account is running its maximum number of concurrent requests"
+        )),
         InvokeError::PoolExhausted => ApiError::overloaded(format!(
             "Lambda with id '{lambda}' cannot run now: every instance slot of the service is in use"
         )),

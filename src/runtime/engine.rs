@@ -3,11 +3,13 @@
 //! on-disk content-addressed compilation cache. Also the linker with the whole WASI
 //! 0.2 surface. Depends on `config` and `runtime::host`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{
@@ -18,6 +20,7 @@ use wasmtime::{
 use super::RuntimeError;
 use super::host::HostState;
 use crate::config::Config as ServiceConfig;
+use crate::model::AccountId;
 
 /// Core instances a component may hold: wasi adapters and language runtimes add a few.
 const CORE_INSTANCES_PER_COMPONENT: u32 = 20;
@@ -39,6 +42,9 @@ pub struct WasmEngine {
     compile_lock: Mutex<()>,
     epoch_tick: Duration,
     ticker_stop: Arc<AtomicBool>,
+    /// Each account's share of concurrent requests, over all its lambdas.
+    account_shares: std::sync::Mutex<HashMap<AccountId, Arc<Semaphore>>>,
+    per_account: usize,
 }
 
 impl std::fmt::Debug for WasmEngine {
@@ -145,7 +151,23 @@ impl WasmEngine {
             compile_lock: Mutex::new(()),
             epoch_tick,
             ticker_stop,
+            account_shares: std::sync::Mutex::default(),
+            per_account: usize::try_from(settings.sandbox.max_concurrent_per_account)
+                .unwrap_or(usize::MAX),
         }))
+    }
+
+    /// The semaphore of `account`'s concurrent requests, shared by all its lambdas
+    /// (`sandbox.max_concurrent_per_account` permits).
+    pub fn account_share(&self, account: AccountId) -> Arc<Semaphore> {
+        let mut shares = self
+            .account_shares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        shares
+            .entry(account)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_account)))
+            .clone()
     }
 
     /// The engine.

@@ -47,6 +47,9 @@ pub enum InvokeError {
     /// Every concurrency permit of the lambda is taken.
     #[error("the lambda is handling its maximum number of concurrent requests")]
     Overloaded,
+    /// Every permit of the lambda's account is taken (`sandbox.max_concurrent_per_account`).
+    #[error("the lambda's account is running its maximum number of concurrent requests")]
+    AccountOverloaded,
     /// Every instance slot of the engine's pool is in use (`engine.pool_instances`).
     #[error("every instance slot of the service is in use")]
     PoolExhausted,

@@ -76,7 +76,15 @@ pub struct LoadedLambda {
     entry: Entry,
     engine: Arc<WasmEngine>,
     permits: Arc<Semaphore>,
+    /// The account's share, held beside the lambda's own permit.
+    account_permits: Arc<Semaphore>,
     env: Arc<GuestEnv>,
+}
+
+/// What a running request holds: a permit of its lambda and one of its account.
+pub(crate) struct Admission {
+    _lambda: OwnedSemaphorePermit,
+    _account: OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for LoadedLambda {
@@ -139,6 +147,7 @@ impl LoadedLambda {
             entry,
             engine: engine.clone(),
             permits: Arc::new(Semaphore::new(max_concurrent)),
+            account_permits: engine.account_share(env.account_id),
             env: Arc::new(env),
         })
     }
@@ -167,11 +176,20 @@ impl LoadedLambda {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display,
     {
-        let permit = self
+        let lambda = self
             .permits
             .clone()
             .try_acquire_owned()
             .map_err(|_| InvokeError::Overloaded)?;
+        let account = self
+            .account_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| InvokeError::AccountOverloaded)?;
+        let permit = Admission {
+            _lambda: lambda,
+            _account: account,
+        };
         let outcome = match &self.entry {
             Entry::Http(pre) => self.invoke_http(pre, request, request_id, permit).await,
             Entry::Tasks {
@@ -186,7 +204,7 @@ impl LoadedLambda {
         };
         match &outcome {
             // Shed load is counted in metrics; logging each refusal would flood the log.
-            Ok(_) | Err(InvokeError::Overloaded) => {}
+            Ok(_) | Err(InvokeError::Overloaded | InvokeError::AccountOverloaded) => {}
             Err(e) => self.log_failure(request_id, "request failed", e),
         }
         outcome
@@ -220,7 +238,7 @@ impl LoadedLambda {
         pre: &ProxyPre<HostState>,
         request: http::Request<B>,
         request_id: &str,
-        permit: OwnedSemaphorePermit,
+        permit: Admission,
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -332,7 +350,7 @@ impl LoadedLambda {
         exports: TaskExports<'_>,
         request: http::Request<B>,
         request_id: &str,
-        permit: OwnedSemaphorePermit,
+        permit: Admission,
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -427,7 +445,7 @@ impl LoadedLambda {
         outparam: wasmtime::component::Resource<
             wasmtime_wasi_http::p2::types::HostResponseOutparam,
         >,
-        permit: OwnedSemaphorePermit,
+        permit: Admission,
     ) -> Result<(), InvokeError> {
         let started = Instant::now();
         let proxy = pre

@@ -586,3 +586,49 @@ async fn clients_that_disconnect_midway_cost_nothing() {
         served_again().await;
     }
 }
+
+/// One tenant holding its whole share of concurrent requests (here 1) with a slow call
+/// is refused a second call on another of its lambdas; another account's lambda still
+/// answers.
+#[tokio::test]
+async fn an_account_runs_at_most_its_share_of_concurrent_requests() {
+    let s = std::sync::Arc::new(Server::start(&[(
+        "LUNA_LAMBDA_SANDBOX_MAX_CONCURRENT_PER_ACCOUNT",
+        "1",
+    )]));
+    let slow = json!({"sandbox": {"request_timeout_ms": 3000}});
+    let busy = s.running_fixture(ACCOUNT, "busy", Some(slow)).await;
+    let second = s.running_fixture(ACCOUNT, "second", None).await;
+    let neighbour = s.running_fixture(OTHER_ACCOUNT, "neighbour", None).await;
+    let (s2, busy2) = (s.clone(), busy.clone());
+    let sleeper = tokio::spawn(async move {
+        loop {
+            let r = s2.proxy(Method::GET, &busy2, "/sleep").await;
+            if r.status() != 503 {
+                return r.status();
+            }
+        }
+    });
+    let shed = eventually("the account's share sheds a request", || async {
+        let r = s.proxy(Method::GET, &second, "/hello").await;
+        if r.status() == 503 {
+            Ok(r)
+        } else {
+            Err(r.status())
+        }
+    })
+    .await;
+    let body = assert_error(shed, 503, 42010).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("its account"),
+        "{body}"
+    );
+    let r = s
+        .call(Method::GET, &format!("/1/lambdas/{neighbour}/proxy/hello"))
+        .account(OTHER_ACCOUNT)
+        .send()
+        .await;
+    assert_eq!(r.status(), 200, "another account is not held up");
+    assert_eq!(sleeper.await.unwrap(), 504);
+    assert_eq!(s.proxy(Method::GET, &second, "/hello").await.status(), 200);
+}
