@@ -182,6 +182,10 @@ pub struct EngineSettings {
     pub memory_init_cow: bool,
     /// Native stack a guest may use; deeper recursion traps.
     pub max_wasm_stack_bytes: usize,
+    /// Memory (MiB) the running instances may reserve together: each request reserves
+    /// its lambda's `memory_limit_mb` while it runs, and one that does not fit is shed
+    /// (503). 0: half of the machine's memory.
+    pub max_instance_memory_mb: u64,
 }
 
 /// Quotas of each lambda's key-value namespace (`wasi:keyvalue`).
@@ -405,6 +409,7 @@ impl Default for EngineSettings {
             pagemap_scan: true,
             memory_init_cow: true,
             max_wasm_stack_bytes: 512 * 1024,
+            max_instance_memory_mb: 0,
         }
     }
 }

@@ -33,6 +33,9 @@ pub fn rescue(error: &InvokeError, lambda: LambdaId) -> ApiError {
         InvokeError::AccountOverloaded => ApiError::overloaded(format!(
             "Lambda with id '{lambda}' cannot run now: its account is running its maximum number of concurrent requests"
         )),
+        InvokeError::MemoryFull => ApiError::overloaded(format!(
+            "Lambda with id '{lambda}' cannot run now: the memory the service gives running instances is fully reserved"
+        )),
         InvokeError::PoolExhausted => ApiError::overloaded(format!(
             "Lambda with id '{lambda}' cannot run now: every instance slot of the service is in use"
         )),

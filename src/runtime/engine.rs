@@ -45,6 +45,8 @@ pub struct WasmEngine {
     /// Each account's share of concurrent requests, over all its lambdas.
     account_shares: std::sync::Mutex<HashMap<AccountId, Arc<Semaphore>>>,
     per_account: usize,
+    /// MiB the running instances may reserve together (one permit a MiB).
+    instance_memory: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for WasmEngine {
@@ -154,7 +156,15 @@ impl WasmEngine {
             account_shares: std::sync::Mutex::default(),
             per_account: usize::try_from(settings.sandbox.max_concurrent_per_account)
                 .unwrap_or(usize::MAX),
+            instance_memory: Arc::new(Semaphore::new(instance_memory_mb(
+                settings.engine.max_instance_memory_mb,
+            ))),
         }))
+    }
+
+    /// The MiB the running instances reserve from (`engine.max_instance_memory_mb`).
+    pub fn instance_memory(&self) -> Arc<Semaphore> {
+        self.instance_memory.clone()
     }
 
     /// The semaphore of `account`'s concurrent requests, shared by all its lambdas
@@ -318,4 +328,24 @@ fn spawn_epoch_ticker(
         })
         .map(|_| ())
         .map_err(|e| RuntimeError::Engine(format!("epoch ticker: {e}")))
+}
+
+/// `configured` MiB, or half of the machine's memory when 0 (read from /proc/meminfo;
+/// 4 GiB when it cannot be read), within what a semaphore holds.
+fn instance_memory_mb(configured: u64) -> usize {
+    let mb = if configured > 0 {
+        configured
+    } else {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(4096, |kib| kib / 1024 / 2)
+    };
+    usize::try_from(mb)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS)
 }

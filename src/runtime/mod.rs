@@ -47,6 +47,10 @@ pub enum InvokeError {
     /// Every concurrency permit of the lambda is taken.
     #[error("the lambda is handling its maximum number of concurrent requests")]
     Overloaded,
+    /// The memory the running instances may reserve is taken
+    /// (`engine.max_instance_memory_mb`).
+    #[error("the memory for running instances is fully reserved")]
+    MemoryFull,
     /// Every permit of the lambda's account is taken (`sandbox.max_concurrent_per_account`).
     #[error("the lambda's account is running its maximum number of concurrent requests")]
     AccountOverloaded,

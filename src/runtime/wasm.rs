@@ -78,13 +78,18 @@ pub struct LoadedLambda {
     permits: Arc<Semaphore>,
     /// The account's share, held beside the lambda's own permit.
     account_permits: Arc<Semaphore>,
+    /// The service's memory for running instances, of which a request reserves its
+    /// `memory_limit_mb`.
+    instance_memory: Arc<Semaphore>,
     env: Arc<GuestEnv>,
 }
 
-/// What a running request holds: a permit of its lambda and one of its account.
+/// What a running request holds: a permit of its lambda, one of its account and its
+/// memory reservation.
 pub(crate) struct Admission {
     _lambda: OwnedSemaphorePermit,
     _account: OwnedSemaphorePermit,
+    _memory: OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for LoadedLambda {
@@ -148,6 +153,7 @@ impl LoadedLambda {
             engine: engine.clone(),
             permits: Arc::new(Semaphore::new(max_concurrent)),
             account_permits: engine.account_share(env.account_id),
+            instance_memory: engine.instance_memory(),
             env: Arc::new(env),
         })
     }
@@ -186,9 +192,16 @@ impl LoadedLambda {
             .clone()
             .try_acquire_owned()
             .map_err(|_| InvokeError::AccountOverloaded)?;
+        let mib = self.limits.memory_bytes.div_ceil(1024 * 1024);
+        let memory = self
+            .instance_memory
+            .clone()
+            .try_acquire_many_owned(u32::try_from(mib).unwrap_or(u32::MAX))
+            .map_err(|_| InvokeError::MemoryFull)?;
         let permit = Admission {
             _lambda: lambda,
             _account: account,
+            _memory: memory,
         };
         let outcome = match &self.entry {
             Entry::Http(pre) => self.invoke_http(pre, request, request_id, permit).await,
@@ -204,7 +217,10 @@ impl LoadedLambda {
         };
         match &outcome {
             // Shed load is counted in metrics; logging each refusal would flood the log.
-            Ok(_) | Err(InvokeError::Overloaded | InvokeError::AccountOverloaded) => {}
+            Ok(_)
+            | Err(
+                InvokeError::Overloaded | InvokeError::AccountOverloaded | InvokeError::MemoryFull,
+            ) => {}
             Err(e) => self.log_failure(request_id, "request failed", e),
         }
         outcome

@@ -632,3 +632,55 @@ async fn an_account_runs_at_most_its_share_of_concurrent_requests() {
     assert_eq!(sleeper.await.unwrap(), 504);
     assert_eq!(s.proxy(Method::GET, &second, "/hello").await.status(), 200);
 }
+
+/// Each running request reserves its lambda's memory limit from what the operator gives
+/// running instances (here 200 MiB): a second 128 MiB request does not fit while the
+/// first runs, and fits again once it has ended.
+#[tokio::test]
+async fn running_instances_reserve_their_memory_limit() {
+    let s = std::sync::Arc::new(Server::start(&[(
+        "LUNA_LAMBDA_ENGINE_MAX_INSTANCE_MEMORY_MB",
+        "200",
+    )]));
+    let sandbox = json!({"sandbox": {"memory_limit_mb": 128, "request_timeout_ms": 3000}});
+    let big = s
+        .running_fixture(ACCOUNT, "big", Some(sandbox.clone()))
+        .await;
+    let other = s
+        .running_fixture(OTHER_ACCOUNT, "other", Some(sandbox))
+        .await;
+    let (s2, big2) = (s.clone(), big.clone());
+    let sleeper = tokio::spawn(async move {
+        loop {
+            let r = s2.proxy(Method::GET, &big2, "/sleep").await;
+            if r.status() != 503 {
+                return r.status();
+            }
+        }
+    });
+    let other_call = || {
+        s.call(Method::GET, &format!("/1/lambdas/{other}/proxy/hello"))
+            .account(OTHER_ACCOUNT)
+            .send()
+    };
+    let shed = eventually("the memory reservation sheds a request", || async {
+        let r = other_call().await;
+        if r.status() == 503 {
+            Ok(r)
+        } else {
+            Err(r.status())
+        }
+    })
+    .await;
+    let body = assert_error(shed, 503, 42010).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("memory"),
+        "{body}"
+    );
+    assert_eq!(sleeper.await.unwrap(), 504);
+    assert_eq!(
+        other_call().await.status(),
+        200,
+        "the reservation was given back"
+    );
+}
