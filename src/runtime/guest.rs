@@ -118,8 +118,8 @@ pub struct KvBucket {
 
 fn kv_error(e: KvError) -> kv::Error {
     match e {
-        KvError::Store(e) => {
-            tracing::warn!(error = %e, "key-value store failed");
+        failed @ (KvError::Store(_) | KvError::Interrupted(_)) => {
+            tracing::warn!(error = %failed, "key-value store failed");
             kv::Error::Other("the key-value store failed; try again".to_owned())
         }
         other => kv::Error::Other(other.to_string()),

@@ -40,6 +40,9 @@ pub enum KvError {
     /// The change would exceed a quota.
     #[error("quota exceeded: {0}")]
     Quota(String),
+    /// The blocking thread running the call failed.
+    #[error("key-value call interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// Keys and bytes a lambda's namespace holds.
@@ -426,7 +429,9 @@ pub trait KvStore: Send + Sync + std::fmt::Debug {
     ) -> Result<(Vec<String>, Option<u64>), KvError>;
 }
 
-/// The sled backend answers at once: its calls never wait on a network.
+/// The sled backend's calls may wait on its disk (a transaction's log write, a page
+/// read back), so each runs on the blocking pool, never on an async worker that other
+/// requests share.
 #[async_trait]
 impl KvStore for Store {
     async fn get(
@@ -435,7 +440,9 @@ impl KvStore for Store {
         bucket: &str,
         key: &str,
     ) -> Result<Option<Vec<u8>>, KvError> {
-        self.kv_get(lambda, bucket, key)
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        self.off_worker(move |s| s.kv_get(lambda, &bucket, &key))
+            .await
     }
 
     async fn set(
@@ -446,7 +453,10 @@ impl KvStore for Store {
         value: &[u8],
         quotas: &KvQuotas,
     ) -> Result<(), KvError> {
-        self.kv_set(lambda, bucket, key, value, quotas)
+        let (bucket, key, value, quotas) =
+            (bucket.to_owned(), key.to_owned(), value.to_vec(), *quotas);
+        self.off_worker(move |s| s.kv_set(lambda, &bucket, &key, &value, &quotas))
+            .await
     }
 
     async fn set_many(
@@ -456,7 +466,9 @@ impl KvStore for Store {
         pairs: &[(String, Vec<u8>)],
         quotas: &KvQuotas,
     ) -> Result<(), KvError> {
-        self.kv_set_many(lambda, bucket, pairs, quotas)
+        let (bucket, pairs, quotas) = (bucket.to_owned(), pairs.to_vec(), *quotas);
+        self.off_worker(move |s| s.kv_set_many(lambda, &bucket, &pairs, &quotas))
+            .await
     }
 
     async fn delete(
@@ -466,7 +478,9 @@ impl KvStore for Store {
         key: &str,
         quotas: &KvQuotas,
     ) -> Result<(), KvError> {
-        self.kv_delete(lambda, bucket, key, quotas)
+        let (bucket, key, quotas) = (bucket.to_owned(), key.to_owned(), *quotas);
+        self.off_worker(move |s| s.kv_delete(lambda, &bucket, &key, &quotas))
+            .await
     }
 
     async fn delete_many(
@@ -476,7 +490,9 @@ impl KvStore for Store {
         keys: &[String],
         quotas: &KvQuotas,
     ) -> Result<(), KvError> {
-        self.kv_delete_many(lambda, bucket, keys, quotas)
+        let (bucket, keys, quotas) = (bucket.to_owned(), keys.to_vec(), *quotas);
+        self.off_worker(move |s| s.kv_delete_many(lambda, &bucket, &keys, &quotas))
+            .await
     }
 
     async fn increment(
@@ -487,7 +503,9 @@ impl KvStore for Store {
         delta: u64,
         quotas: &KvQuotas,
     ) -> Result<u64, KvError> {
-        self.kv_increment(lambda, bucket, key, delta, quotas)
+        let (bucket, key, quotas) = (bucket.to_owned(), key.to_owned(), *quotas);
+        self.off_worker(move |s| s.kv_increment(lambda, &bucket, &key, delta, &quotas))
+            .await
     }
 
     async fn list(
@@ -496,7 +514,22 @@ impl KvStore for Store {
         bucket: &str,
         cursor: u64,
     ) -> Result<(Vec<String>, Option<u64>), KvError> {
-        self.kv_list(lambda, bucket, cursor)
+        let bucket = bucket.to_owned();
+        self.off_worker(move |s| s.kv_list(lambda, &bucket, cursor))
+            .await
+    }
+}
+
+impl Store {
+    /// Runs a synchronous key-value call on the blocking pool.
+    async fn off_worker<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Store) -> Result<T, KvError> + Send + 'static,
+    ) -> Result<T, KvError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || call(&store))
+            .await
+            .map_err(|e| KvError::Interrupted(e.to_string()))?
     }
 }
 
