@@ -127,13 +127,14 @@ enum Unpinned {
 }
 
 /// Resolves the request's host and refuses it if any address is non-public. A plain
-/// HTTP request is then sent to the resolved address itself (Host keeps the name), so
-/// a second lookup cannot move it elsewhere (DNS rebinding). HTTPS keeps the name for
-/// TLS, and the connection resolves it again.
+/// HTTP request is then pointed at the resolved address itself (Host keeps the name);
+/// for HTTPS the checked address is returned, for a connection made to it with the
+/// name kept for TLS. Either way a second lookup cannot move the request elsewhere
+/// (DNS rebinding).
 async fn pin_public_address(
     request: &mut http::Request<WasiBody>,
     timeout: Duration,
-) -> Result<(), Unpinned> {
+) -> Result<Option<SocketAddr>, Unpinned> {
     let uri = request.uri();
     let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
     let host = uri
@@ -161,10 +162,145 @@ async fn pin_public_address(
     let Some(first) = addresses.first() else {
         return Err(Unpinned::Failed(HttpError::DestinationNotFound));
     };
-    if !https {
-        pin_to(request, *first).map_err(Unpinned::Failed)?;
+    if https {
+        return Ok(Some(*first));
     }
-    Ok(())
+    pin_to(request, *first).map_err(Unpinned::Failed)?;
+    Ok(None)
+}
+
+/// The TLS client guests' HTTPS uses: the web's root certificates, as the default
+/// sender of `wasmtime-wasi-http` has them (`None` should the provider refuse its own
+/// default protocol versions: then no HTTPS call is made rather than one unchecked).
+fn tls_connector() -> Option<tokio_rustls::TlsConnector> {
+    static CONNECTOR: std::sync::OnceLock<Option<tokio_rustls::TlsConnector>> =
+        std::sync::OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+            };
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .ok()
+                .map(|builder| {
+                    let config = builder.with_root_certificates(roots).with_no_client_auth();
+                    tokio_rustls::TlsConnector::from(Arc::new(config))
+                })
+        })
+        .clone()
+}
+
+type SentResponse = (
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+);
+
+/// Sends an HTTPS request over a connection to `address` (the checked one), with the
+/// request's host as the TLS server name: certificates are checked against the name,
+/// and no lookup is made.
+async fn send_https_to(
+    mut request: http::Request<WasiBody>,
+    address: SocketAddr,
+    options: RequestOptions,
+) -> wasmtime_wasi_http::Result<SentResponse> {
+    let host = request
+        .uri()
+        .host()
+        .ok_or(HttpError::HttpRequestUriInvalid)?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let name = match bare.parse::<IpAddr>() {
+        Ok(ip) => rustls::pki_types::ServerName::from(ip),
+        Err(_) => rustls::pki_types::ServerName::try_from(bare.to_owned())
+            .map_err(|_| HttpError::HttpRequestUriInvalid)?,
+    };
+    let unbounded = Duration::from_secs(600);
+    let connect_timeout = options.connect_timeout.unwrap_or(unbounded);
+    let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+        .map_err(HttpError::Connect)?;
+    let connector = tls_connector().ok_or(HttpError::TlsProtocolError)?;
+    let tls = tokio::time::timeout(connect_timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+        .map_err(HttpError::Tls)?;
+    let (mut sender, connection) = tokio::time::timeout(
+        connect_timeout,
+        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(tls)),
+    )
+    .await
+    .map_err(|_| HttpError::ConnectionTimeout)??;
+    // The connection ends when the response body and the sender are gone.
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "outbound HTTPS connection ended with an error");
+        }
+    });
+    // The request line names the path only; the Host header keeps the name.
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(path)
+        .build()
+        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    let first_byte = options.first_byte_timeout.unwrap_or(unbounded);
+    let response = tokio::time::timeout(first_byte, sender.send_request(request))
+        .await
+        .map_err(|_| HttpError::ConnectionReadTimeout)??;
+    let between = options
+        .between_bytes_timeout
+        .unwrap_or(unbounded)
+        .max(Duration::from_nanos(1));
+    let response = response.map(|incoming| {
+        TimedBody {
+            inner: incoming,
+            between,
+            idle: Box::pin(tokio::time::sleep(between)),
+        }
+        .boxed_unsync()
+    });
+    Ok((response, Box::new(async { Ok(()) })))
+}
+
+/// A response body whose frames must come within `between` of each other.
+struct TimedBody {
+    inner: hyper::body::Incoming,
+    between: Duration,
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, HttpError>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + self.between;
+                self.idle.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(HttpError::from(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Points a plain HTTP request at `address` itself; the Host header keeps the name.
@@ -229,11 +365,12 @@ impl WasiHttpHooks for OutboundHooks {
         let (env, request_id) = (self.env.clone(), self.request_id.clone());
         Box::new(async move {
             let mut request = request;
+            let mut https_to = None;
             if !limits.allow_private {
                 let original = request.uri().clone();
                 let timeout = options.connect_timeout.unwrap_or(limits.connect_timeout);
                 match pin_public_address(&mut request, timeout).await {
-                    Ok(()) => {}
+                    Ok(address) => https_to = address,
                     Err(Unpinned::NonPublic(ip)) => {
                         let why = format!(
                             "it resolves to {ip}, which is not a public address or is \
@@ -249,7 +386,16 @@ impl WasiHttpHooks for OutboundHooks {
                     }
                 }
             }
-            match wasmtime_wasi_http::default_send_request(request, Some(options)).await {
+            let sent = match https_to {
+                Some(address) => send_https_to(request, address, options).await,
+                None => wasmtime_wasi_http::default_send_request(request, Some(options))
+                    .await
+                    .map(|(response, io)| {
+                        let io: Box<dyn Future<Output = _> + Send> = Box::new(io);
+                        (response.map(BodyExt::boxed_unsync), io)
+                    }),
+            };
+            match sent {
                 Ok((response, io)) => {
                     metrics.outbound(Outbound::Sent);
                     let response = response.map(|body| {
@@ -259,7 +405,7 @@ impl WasiHttpHooks for OutboundHooks {
                         }
                         .boxed_unsync()
                     });
-                    Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+                    Ok((response, io))
                 }
                 Err(e) => {
                     metrics.outbound(Outbound::Failed);
@@ -429,8 +575,38 @@ mod tests {
         ] {
             let mut request = get(uri);
             let outcome = pin_public_address(&mut request, timeout).await;
+            let outcome = outcome.map(drop);
             assert!(matches!(outcome, Err(Unpinned::NonPublic(_))), "{uri}");
         }
+    }
+
+    /// The HTTPS connection goes to the address that was checked, naming the host only
+    /// in TLS: a name that does not even resolve reaches the listener on loopback.
+    #[tokio::test]
+    async fn https_connects_to_the_checked_address_and_names_the_host_in_tls() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let hello = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut first = vec![0u8; 2048];
+            let n = socket.read(&mut first).await.unwrap();
+            first.truncate(n);
+            first
+        });
+        let options = RequestOptions {
+            connect_timeout: Some(Duration::from_secs(2)),
+            first_byte_timeout: Some(Duration::from_secs(2)),
+            between_bytes_timeout: Some(Duration::from_secs(2)),
+        };
+        let sent = send_https_to(get("https://pinned.invalid/x"), address, options).await;
+        assert!(sent.is_err(), "the listener speaks no TLS");
+        let client_hello = hello.await.unwrap();
+        assert_eq!(client_hello.first(), Some(&0x16), "a TLS handshake arrived");
+        assert!(
+            client_hello.windows(14).any(|w| w == b"pinned.invalid"),
+            "the server name is the request's host"
+        );
     }
 
     #[test]
