@@ -243,6 +243,9 @@ pub struct Containers {
     pub registry: String,
     /// Base image of Python lambdas that name none (`deploy/base-image/build.sh` makes it).
     pub base_image: String,
+    /// The package index a Python lambda's `requirements.txt` installs from (pip's
+    /// `PIP_INDEX_URL` in the dependency stage); empty: what the base image configures.
+    pub pip_index_url: String,
     /// The images a lambda may build on (`parameters.base_image`, a Dockerfile's `FROM`):
     /// `name:tag`, or `name:*` for any tag of `name`. Empty: `base_image` alone. Another
     /// lambda's image is never one of them unless named here.
@@ -319,6 +322,7 @@ impl Default for Containers {
             registry: String::new(),
             base_image: "luna-lambda/python:bookworm".to_owned(),
             allowed_base_images: Vec::new(),
+            pip_index_url: String::new(),
             listen_host: "127.0.0.1".to_owned(),
             docker_timeout_secs: 60,
             start_timeout_secs: 60,

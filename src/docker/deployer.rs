@@ -67,6 +67,7 @@ impl ImageBuilder for DockerEngine {
                     context.tar,
                     &reference,
                     &context.build_key,
+                    context.deps_dockerfile.is_some(),
                     &mut *progress,
                 )
                 .await

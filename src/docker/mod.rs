@@ -215,11 +215,57 @@ impl DockerEngine {
     }
 
     /// Builds `context` (a tar with the Dockerfile at its root) as `reference`, calling
-    /// `progress` with every line the builder prints as it prints it.
+    /// `progress` with every line the builder prints as it prints it. With a dependency
+    /// stage (`Dockerfile.deps`), that stage is built first as `<reference>-deps`, the
+    /// only build with network access; the Dockerfile then builds from it without any
+    /// network: archive code run at build time reaches nothing, neither the service, the
+    /// registry, the pods nor the host's traffic.
     pub async fn build(
         &self,
         context: Vec<u8>,
         reference: &str,
+        build_key: &str,
+        with_deps: bool,
+        mut progress: impl FnMut(&str),
+    ) -> Result<()> {
+        let context = bytes::Bytes::from(context);
+        let mut args = HashMap::new();
+        if with_deps {
+            let deps = format!("{reference}-deps");
+            progress(&format!(
+                "building the dependencies as {deps} (network: host, wheels only)"
+            ));
+            let mut deps_args = HashMap::new();
+            if !self.settings.pip_index_url.is_empty() {
+                deps_args.insert(
+                    "PIP_INDEX_URL".to_owned(),
+                    self.settings.pip_index_url.clone(),
+                );
+            }
+            let stage = BuildStage {
+                dockerfile: crate::builder::container::DEPS_DOCKERFILE,
+                tag: &deps,
+                network: "host",
+                args: &deps_args,
+            };
+            self.build_stage(context.clone(), &stage, build_key, &mut progress)
+                .await?;
+            args.insert(crate::builder::container::DEPS_IMAGE_ARG.to_owned(), deps);
+        }
+        let stage = BuildStage {
+            dockerfile: "Dockerfile",
+            tag: reference,
+            network: "none",
+            args: &args,
+        };
+        self.build_stage(context, &stage, build_key, &mut progress)
+            .await
+    }
+
+    async fn build_stage(
+        &self,
+        context: bytes::Bytes,
+        stage: &BuildStage<'_>,
         build_key: &str,
         mut progress: impl FnMut(&str),
     ) -> Result<()> {
@@ -228,18 +274,17 @@ impl DockerEngine {
             (LABEL_BUILD_KEY.to_owned(), build_key.to_owned()),
         ]);
         let options = BuildImageOptionsBuilder::default()
-            .dockerfile("Dockerfile")
-            .t(reference)
+            .dockerfile(stage.dockerfile)
+            .t(stage.tag)
             .rm(true)
             .forcerm(true)
             .labels(&labels)
-            // RUN steps (pip install) reach package indexes through the host network:
-            // the engine runs without a bridge.
-            .networkmode("host")
+            .buildargs(stage.args)
+            .networkmode(stage.network)
             .build();
-        let mut stream =
-            self.docker
-                .build_image(options, None, Some(bollard::body_full(context.into())));
+        let mut stream = self
+            .docker
+            .build_image(options, None, Some(bollard::body_full(context)));
         let mut step = String::from("(before the first step)");
         let mut partial = String::new();
         while let Some(item) = stream.next().await {
@@ -607,6 +652,14 @@ pub fn host_config(resources: Option<&Resources>, gpu: bool, settings: &Containe
         security_opt: Some(vec!["no-new-privileges".to_owned()]),
         ..Default::default()
     }
+}
+
+/// One `docker build` of a lambda's image.
+struct BuildStage<'a> {
+    dockerfile: &'a str,
+    tag: &'a str,
+    network: &'a str,
+    args: &'a HashMap<String, String>,
 }
 
 /// The newest `max` bytes of a stream, as whole lines.

@@ -55,6 +55,11 @@ impl BuildJob<'_> {
                 |b| format!("generated Dockerfile on base image {b}")
             ),
         ));
+        if let Some(deps) = &context.deps_dockerfile {
+            for line in deps.lines().filter(|l| !l.trim().is_empty()) {
+                self.log(&format!("Dockerfile.deps: {line}"));
+            }
+        }
         for line in context.dockerfile.lines().filter(|l| !l.trim().is_empty()) {
             self.log(&format!("Dockerfile: {line}"));
         }

@@ -183,7 +183,7 @@ async fn the_build_log_streams_the_real_build_and_the_registry_holds_the_image(
     for needle in [
         "FROM luna-lambda/python:bookworm",
         "Step 1/",
-        "pip install --no-cache-dir -r requirements.txt",
+        "pip install --no-cache-dir --only-binary=:all: -r requirements.txt",
         "Successfully installed greet-1.0",
         "cache miss",
         "pushed ",
@@ -838,4 +838,35 @@ async fn another_lambdas_image_is_no_base() {
             .contains("is not one of the images"),
         "{body}"
     );
+}
+
+/// A build step of the archive's (`additional_user_docker_commands`) tries to reach the
+/// service's API on loopback and to see the host's interfaces: the step runs without
+/// network, so it finds only a loopback of its own. The dependencies still install.
+#[tokio::test]
+async fn an_archives_build_steps_reach_no_network() {
+    let server = docker_server();
+    let port = server.port();
+    let probe = format!(
+        "RUN python3 -c \"import socket; s = socket.socket(); s.settimeout(2); print('api', s.connect_ex(('127.0.0.1', {port}))); print('interfaces', [n for _, n in socket.if_nameindex()])\""
+    );
+    let upload = Upload::new(standalone_zip("probe")).parameters(json!({
+        "lambda_name": "prober",
+        "additional_user_docker_commands": [probe],
+    }));
+    let id = created_id(server.create_raw(ACCOUNT, upload).await).await;
+    let _cleanup = Cleanup(vec![id.clone()]);
+    server.wait_status(&id, "running").await;
+    let logs = server.image_logs(&id).await;
+    assert!(logs.contains("Successfully installed greet-1.0"), "{logs}");
+    assert!(
+        !logs.contains("api 0"),
+        "the build step reached the API: {logs}"
+    );
+    assert!(
+        logs.contains("api 111"),
+        "connection refused on its own loopback: {logs}"
+    );
+    assert!(logs.contains("interfaces ['lo']"), "{logs}");
+    assert_eq!(server.delete_lambda(&id).await.status(), 204);
 }
