@@ -387,7 +387,10 @@ async fn a_slowloris_client_is_cut_off_and_costs_nothing_else() {
             "{text}"
         );
     }
-    assert_eq!(s.get("/version").await.status(), 200);
+    // A fresh connection: the pooled one from before idled past the same 300 ms and may
+    // be closing just as it would be reused.
+    let fresh = reqwest::Client::new().get(s.url("/version")).send().await;
+    assert_eq!(fresh.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -445,25 +448,9 @@ async fn concurrency_limit_sheds_load() {
             Some(json!({"sandbox": {"max_concurrent_requests": 1, "request_timeout_ms": 3000}})),
         )
         .await;
-    let (s2, id2) = (s.clone(), id.clone());
-    // The slow request may itself be refused while a probe holds the permit: retry it.
-    let slow = tokio::spawn(async move {
-        loop {
-            let r = s2.proxy(Method::GET, &id2, "/sleep").await;
-            let status = r.status();
-            if status != 503 {
-                return (status, r.text().await.unwrap_or_default());
-            }
-        }
-    });
-    // Until the slow request holds the only permit, requests may still succeed.
-    let shed = eventually("the concurrency limit sheds a request", || async {
-        let r = s.proxy(Method::GET, &id, "/hello").await;
-        if r.status() == 503 {
-            Ok(r)
-        } else {
-            Err(r.status())
-        }
+    let slow = keep_busy(&s, &id);
+    let shed = shed_eventually("the concurrency limit sheds a request", || {
+        s.proxy(Method::GET, &id, "/hello")
     })
     .await;
     let body = assert_error(shed, 503, 42010).await;
@@ -471,6 +458,42 @@ async fn concurrency_limit_sheds_load() {
     let (status, body) = slow.await.unwrap();
     assert_eq!(status, 504, "{body}");
     assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
+}
+
+/// Keeps one slow `/sleep` call of `id` running (retried while it is itself shed);
+/// resolves to its final status and body.
+fn keep_busy(
+    s: &std::sync::Arc<Server>,
+    id: &str,
+) -> tokio::task::JoinHandle<(reqwest::StatusCode, String)> {
+    let (s, id) = (s.clone(), id.to_owned());
+    tokio::spawn(async move {
+        loop {
+            let r = s.proxy(Method::GET, &id, "/sleep").await;
+            let status = r.status();
+            if status != 503 {
+                return (status, r.text().await.unwrap_or_default());
+            }
+        }
+    })
+}
+
+/// Calls until a call is shed (503): until the slow call holds its permit, calls may
+/// still be served. Returns the shed response.
+async fn shed_eventually<Call, Sent>(what: &str, call: Call) -> reqwest::Response
+where
+    Call: Fn() -> Sent,
+    Sent: std::future::Future<Output = reqwest::Response>,
+{
+    eventually(what, || async {
+        let r = call().await;
+        if r.status() == 503 {
+            Ok(r)
+        } else {
+            Err(r.status())
+        }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -600,22 +623,9 @@ async fn an_account_runs_at_most_its_share_of_concurrent_requests() {
     let busy = s.running_fixture(ACCOUNT, "busy", Some(slow)).await;
     let second = s.running_fixture(ACCOUNT, "second", None).await;
     let neighbour = s.running_fixture(OTHER_ACCOUNT, "neighbour", None).await;
-    let (s2, busy2) = (s.clone(), busy.clone());
-    let sleeper = tokio::spawn(async move {
-        loop {
-            let r = s2.proxy(Method::GET, &busy2, "/sleep").await;
-            if r.status() != 503 {
-                return r.status();
-            }
-        }
-    });
-    let shed = eventually("the account's share sheds a request", || async {
-        let r = s.proxy(Method::GET, &second, "/hello").await;
-        if r.status() == 503 {
-            Ok(r)
-        } else {
-            Err(r.status())
-        }
+    let sleeper = keep_busy(&s, &busy);
+    let shed = shed_eventually("the account's share sheds a request", || {
+        s.proxy(Method::GET, &second, "/hello")
     })
     .await;
     let body = assert_error(shed, 503, 42010).await;
@@ -629,7 +639,7 @@ async fn an_account_runs_at_most_its_share_of_concurrent_requests() {
         .send()
         .await;
     assert_eq!(r.status(), 200, "another account is not held up");
-    assert_eq!(sleeper.await.unwrap(), 504);
+    assert_eq!(sleeper.await.unwrap().0, 504);
     assert_eq!(s.proxy(Method::GET, &second, "/hello").await.status(), 200);
 }
 
@@ -649,35 +659,19 @@ async fn running_instances_reserve_their_memory_limit() {
     let other = s
         .running_fixture(OTHER_ACCOUNT, "other", Some(sandbox))
         .await;
-    let (s2, big2) = (s.clone(), big.clone());
-    let sleeper = tokio::spawn(async move {
-        loop {
-            let r = s2.proxy(Method::GET, &big2, "/sleep").await;
-            if r.status() != 503 {
-                return r.status();
-            }
-        }
-    });
+    let sleeper = keep_busy(&s, &big);
     let other_call = || {
         s.call(Method::GET, &format!("/1/lambdas/{other}/proxy/hello"))
             .account(OTHER_ACCOUNT)
             .send()
     };
-    let shed = eventually("the memory reservation sheds a request", || async {
-        let r = other_call().await;
-        if r.status() == 503 {
-            Ok(r)
-        } else {
-            Err(r.status())
-        }
-    })
-    .await;
+    let shed = shed_eventually("the memory reservation sheds a request", other_call).await;
     let body = assert_error(shed, 503, 42010).await;
     assert!(
         body["detail"].as_str().unwrap().contains("memory"),
         "{body}"
     );
-    assert_eq!(sleeper.await.unwrap(), 504);
+    assert_eq!(sleeper.await.unwrap().0, 504);
     assert_eq!(
         other_call().await.status(),
         200,
