@@ -304,8 +304,11 @@ impl LoadedLambda {
             result
         });
 
+        // Whoever drops this first ends the guest: the caller leaving before the head
+        // (this future is dropped), or before the body's end (the body is dropped).
+        let caller = CallerWaits(Some(guest.abort_handle()));
         let outcome = match tokio::time::timeout(deadline, rx).await {
-            Ok(Ok(Ok(response))) => self.cap_response(response, request_id, finished_rx),
+            Ok(Ok(Ok(response))) => self.cap_response(response, request_id, finished_rx, caller),
             Ok(Ok(Err(code))) => Err(InvokeError::GuestError(format!("{code:?}"))),
             Ok(Err(_)) => {
                 // The guest finished (or trapped) without setting a response.
@@ -336,6 +339,7 @@ impl LoadedLambda {
         response: http::Response<HyperOutgoingBody>,
         request_id: Arc<str>,
         guest_finished: oneshot::Receiver<bool>,
+        caller: CallerWaits,
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
         let limit = self.limits.max_response_body;
         let declared = response
@@ -353,6 +357,7 @@ impl LoadedLambda {
                 limit,
                 guest_finished: Some(guest_finished),
                 report_to: Some((self.env.clone(), request_id)),
+                caller,
             }
             .boxed_unsync()
         }))
@@ -692,6 +697,28 @@ struct CappedResponse {
     guest_finished: Option<oneshot::Receiver<bool>>,
     /// Where to log the cut-off (taken on first use).
     report_to: Option<(Arc<GuestEnv>, Arc<str>)>,
+    /// Ends the guest if the body is dropped before its end (the caller left).
+    caller: CallerWaits,
+}
+
+/// A guest's task while its caller still waits for it: dropped, it aborts the task,
+/// so a guest whose caller has gone stops at its next epoch tick instead of running
+/// (and holding its permits and pool slot) to the deadline.
+struct CallerWaits(Option<tokio::task::AbortHandle>);
+
+impl CallerWaits {
+    /// The response is complete: the guest may finish by itself.
+    fn release(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CallerWaits {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 impl http_body::Body for CappedResponse {
@@ -711,6 +738,7 @@ impl http_body::Body for CappedResponse {
                 std::task::Poll::Ready(outcome) => outcome.unwrap_or(false),
             };
             self.guest_finished = None;
+            self.caller.release();
             if !clean {
                 return std::task::Poll::Ready(Some(Err(
                     wasmtime_wasi_http::Error::InternalError(Some(

@@ -678,3 +678,35 @@ async fn running_instances_reserve_their_memory_limit() {
         "the reservation was given back"
     );
 }
+
+/// A caller that gives up on a spinning guest takes the guest with it: the lambda's only
+/// permit is free again long before the guest's two-minute deadline.
+#[tokio::test]
+async fn a_guest_whose_caller_left_stops() {
+    let s = Server::start(&[]);
+    let sandbox = json!({"sandbox": {"max_concurrent_requests": 1, "request_timeout_ms": 120000}});
+    let id = s.running_fixture(ACCOUNT, "spinner", Some(sandbox)).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .get(s.url(&format!("/1/lambdas/{id}/proxy/loop")))
+        .header("Luna-Account-Id", ACCOUNT)
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the caller gave up");
+    // Well before the guest's deadline: a guest left running would hold it for 2 min.
+    let within = Duration::from_secs(30);
+    eventually_within(
+        within,
+        "the permit of the spinning guest is free",
+        || async {
+            match s.proxy(Method::GET, &id, "/hello").await.status() {
+                reqwest::StatusCode::OK => Ok(()),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+}

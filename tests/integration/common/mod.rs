@@ -616,18 +616,32 @@ pub async fn wait_log(server: &Server, id: &str, needle: &str) {
 
 /// The tests' one polling loop: runs `probe` every few milliseconds until it returns
 /// `Ok`, and fails after PATIENCE naming what was awaited and the last thing seen.
-pub async fn eventually<T, Seen, Probe>(what: &str, mut probe: impl FnMut() -> Probe) -> T
+pub async fn eventually<T, Seen, Probe>(what: &str, probe: impl FnMut() -> Probe) -> T
 where
     Seen: std::fmt::Display,
     Probe: std::future::Future<Output = Result<T, Seen>>,
 {
-    let deadline = Instant::now() + PATIENCE;
+    eventually_within(PATIENCE, what, probe).await
+}
+
+/// `eventually` with a patience of its own: for what must happen well before something
+/// else would (a guest stopped long before its deadline).
+pub async fn eventually_within<T, Seen, Probe>(
+    patience: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Probe,
+) -> T
+where
+    Seen: std::fmt::Display,
+    Probe: std::future::Future<Output = Result<T, Seen>>,
+{
+    let deadline = Instant::now() + patience;
     loop {
         match probe().await {
             Ok(done) => return done,
             Err(seen) => assert!(
                 Instant::now() < deadline,
-                "waited {PATIENCE:?} for: {what}; last seen: {seen}"
+                "waited {patience:?} for: {what}; last seen: {seen}"
             ),
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
