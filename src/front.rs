@@ -1,8 +1,8 @@
 //! The front service every request enters through, above `api` and `proxy`: parses
 //! and propagates Luna-Request-Id, authenticates and scopes the request when tokens are
-//! on, opens the root span, sends proxy calls down the
-//! proxy's fast path without the router and everything else to the management router,
-//! then records metrics per route template. Depends on `api`, `proxy`, `edge`, `model`.
+//! on, opens the root span, sends proxy calls down the proxy's fast path without the
+//! router and everything else to the management router, then records metrics per route
+//! template. Depends on `api`, `proxy`, `edge`, `model`.
 
 use std::convert::Infallible;
 use std::time::Instant;

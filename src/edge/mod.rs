@@ -1,8 +1,9 @@
 //! The HTTP pieces the management API and the proxy share, below both: the state every
 //! handler gets, `ApiError` with its LUNA codes (mapped once, in `error`), input parsing
 //! (`input`: account header, query strings, JSON, multipart, Accept), bearer tokens
-//! (`auth`), the request id header, and the extensions by which the front dispatcher and the handlers talk
-//! (`BadRequestId` on requests; `RouteTemplate` and `error::ErrorCode` on responses).
+//! (`auth`), the request id header, and the extensions by which the front dispatcher and
+//! the handlers talk (`BadRequestId` on requests; `RouteTemplate` and `error::ErrorCode`
+//! on responses).
 //! Depends on `lifecycle`, `runtime`, `metrics`, `config`, `model`.
 
 pub mod auth;
