@@ -1,5 +1,6 @@
-//! The Docker Engine API (through `bollard`): building, tagging, pushing and removing
-//! lambda images, and running a lambda's pods as containers on the host network. Knows
+//! The Docker Engine API (through `bollard`): building (without network, after a
+//! networked wheels-only dependency stage), tagging, pushing and removing lambda images,
+//! and running a lambda's pods as containers on the host network. Knows
 //! names, labels and engine calls; `deployer` puts it behind the lifecycle's
 //! `ImageBuilder` and `Deployer`. Depends on `lifecycle` (its traits), `builder`,
 //! `config` and `model`.
