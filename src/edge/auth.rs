@@ -83,11 +83,13 @@ impl Authenticator {
                 "an Authorization: Bearer <token> header is required",
             ));
         };
+        // The scheme's name is case-insensitive (RFC 9110).
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be 'Bearer <token>'")
@@ -230,6 +232,13 @@ mod tests {
         assert_eq!(
             authenticator.caller(&bearer("operator-token")),
             Ok(Caller::Operator)
+        );
+        let mut lowercase = HeaderMap::new();
+        let value = "bearer tenant-token".parse().unwrap();
+        lowercase.insert(http::header::AUTHORIZATION, value);
+        assert_eq!(
+            authenticator.caller(&lowercase),
+            Ok(Caller::Account(account))
         );
         for refused in [bearer("guess"), bearer(""), HeaderMap::new()] {
             let error = authenticator.caller(&refused).unwrap_err();
