@@ -84,10 +84,7 @@ pub fn check_upload(
                 ));
                 let base = container::base_image(parameters, &containers.base_image);
                 if !containers.base_image_allowed(&base) {
-                    problems.push(format!(
-                        "base_image '{base}' is not one of the images this service builds on ({})",
-                        allowed_list(containers)
-                    ));
+                    problems.push(not_allowed(&format!("base_image '{base}'"), containers));
                 }
             } else if let Some(dockerfile) = &report.dockerfile {
                 problems.extend(dockerfile_problems(dockerfile, containers));
@@ -102,12 +99,14 @@ pub fn check_upload(
     }
 }
 
-fn allowed_list(containers: &crate::config::Containers) -> String {
-    if containers.allowed_base_images.is_empty() {
+/// Why `what` (an image a lambda would build on) is refused, naming the allowed ones.
+fn not_allowed(what: &str, containers: &crate::config::Containers) -> String {
+    let allowed = if containers.allowed_base_images.is_empty() {
         containers.base_image.clone()
     } else {
         containers.allowed_base_images.join(", ")
-    }
+    };
+    format!("{what} is not one of the images this service builds on ({allowed})")
 }
 
 /// What is wrong with an archive's own Dockerfile: no `FROM`, or a `FROM` of an image
@@ -133,9 +132,9 @@ fn dockerfile_problems(dockerfile: &str, containers: &crate::config::Containers)
             || stages.contains(&image_lower)
             || (!image.contains('$') && containers.base_image_allowed(image));
         if !known {
-            problems.push(format!(
-                "'Dockerfile': FROM {image} is not one of the images this service builds on ({})",
-                allowed_list(containers)
+            problems.push(not_allowed(
+                &format!("'Dockerfile': FROM {image}"),
+                containers,
             ));
         }
         if words.next().is_some_and(|w| w.eq_ignore_ascii_case("AS"))

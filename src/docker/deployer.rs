@@ -44,14 +44,15 @@ impl ImageBuilder for DockerEngine {
         let tag = version.to_string();
         let reference = DockerEngine::image(self, lambda_id, version);
         let started = Instant::now();
-        let reusable = match reuse {
+        let reused = match reuse {
             Some(image) => self
                 .built_by_us(image, &context.build_key)
                 .await
-                .map_err(DeployError::backend)?,
-            None => false,
+                .map_err(DeployError::backend)?
+                .then_some(image),
+            None => None,
         };
-        match reuse.filter(|_| reusable) {
+        let image_id = match reused {
             Some(image) => {
                 self.tag(image, &repository, &tag)
                     .await
@@ -59,6 +60,7 @@ impl ImageBuilder for DockerEngine {
                 progress(&format!(
                     "image cache hit: this service built {image} from the same archive and Dockerfile for this account; tagged {reference}, no build"
                 ));
+                image.to_owned()
             }
             None => {
                 progress(&format!("building image {reference} (cache miss)"));
@@ -76,8 +78,11 @@ impl ImageBuilder for DockerEngine {
                     "image {reference} built in {} ms",
                     started.elapsed().as_millis()
                 ));
+                self.image_id(&reference)
+                    .await
+                    .map_err(DeployError::backend)?
             }
-        }
+        };
         if self.pushes() {
             let pushed = Instant::now();
             progress(&format!("pushing {reference}"));
@@ -89,10 +94,6 @@ impl ImageBuilder for DockerEngine {
                 pushed.elapsed().as_millis()
             ));
         }
-        let image_id = self
-            .image_id(&reference)
-            .await
-            .map_err(DeployError::backend)?;
         Ok(BuiltImage {
             reference,
             image_id,

@@ -43,7 +43,7 @@ pub struct WasmEngine {
     epoch_tick: Duration,
     ticker_stop: Arc<AtomicBool>,
     /// Each account's share of concurrent requests, over all its lambdas.
-    account_shares: std::sync::Mutex<HashMap<AccountId, Arc<Semaphore>>>,
+    account_shares: Mutex<HashMap<AccountId, Arc<Semaphore>>>,
     per_account: usize,
     /// MiB the running instances may reserve together (one permit a MiB).
     instance_memory: Arc<Semaphore>,
@@ -153,7 +153,7 @@ impl WasmEngine {
             compile_lock: Mutex::new(()),
             epoch_tick,
             ticker_stop,
-            account_shares: std::sync::Mutex::default(),
+            account_shares: Mutex::default(),
             per_account: usize::try_from(settings.sandbox.max_concurrent_per_account)
                 .unwrap_or(usize::MAX),
             instance_memory: Arc::new(Semaphore::new(instance_memory_mb(
