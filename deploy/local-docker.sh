@@ -4,7 +4,7 @@
 #   - docker.io, docker-registry (and debootstrap, curl, for the base image) from Debian;
 #   - dockerd without a bridge or iptables: containers use the host network on 127.0.0.1;
 #   - the registry on 127.0.0.1:5000, storage in a temporary directory;
-#   - the Python base image (deploy/base-image/build.sh) when it is missing.
+#   - the Python base image (deploy/base-image/build.sh), rebuilt when the runner changed.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
@@ -40,6 +40,6 @@ REGISTRY
     for _ in $(seq 1 150); do curl -fsS http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && break; sleep 0.2; done
     curl -fsS http://127.0.0.1:5000/v2/ >/dev/null || { cat "$run_dir/registry.log"; exit 1; }
 fi
-if ! docker image inspect luna-lambda/python:bookworm >/dev/null 2>&1; then
-    "$here/base-image/build.sh"
-fi
+# Always: a changed runner must reach the image (the engine's build cache makes an
+# unchanged one a matter of seconds).
+"$here/base-image/build.sh"

@@ -250,7 +250,18 @@ pub struct Containers {
     /// `name:tag`, or `name:*` for any tag of `name`. Empty: `base_image` alone. Another
     /// lambda's image is never one of them unless named here.
     pub allowed_base_images: Vec<String>,
-    /// Address containers listen on (they use the host network: the engine has no bridge).
+    /// Docker backend: the network of lambda pods. `none` (the default): each pod has a
+    /// network namespace of its own with nothing but its loopback, no way out and no
+    /// way to the host, the service, the registry or other pods; the service reaches
+    /// it through a unix socket in a directory only the two share. The name of a Docker
+    /// network: the same, plus what that network routes to (the operator's choice of
+    /// outbound access). `host`: pods share the host's network (every loopback service,
+    /// each other's ports): only for a single trusted tenant, warned about at start.
+    pub pod_network: String,
+    /// Docker backend: where each pod's socket directory is made (absolute, on the
+    /// engine's machine); empty: `<data_dir>/pods`.
+    pub pod_socket_dir: String,
+    /// Address pods listen on with `pod_network = "host"`.
     pub listen_host: String,
     /// Every Docker engine call but builds and pushes.
     pub docker_timeout_secs: u64,
@@ -272,6 +283,18 @@ pub struct Containers {
     pub log_max_size_mb: u64,
     /// ... keeping this many files.
     pub log_max_files: u64,
+}
+
+/// `containers.pod_network`: pods without any network.
+pub const POD_NETWORK_NONE: &str = "none";
+/// `containers.pod_network`: pods on the host's network.
+pub const POD_NETWORK_HOST: &str = "host";
+
+impl Containers {
+    /// Whether pods share the host's network (and are reached over TCP).
+    pub fn pods_on_host_network(&self) -> bool {
+        self.pod_network == POD_NETWORK_HOST
+    }
 }
 
 /// The Kubernetes backend (`container_backend = "kubernetes"`): images are still built
@@ -323,6 +346,8 @@ impl Default for Containers {
             base_image: "luna-lambda/python:bookworm".to_owned(),
             allowed_base_images: Vec::new(),
             pip_index_url: String::new(),
+            pod_network: POD_NETWORK_NONE.to_owned(),
+            pod_socket_dir: String::new(),
             listen_host: "127.0.0.1".to_owned(),
             docker_timeout_secs: 60,
             start_timeout_secs: 60,
@@ -588,6 +613,7 @@ impl Config {
         // The string settings that name a file or socket (FILE_PATH_KEYS but data_dir).
         for value in [
             &mut self.containers.docker_socket,
+            &mut self.containers.pod_socket_dir,
             &mut self.kubernetes.kubeconfig,
             &mut self.auth.tokens_file,
         ] {
@@ -710,6 +736,18 @@ impl Config {
         {
             return bad("containers.*_timeout_*, containers.log_max_size_mb, log_max_files and max_log_bytes_per_pod must be positive and containers.restart_max_retries at least 0".into());
         }
+        // A Docker network name: letters, digits and `_.-`, starting with one of the first.
+        let network_name = |n: &str| {
+            n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        };
+        if !network_name(&c.pod_network) {
+            return bad(format!(
+                "containers.pod_network must be 'none', 'host' or a Docker network's name, got '{}'",
+                c.pod_network
+            ));
+        }
         if c.listen_host.parse::<std::net::IpAddr>().is_err() {
             return bad(format!(
                 "containers.listen_host must be an IP address, got '{}'",
@@ -795,9 +833,10 @@ fn mask_secrets(value: &mut serde_json::Value) {
 }
 
 /// Every key of the file that names a path: `data_dir` and the string path settings.
-const FILE_PATH_KEYS: [&[&str]; 4] = [
+const FILE_PATH_KEYS: [&[&str]; 5] = [
     &["data_dir"],
     &["containers", "docker_socket"],
+    &["containers", "pod_socket_dir"],
     &["kubernetes", "kubeconfig"],
     &["auth", "tokens_file"],
 ];

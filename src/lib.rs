@@ -186,7 +186,13 @@ impl Server {
                     path: data.display().to_string(),
                     source,
                 })?;
-                let engine = docker::DockerEngine::connect(&config.containers, &owner).await?;
+                let pods_dir = if config.containers.pod_socket_dir.is_empty() {
+                    data.join("pods")
+                } else {
+                    std::path::PathBuf::from(&config.containers.pod_socket_dir)
+                };
+                let engine =
+                    docker::DockerEngine::connect(&config.containers, &owner, &pods_dir).await?;
                 let deployer: Arc<dyn lifecycle::Deployer> = if backend
                     == config::ContainerBackend::Kubernetes
                 {
@@ -197,7 +203,12 @@ impl Server {
                         Duration::from_secs(config.containers.start_timeout_secs),
                     ))
                 } else {
-                    tracing::info!(registry = %config.containers.registry, "container lambdas run on the local Docker engine");
+                    tracing::info!(registry = %config.containers.registry, pod_network = %config.containers.pod_network, "container lambdas run on the local Docker engine");
+                    if config.containers.pods_on_host_network() {
+                        tracing::warn!(
+                            "containers.pod_network = \"host\": every pod shares the host's network and reaches the service's API, the registry, every loopback service and the other pods; use it only when all lambdas are one trusted tenant's"
+                        );
+                    }
                     Arc::new(engine.clone())
                 };
                 Some(lifecycle::ContainerBackends {

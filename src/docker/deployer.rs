@@ -1,21 +1,20 @@
 //! The Docker engine behind the lifecycle's seams: as `ImageBuilder` it builds (or finds
 //! by build key), tags and pushes images; as `Deployer` it runs a version's pods as
-//! containers on the host network, health-waits them, rolls from one version's
+//! containers (each in a network namespace of its own), health-waits them, rolls from one version's
 //! containers to the next and re-attaches to what still runs after a restart. Depends on
 //! `lifecycle` (the traits), `builder` (the build context) and `model`.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{DockerEngine, Pod, PodSpec};
 use crate::builder::container::BuildContext;
 use crate::lifecycle::{
     BuiltImage, DeployError, Deployer, ImageBuilder, PodRequest, PodState, Progress,
 };
-use crate::model::{LambdaId, Version};
+use crate::model::{Endpoint, LambdaId, Version};
 
 /// Pause between two health probes of a starting pod.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -115,7 +114,7 @@ impl Deployer for DockerEngine {
         request: &PodRequest,
         _previous: Option<&PodRequest>,
         progress: Progress<'_>,
-    ) -> Result<Vec<SocketAddr>, DeployError> {
+    ) -> Result<Vec<Endpoint>, DeployError> {
         let (id, version) = (request.lambda_id, request.version);
         let pod_spec = pod_spec(request);
         progress(&format!(
@@ -139,7 +138,7 @@ impl Deployer for DockerEngine {
                     "pod {} ({}) ready on {} in {} ms",
                     pod.index,
                     short(&pod.container_id),
-                    pod.address,
+                    pod.endpoint,
                     elapsed.as_millis()
                 )),
                 Err(reason) => {
@@ -216,7 +215,7 @@ impl Deployer for DockerEngine {
         &self,
         request: &PodRequest,
         progress: Progress<'_>,
-    ) -> Result<Vec<SocketAddr>, DeployError> {
+    ) -> Result<Vec<Endpoint>, DeployError> {
         let (id, version) = (request.lambda_id, request.version);
         let pods = DockerEngine::pods(self, id)
             .await
@@ -245,8 +244,12 @@ impl Deployer for DockerEngine {
         for (id, pod) in all {
             if !known(id) {
                 tracing::info!(lambda = %id, "removing the container of a deleted lambda");
-                let _ = self.remove_container(&pod.container_id).await;
+                let name = super::container_name(id, pod.version, pod.index);
+                let _ = self.remove_pod_named(&name).await;
             }
+        }
+        if let Err(e) = self.remove_leftovers().await {
+            tracing::warn!(error = %e, "cannot remove leftover relays and pod directories");
         }
     }
 }
@@ -262,7 +265,8 @@ impl DockerEngine {
             }
         };
         for pod in pods.into_iter().filter(|p| selects(p.version)) {
-            match self.remove_container(&pod.container_id).await {
+            let name = super::container_name(lambda_id, pod.version, pod.index);
+            match self.remove_pod_named(&name).await {
                 Ok(()) => {
                     tracing::info!(lambda = %lambda_id, version = %pod.version, pod = pod.index, "container removed")
                 }
@@ -278,7 +282,7 @@ impl DockerEngine {
     async fn wait_ready(&self, pod: &Pod, timeout: Duration) -> Result<Duration, String> {
         let started = Instant::now();
         loop {
-            if healthy(pod.address).await {
+            if healthy(&pod.endpoint).await {
                 return Ok(started.elapsed());
             }
             if let Some(reason) = self
@@ -291,7 +295,7 @@ impl DockerEngine {
             if started.elapsed() >= timeout {
                 return Err(format!(
                     "no 200 from /healthcheck on {} within {} s",
-                    pod.address,
+                    pod.endpoint,
                     timeout.as_secs()
                 ));
             }
@@ -300,8 +304,8 @@ impl DockerEngine {
     }
 }
 
-/// What the engine runs for a request: the runner's environment (`PORT` and the listen
-/// host are added per pod).
+/// What the engine runs for a request: the runner's environment (where to listen is
+/// added per pod).
 fn pod_spec(request: &PodRequest) -> PodSpec {
     PodSpec {
         lambda_id: request.lambda_id,
@@ -323,16 +327,14 @@ fn pod_spec(request: &PodRequest) -> PodSpec {
 }
 
 /// One `GET /healthcheck` (HTTP/1.1, connection closed after).
-async fn healthy(address: SocketAddr) -> bool {
+async fn healthy(endpoint: &Endpoint) -> bool {
     let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-        stream
-            .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.") && &head[8..12] == b" 200")
+        match endpoint {
+            Endpoint::Tcp(address) => {
+                probe(tokio::net::TcpStream::connect(address).await.ok()?).await
+            }
+            Endpoint::Unix(path) => probe(tokio::net::UnixStream::connect(path).await.ok()?).await,
+        }
     };
     matches!(
         tokio::time::timeout(PROBE_TIMEOUT, probe).await,
@@ -340,8 +342,18 @@ async fn healthy(address: SocketAddr) -> bool {
     )
 }
 
-fn addresses(pods: &[Pod]) -> Vec<SocketAddr> {
-    pods.iter().map(|p| p.address).collect()
+async fn probe(mut stream: impl AsyncRead + AsyncWrite + Unpin) -> Option<bool> {
+    stream
+        .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.ok()?;
+    Some(head.starts_with(b"HTTP/1.") && &head[8..12] == b" 200")
+}
+
+fn addresses(pods: &[Pod]) -> Vec<Endpoint> {
+    pods.iter().map(|p| p.endpoint.clone()).collect()
 }
 
 fn short(container_id: &str) -> &str {

@@ -1,14 +1,16 @@
 //! The Docker Engine API (through `bollard`): building (without network, after a
 //! networked wheels-only dependency stage), tagging, pushing and removing lambda images,
-//! and running a lambda's pods as containers on the host network. Knows
-//! names, labels and engine calls; `deployer` puts it behind the lifecycle's
+//! and running a lambda's pods as containers, each in a network namespace of its own
+//! reached through a unix socket (or, as the operator's explicit choice, on the host
+//! network). Knows names, labels and engine calls; `deployer` puts it behind the lifecycle's
 //! `ImageBuilder` and `Deployer`. Depends on `lifecycle` (its traits), `builder`,
 //! `config` and `model`.
 
 mod deployer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -24,7 +26,7 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 
 use crate::config::Containers;
-use crate::model::{LambdaId, Resources, Version};
+use crate::model::{Endpoint, LambdaId, Resources, Version};
 
 /// Label every container and image of ours carries (the Kubernetes convention).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "luna-lambda");
@@ -37,8 +39,27 @@ pub const LABEL_LAMBDA: &str = "luna-lambda.lambda-id";
 pub const LABEL_VERSION: &str = "luna-lambda.version";
 /// Label: the pod number (0-based) within its version.
 pub const LABEL_POD: &str = "luna-lambda.pod";
-/// Label: the host port the container listens on.
+/// Label: the host port the container listens on (pods on the host network).
 pub const LABEL_PORT: &str = "luna-lambda.port";
+/// Label: the path of the unix socket the service reaches the pod through (pods with a
+/// network namespace of their own).
+pub const LABEL_SOCKET: &str = "luna-lambda.socket";
+/// Label on a pod's network holder: the name of the pod container it serves.
+pub const LABEL_RELAY_OF: &str = "luna-lambda.relay-of";
+/// Where a pod's socket directory is mounted inside it.
+const POD_DIR_INSIDE: &str = "/run/luna";
+/// The socket's name in that directory.
+const POD_SOCKET: &str = "http.sock";
+/// The command of the base image's runner: an image that keeps it serves on the socket
+/// itself; any other (an archive's own Dockerfile, a replaced `CMD`) listens on `$PORT`
+/// and is reached through a relay in its namespace.
+const RUNNER_COMMAND: [&str; 3] = ["python3", "-m", "luna_runner"];
+/// The relay's command (in the base image, next to the runner).
+const RELAY_COMMAND: [&str; 3] = ["python3", "-m", "luna_runner.relay"];
+/// The port a pod of its own Dockerfile listens on inside its namespace.
+const POD_PORT: u16 = 8080;
+/// Memory of a relay (a small Python process).
+const RELAY_MEMORY_BYTES: i64 = 64 * 1024 * 1024;
 /// Label on images: sha256 of what went into the build; equal keys, equal images.
 pub const LABEL_BUILD_KEY: &str = "luna-lambda.build-key";
 
@@ -94,7 +115,7 @@ pub struct Pod {
     /// Pod number within the version.
     pub index: u32,
     /// Where it listens.
-    pub address: SocketAddr,
+    pub endpoint: Endpoint,
     /// `running`, `restarting`, `exited`, ... (the engine's word).
     pub state: String,
 }
@@ -110,7 +131,7 @@ pub struct PodSpec {
     pub image: String,
     /// Containers to run.
     pub pod_count: u32,
-    /// `KEY=value` environment (PORT and the listen host are added per pod).
+    /// `KEY=value` environment (where to listen is added per pod).
     pub env: Vec<String>,
     /// CPU and memory.
     pub resources: Option<Resources>,
@@ -124,12 +145,16 @@ pub struct DockerEngine {
     docker: Docker,
     settings: Containers,
     owner: String,
+    /// Where each pod's socket directory is made (only the service may enter it).
+    pods_dir: PathBuf,
 }
 
 impl DockerEngine {
     /// Connects and negotiates the API version (Debian's engine speaks 1.41). `owner`
-    /// names this service instance on its containers.
-    pub async fn connect(settings: &Containers, owner: &str) -> Result<Self> {
+    /// names this service instance on its containers; pods' socket directories are made
+    /// in `pods_dir` (created, closed to everyone but this user).
+    pub async fn connect(settings: &Containers, owner: &str, pods_dir: &Path) -> Result<Self> {
+        prepare_pods_dir(pods_dir)?;
         let timeout = settings.docker_timeout_secs;
         let docker = if settings.docker_socket.is_empty() {
             Docker::connect_with_local_defaults()
@@ -150,6 +175,7 @@ impl DockerEngine {
             docker,
             settings: settings.clone(),
             owner: owner.to_owned(),
+            pods_dir: pods_dir.to_owned(),
         })
     }
 
@@ -395,68 +421,218 @@ impl DockerEngine {
         Ok(removed)
     }
 
-    /// Creates and starts the pods of a version, each on a free host port.
+    /// Creates and starts the pods of a version: each in a network namespace of its
+    /// own, reached through the socket in its directory (on the host network: each on a
+    /// free host port).
     pub async fn run(&self, spec: &PodSpec) -> Result<Vec<Pod>> {
-        let mut taken: Vec<u16> = self
-            .all_pods()
-            .await?
-            .iter()
-            .map(|(_, p)| p.address.port())
-            .collect();
-        let host: std::net::IpAddr = self
-            .settings
-            .listen_host
-            .parse()
-            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let on_host = self.settings.pods_on_host_network();
+        let mut taken: Vec<u16> = if on_host {
+            self.all_pods()
+                .await?
+                .iter()
+                .filter_map(|(_, p)| match &p.endpoint {
+                    Endpoint::Tcp(address) => Some(address.port()),
+                    Endpoint::Unix(_) => None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let serves_on_socket = !on_host && self.runs_the_runner(&spec.image).await?;
+        let host = self.listen_host();
         let mut pods = Vec::new();
         for index in 0..spec.pod_count {
-            let port = free_port(host, &taken)?;
-            taken.push(port);
             let name = container_name(spec.lambda_id, spec.version, index);
             // A leftover of an interrupted start has the same name.
-            self.remove_container(&name).await?;
+            self.remove_pod_named(&name).await?;
             let mut env = spec.env.clone();
-            env.push(format!("PORT={port}"));
-            env.push(format!("LUNA_LAMBDA_LISTEN_HOST={host}"));
+            let mut labels = HashMap::from([
+                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                (LABEL_OWNER.to_owned(), self.owner.clone()),
+                (LABEL_LAMBDA.to_owned(), spec.lambda_id.to_string()),
+                (LABEL_VERSION.to_owned(), spec.version.to_string()),
+                (LABEL_POD.to_owned(), index.to_string()),
+            ]);
+            let mut host_config = host_config(spec.resources.as_ref(), spec.gpu, &self.settings);
+            let endpoint = if on_host {
+                let port = free_port(host, &taken)?;
+                taken.push(port);
+                env.push(format!("PORT={port}"));
+                env.push(format!("LUNA_LAMBDA_LISTEN_HOST={host}"));
+                labels.insert(LABEL_PORT.to_owned(), port.to_string());
+                Endpoint::Tcp(SocketAddr::new(host, port))
+            } else {
+                let dir = self.pod_dir(&name);
+                make_pod_dir(&dir)?;
+                let socket = dir.join(POD_SOCKET);
+                labels.insert(LABEL_SOCKET.to_owned(), socket.display().to_string());
+                let mount = format!("{}:{POD_DIR_INSIDE}", dir.display());
+                if serves_on_socket {
+                    env.push(format!("LUNA_LAMBDA_SOCKET={POD_DIR_INSIDE}/{POD_SOCKET}"));
+                    host_config.binds = Some(vec![mount]);
+                } else {
+                    let relay = self.start_relay(spec.lambda_id, &name, mount).await?;
+                    env.push(format!("PORT={POD_PORT}"));
+                    env.push("LUNA_LAMBDA_LISTEN_HOST=127.0.0.1".to_owned());
+                    host_config.network_mode = Some(format!("container:{relay}"));
+                }
+                Endpoint::Unix(socket)
+            };
             let body = ContainerCreateBody {
                 image: Some(spec.image.clone()),
                 env: Some(env),
-                labels: Some(HashMap::from([
-                    (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
-                    (LABEL_OWNER.to_owned(), self.owner.clone()),
-                    (LABEL_LAMBDA.to_owned(), spec.lambda_id.to_string()),
-                    (LABEL_VERSION.to_owned(), spec.version.to_string()),
-                    (LABEL_POD.to_owned(), index.to_string()),
-                    (LABEL_PORT.to_owned(), port.to_string()),
-                ])),
-                host_config: Some(host_config(
-                    spec.resources.as_ref(),
-                    spec.gpu,
-                    &self.settings,
-                )),
+                labels: Some(labels),
+                host_config: Some(host_config),
                 ..Default::default()
             };
-            let created = self
-                .docker
-                .create_container(
-                    Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-                    body,
-                )
-                .await
-                .map_err(api("container create"))?;
-            self.docker
-                .start_container(&created.id, None)
-                .await
-                .map_err(api("container start"))?;
+            let id = self.create_and_start(&name, body).await?;
             pods.push(Pod {
-                container_id: created.id,
+                container_id: id,
                 version: spec.version,
                 index,
-                address: SocketAddr::new(host, port),
+                endpoint,
                 state: "running".to_owned(),
             });
         }
         Ok(pods)
+    }
+
+    async fn create_and_start(&self, name: &str, body: ContainerCreateBody) -> Result<String> {
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(name).build()),
+                body,
+            )
+            .await
+            .map_err(api("container create"))?;
+        self.docker
+            .start_container(&created.id, None)
+            .await
+            .map_err(api("container start"))?;
+        Ok(created.id)
+    }
+
+    /// Starts the holder of a pod's network namespace: a relay from the pod's socket to
+    /// `$PORT` inside the namespace, which the pod then joins. The relay owns the
+    /// namespace so that a pod restarting (its restart policy) finds it again. It carries
+    /// the lambda's label (an operator's filter finds it), not a pod's.
+    async fn start_relay(
+        &self,
+        lambda_id: LambdaId,
+        pod_name: &str,
+        mount: String,
+    ) -> Result<String> {
+        let mut host_config = host_config(None, false, &self.settings);
+        host_config.binds = Some(vec![mount]);
+        host_config.memory = Some(RELAY_MEMORY_BYTES);
+        let body = ContainerCreateBody {
+            image: Some(self.settings.base_image.clone()),
+            cmd: Some(RELAY_COMMAND.iter().map(|&part| part.to_owned()).collect()),
+            env: Some(vec![
+                format!("LUNA_LAMBDA_SOCKET={POD_DIR_INSIDE}/{POD_SOCKET}"),
+                format!("LUNA_LAMBDA_RELAY_TO=127.0.0.1:{POD_PORT}"),
+            ]),
+            labels: Some(HashMap::from([
+                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                (LABEL_OWNER.to_owned(), self.owner.clone()),
+                (LABEL_LAMBDA.to_owned(), lambda_id.to_string()),
+                (LABEL_RELAY_OF.to_owned(), pod_name.to_owned()),
+            ])),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        self.create_and_start(&relay_name(pod_name), body).await
+    }
+
+    /// Whether `image` starts the base image's runner (which serves on a socket itself).
+    async fn runs_the_runner(&self, image: &str) -> Result<bool> {
+        let inspect = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(api("image inspect"))?;
+        let config = inspect.config.unwrap_or_default();
+        Ok(config.entrypoint.unwrap_or_default().is_empty()
+            && config.cmd.unwrap_or_default() == RUNNER_COMMAND)
+    }
+
+    fn listen_host(&self) -> std::net::IpAddr {
+        self.settings
+            .listen_host
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// The socket directory of the pod container `name`: named by a digest of the name,
+    /// so that the socket's path stays within the 108 bytes a unix socket path may have.
+    fn pod_dir(&self, name: &str) -> PathBuf {
+        use sha2::Digest as _;
+        let digest = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+        self.pods_dir.join(&digest[..16])
+    }
+
+    /// Removes a pod container, its relay and its socket directory (each gone already
+    /// is fine).
+    pub async fn remove_pod_named(&self, name: &str) -> Result<()> {
+        // The pod first: it lives in the relay's namespace.
+        self.remove_container(name).await?;
+        self.remove_container(&relay_name(name)).await?;
+        match std::fs::remove_dir_all(self.pod_dir(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(pod = name, error = %e, "cannot remove the pod's socket directory");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Removes relays whose pod is gone and socket directories no pod uses (what an
+    /// interrupted start or removal leaves).
+    pub async fn remove_leftovers(&self) -> Result<()> {
+        let pods: HashSet<String> = self
+            .all_pods()
+            .await?
+            .iter()
+            .map(|(id, p)| container_name(*id, p.version, p.index))
+            .collect();
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_OWNER}={}", self.owner),
+                LABEL_RELAY_OF.to_owned(),
+            ],
+        )]);
+        let relays = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(api("container list"))?;
+        for relay in relays {
+            let of = relay
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(LABEL_RELAY_OF).cloned());
+            if let (Some(of), Some(id)) = (of, relay.id)
+                && !pods.contains(&of)
+            {
+                self.remove_container(&id).await?;
+            }
+        }
+        let used: HashSet<PathBuf> = pods.iter().map(|name| self.pod_dir(name)).collect();
+        if let Ok(entries) = std::fs::read_dir(&self.pods_dir) {
+            for entry in entries.flatten() {
+                if !used.contains(&entry.path()) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every pod of every lambda this service instance manages.
@@ -489,23 +665,24 @@ impl DockerEngine {
             ))
             .await
             .map_err(api("container list"))?;
-        let host: std::net::IpAddr = self
-            .settings
-            .listen_host
-            .parse()
-            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let host = self.listen_host();
         let mut pods: Vec<(LambdaId, Pod)> = containers
             .into_iter()
+            // A relay has the lambda's label but no pod's.
             .filter_map(|c| {
                 let labels = c.labels?;
                 let label = |k: &str| labels.get(k).cloned();
+                let endpoint = match label(LABEL_PORT) {
+                    Some(port) => Endpoint::Tcp(SocketAddr::new(host, port.parse().ok()?)),
+                    None => Endpoint::Unix(label(LABEL_SOCKET)?.into()),
+                };
                 Some((
                     label(LABEL_LAMBDA)?.parse().ok()?,
                     Pod {
                         container_id: c.id?,
                         version: Version(label(LABEL_VERSION)?.parse().ok()?),
                         index: label(LABEL_POD)?.parse().ok()?,
-                        address: SocketAddr::new(host, label(LABEL_PORT)?.parse().ok()?),
+                        endpoint,
                         state: c.state.map_or_else(|| "unknown".to_owned(), state_word),
                     },
                 ))
@@ -610,15 +787,59 @@ pub fn container_name(lambda_id: LambdaId, version: Version, index: u32) -> Stri
     format!("luna-lambda-{lambda_id}-v{version}-{index}")
 }
 
-/// CPU, memory, GPU and restart policy of a pod. CPU is in millicores, memory in GiB
-/// (LUNA's units).
+/// The container name of a pod's relay.
+fn relay_name(pod_name: &str) -> String {
+    format!("{pod_name}-net")
+}
+
+/// Makes the directory of the pods' socket directories, which only this user may enter:
+/// a pod's own directory inside is open to the pod's user (whoever its image runs as),
+/// and this is what keeps everyone else on the machine out of it.
+fn prepare_pods_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let failed = |e: std::io::Error| {
+        DockerError::NotReady(format!(
+            "cannot prepare the pods' socket directory {}: {e}",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
+    // The longest socket path: the directory, a 16-digit pod directory and the socket.
+    let longest = dir.as_os_str().len() + 1 + 16 + 1 + POD_SOCKET.len();
+    if longest > MAX_SOCKET_PATH {
+        return Err(DockerError::NotReady(format!(
+            "containers.pod_socket_dir {} is too long for a unix socket path ({longest} of at most {MAX_SOCKET_PATH} bytes)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Bytes of a unix socket's path (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A pod's socket directory, writable by any user of the pod (see `prepare_pods_dir`).
+fn make_pod_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let failed = |e: std::io::Error| {
+        DockerError::NotReady(format!(
+            "cannot make the pod directory {}: {e}",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).map_err(failed)
+}
+
+/// CPU, memory, GPU, restart policy and network of a pod. CPU is in millicores, memory
+/// in GiB (LUNA's units).
 pub fn host_config(resources: Option<&Resources>, gpu: bool, settings: &Containers) -> HostConfig {
     const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
     let r = resources.cloned().unwrap_or_default();
     HostConfig {
-        // The engine runs without a bridge (no private address ever used): pods listen
-        // on the host's loopback.
-        network_mode: Some("host".to_owned()),
+        // `none` by default: a namespace with nothing but a loopback of its own.
+        network_mode: Some(settings.pod_network.clone()),
         nano_cpus: r.cpu_limit.map(|m| i64::from(m) * 1_000_000),
         cpu_shares: r.cpu_request.map(|m| (i64::from(m) * 1024 / 1000).max(2)),
         memory: r.ram_limit.map(|g| (g * GIB) as i64),
@@ -647,8 +868,8 @@ pub fn host_config(resources: Option<&Resources>, gpu: bool, settings: &Containe
                 ("max-file".to_owned(), settings.log_max_files.to_string()),
             ])),
         }),
-        // On the host network a capability such as NET_RAW would reach every loopback
-        // service; a lambda needs none of them, nor to gain privileges.
+        // A lambda needs no capability (on the host network NET_RAW would reach every
+        // loopback service), nor to gain privileges.
         cap_drop: Some(vec!["ALL".to_owned()]),
         security_opt: Some(vec!["no-new-privileges".to_owned()]),
         ..Default::default()
@@ -780,7 +1001,11 @@ mod tests {
             ..Containers::default()
         };
         let hc = host_config(Some(&r), true, &settings);
-        assert_eq!(hc.network_mode.as_deref(), Some("host"));
+        assert_eq!(
+            hc.network_mode.as_deref(),
+            Some("none"),
+            "no network by default"
+        );
         assert_eq!(hc.nano_cpus, Some(1_500_000_000));
         assert_eq!(hc.cpu_shares, Some(256));
         assert_eq!(hc.memory, Some(512 * 1024 * 1024));

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::{KubeBackend, LambdaDeployment};
 use crate::lifecycle::{DeployError, Deployer, PodRequest, PodState, Progress};
-use crate::model::{LambdaId, Version};
+use crate::model::{Endpoint, LambdaId, Version};
 
 /// A cluster that runs container lambdas (images are built elsewhere and pulled).
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ impl Deployer for KubeDeployer {
         request: &PodRequest,
         previous: Option<&PodRequest>,
         progress: Progress<'_>,
-    ) -> Result<Vec<SocketAddr>, DeployError> {
+    ) -> Result<Vec<Endpoint>, DeployError> {
         let id = request.lambda_id;
         let deployment = self.deployment(request);
         let namespace = deployment.pods.namespace.as_str();
@@ -104,7 +104,7 @@ impl Deployer for KubeDeployer {
         progress(&format!(
             "rollout complete: Service luna-lambda-{id} at {endpoint}"
         ));
-        Ok(vec![endpoint])
+        Ok(vec![Endpoint::Tcp(endpoint)])
     }
 
     /// The Deployment holds one version: its rolling update already replaced the others.
@@ -171,7 +171,7 @@ impl Deployer for KubeDeployer {
         &self,
         request: &PodRequest,
         progress: Progress<'_>,
-    ) -> Result<Vec<SocketAddr>, DeployError> {
+    ) -> Result<Vec<Endpoint>, DeployError> {
         let id = request.lambda_id;
         self.kube
             .apply(&self.deployment(request))
@@ -182,7 +182,7 @@ impl Deployer for KubeDeployer {
             "service restarted: version {} applied again, Service at {endpoint}",
             request.version
         ));
-        Ok(vec![endpoint])
+        Ok(vec![Endpoint::Tcp(endpoint)])
     }
 
     /// Objects of deleted lambdas are not searched for across namespaces: lambdas are

@@ -4,7 +4,6 @@
 //! engine or cluster runs the pods is decided where the backends are built, never here.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,9 @@ use super::build::{BuildFailure, BuildJob};
 use super::deploy::{PodRequest, PodState};
 use super::{ContainerBackends, Lifecycle, LifecycleError};
 use crate::builder;
-use crate::model::{AccountId, LambdaId, LambdaStatus, Parameters, Resources, Runtime, Version};
+use crate::model::{
+    AccountId, Endpoint, LambdaId, LambdaStatus, Parameters, Resources, Runtime, Version,
+};
 use crate::runtime::PodSet;
 use crate::store::{LambdaRecord, LambdaSpec};
 
@@ -112,7 +113,7 @@ impl Lifecycle {
         id: LambdaId,
         account: AccountId,
         version: Version,
-        endpoints: Vec<SocketAddr>,
+        endpoints: Vec<Endpoint>,
     ) -> Arc<PodSet> {
         Arc::new(PodSet::new(
             id,

@@ -6,12 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 
 use async_trait::async_trait;
 
 use crate::builder::container::BuildContext;
-use crate::model::{AccountId, LambdaId, LambdaType, Resources, Version};
+use crate::model::{AccountId, Endpoint, LambdaId, LambdaType, Resources, Version};
 
 /// Where a backend reports what it is doing (each line lands in the build or lambda log).
 pub type Progress<'a> = &'a mut (dyn FnMut(&str) + Send);
@@ -129,7 +128,7 @@ pub trait Deployer: Send + Sync + fmt::Debug {
         request: &PodRequest,
         previous: Option<&PodRequest>,
         progress: Progress<'_>,
-    ) -> Result<Vec<SocketAddr>, DeployError>;
+    ) -> Result<Vec<Endpoint>, DeployError>;
 
     /// After `version` took over: removes what other versions of the lambda still run.
     async fn retire_others(&self, lambda_id: LambdaId, version: Version);
@@ -164,7 +163,7 @@ pub trait Deployer: Send + Sync + fmt::Debug {
         &self,
         request: &PodRequest,
         progress: Progress<'_>,
-    ) -> Result<Vec<SocketAddr>, DeployError>;
+    ) -> Result<Vec<Endpoint>, DeployError>;
 
     /// Removes the pods of lambdas for which `known` says no (deleted while the service
     /// was down).

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use super::*;
 use crate::builder::archive::tests::zip_of;
 use crate::builder::container::BuildContext;
-use crate::model::{LambdaStatus, Version};
+use crate::model::{Endpoint, LambdaStatus, Version};
 use crate::store::{BuildKind, BuildRecord, Store};
 
 /// What a fake backend was asked to do.
@@ -54,9 +54,9 @@ impl FakeBackend {
 
 /// Where the fake's pods of a version listen: deploys and re-attaches differ, so a test
 /// sees which one serves.
-fn endpoint(version: Version, reattached: bool) -> SocketAddr {
+fn endpoint(version: Version, reattached: bool) -> Endpoint {
     let port = 20_000 + u16::try_from(version.0).unwrap() + if reattached { 500 } else { 0 };
-    SocketAddr::from(([127, 0, 0, 1], port))
+    Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 #[async_trait]
@@ -96,7 +96,7 @@ impl Deployer for FakeBackend {
         request: &PodRequest,
         previous: Option<&PodRequest>,
         progress: Progress<'_>,
-    ) -> Result<Vec<SocketAddr>, DeployError> {
+    ) -> Result<Vec<Endpoint>, DeployError> {
         self.record(Call::Deploy {
             version: request.version,
             previous: previous.map(|p| p.version),
@@ -147,7 +147,7 @@ impl Deployer for FakeBackend {
         &self,
         request: &PodRequest,
         _progress: Progress<'_>,
-    ) -> Result<Vec<SocketAddr>, DeployError> {
+    ) -> Result<Vec<Endpoint>, DeployError> {
         self.record(Call::Reattach(request.version));
         Ok(vec![endpoint(request.version, true)])
     }
@@ -235,9 +235,12 @@ impl World {
     }
 
     /// The version serving requests, and where its pods are.
-    fn serving(&self, id: LambdaId) -> (Version, Vec<SocketAddr>) {
+    fn serving(&self, id: LambdaId) -> (Version, Vec<Endpoint>) {
         let pods = self.registry.pods(id).expect("pods serve");
-        (pods.version, pods.pods.iter().map(|p| p.addr).collect())
+        (
+            pods.version,
+            pods.pods.iter().map(|p| p.addr.clone()).collect(),
+        )
     }
 
     async fn create(&self) -> LambdaId {

@@ -2,8 +2,10 @@
 //! lambda's user-supplied parameters. Parsed once at the edge ("parse, don't
 //! validate"); depends on nothing else in the crate.
 
+mod endpoint;
 mod host_pattern;
 
+pub use endpoint::Endpoint;
 pub use host_pattern::HostPattern;
 
 use std::collections::BTreeMap;

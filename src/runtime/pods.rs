@@ -2,10 +2,11 @@
 //! atomically like WASM versions) and the HTTP/1 connections to them. Each pod keeps
 //! its own idle connections; a request checks one out and drives it in its own task
 //! (no connection task, no hand-off between tasks), and the response body hands the
-//! connection back when it has streamed to its end. Depends on `model`, `metrics`.
+//! connection back when it has streamed to its end. A pod is reached over TCP or over
+//! the unix socket of its own directory (Docker pods without a network). Depends on
+//! `model`, `metrics`.
 
 use std::future::{Future as _, poll_fn};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,10 +20,11 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::metrics::LambdaMetrics;
-use crate::model::{AccountId, LambdaId, Version};
+use crate::model::{AccountId, Endpoint, LambdaId, Version};
 
 /// The body the pod client sends: the caller's body, streamed.
 pub type PodBody = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -34,7 +36,7 @@ pub enum PodError {
     #[error("cannot connect to pod {pod}: {reason}")]
     Connect {
         /// The pod.
-        pod: SocketAddr,
+        pod: Endpoint,
         /// Why.
         reason: String,
     },
@@ -42,7 +44,7 @@ pub enum PodError {
     #[error("pod {pod} did not answer within {after:?}")]
     Timeout {
         /// The pod.
-        pod: SocketAddr,
+        pod: Endpoint,
         /// The timeout.
         after: Duration,
     },
@@ -50,7 +52,7 @@ pub enum PodError {
     #[error("pod {pod} failed: {reason}")]
     Broken {
         /// The pod.
-        pod: SocketAddr,
+        pod: Endpoint,
         /// Why.
         reason: String,
     },
@@ -59,7 +61,7 @@ pub enum PodError {
     #[error("the request body to pod {pod} exceeded its limit")]
     BodyTooLarge {
         /// The pod.
-        pod: SocketAddr,
+        pod: Endpoint,
     },
 }
 
@@ -67,8 +69,87 @@ pub enum PodError {
 /// connection state machine, which whoever uses the connection polls.
 struct Upstream {
     sender: http1::SendRequest<PodBody>,
-    connection: http1::Connection<TokioIo<TcpStream>, PodBody>,
+    connection: http1::Connection<TokioIo<PodStream>, PodBody>,
     idle_since: Instant,
+}
+
+/// A connection to a pod, over whichever transport its endpoint names.
+enum PodStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl PodStream {
+    async fn connect(endpoint: &Endpoint) -> std::io::Result<Self> {
+        match endpoint {
+            Endpoint::Tcp(address) => {
+                let stream = TcpStream::connect(address).await?;
+                // The body is a second write after the headers: without NODELAY it
+                // would wait for the pod's delayed ACK.
+                stream.set_nodelay(true)?;
+                Ok(Self::Tcp(stream))
+            }
+            Endpoint::Unix(path) => Ok(Self::Unix(UnixStream::connect(path).await?)),
+        }
+    }
+}
+
+impl AsyncRead for PodStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PodStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Unix(stream) => Pin::new(stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Self::Unix(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Tcp(stream) => stream.is_write_vectored(),
+            Self::Unix(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Unix(stream) => Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Unix(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
+    }
 }
 
 /// What one exchange on a connection came to.
@@ -130,7 +211,7 @@ impl Upstream {
 /// One pod (or, on Kubernetes, the lambda's Service) and its idle connections.
 pub struct Pod {
     /// Where it listens.
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
     idle: Mutex<Vec<Upstream>>,
     connections_opened: AtomicU64,
 }
@@ -146,7 +227,7 @@ impl std::fmt::Debug for Pod {
 
 impl Pod {
     /// A pod with no connections yet.
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: Endpoint) -> Self {
         Self {
             addr,
             idle: Mutex::new(Vec::new()),
@@ -221,7 +302,7 @@ impl PodSet {
         lambda_id: LambdaId,
         account_id: AccountId,
         version: Version,
-        pods: Vec<SocketAddr>,
+        pods: Vec<Endpoint>,
         metrics: LambdaMetrics,
     ) -> Self {
         Self {
@@ -276,15 +357,12 @@ impl PodClient {
 
     async fn connect(&self, pod: &Pod) -> Result<Upstream, PodError> {
         let failed = |reason: String| PodError::Connect {
-            pod: pod.addr,
+            pod: pod.addr.clone(),
             reason,
         };
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(pod.addr))
+        let stream = tokio::time::timeout(self.connect_timeout, PodStream::connect(&pod.addr))
             .await
             .map_err(|_| failed(format!("no connection within {:?}", self.connect_timeout)))?
-            .map_err(|e| failed(e.to_string()))?;
-        stream
-            .set_nodelay(true)
             .map_err(|e| failed(e.to_string()))?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
@@ -307,7 +385,7 @@ impl PodClient {
     ) -> Result<Response<PodResponseBody>, PodError> {
         let deadline = tokio::time::Instant::now() + self.response_timeout;
         let timed_out = || PodError::Timeout {
-            pod: pod.addr,
+            pod: pod.addr.clone(),
             after: self.response_timeout,
         };
         let mut request = request;
@@ -346,16 +424,18 @@ impl PodClient {
                 Ok(Exchange::Unsent(unsent)) if was_reused => request = unsent,
                 Ok(Exchange::Unsent(_)) => {
                     return Err(PodError::Broken {
-                        pod: pod.addr,
+                        pod: pod.addr.clone(),
                         reason: "the connection closed before the request was sent".into(),
                     });
                 }
                 Ok(Exchange::BodyTooLarge) => {
-                    return Err(PodError::BodyTooLarge { pod: pod.addr });
+                    return Err(PodError::BodyTooLarge {
+                        pod: pod.addr.clone(),
+                    });
                 }
                 Ok(Exchange::Failed(reason)) => {
                     return Err(PodError::Broken {
-                        pod: pod.addr,
+                        pod: pod.addr.clone(),
                         reason,
                     });
                 }
@@ -464,7 +544,7 @@ mod tests {
     use hyper::service::service_fn;
     use tokio::net::TcpListener;
 
-    fn pod_set(pods: Vec<SocketAddr>) -> PodSet {
+    fn pod_set(pods: Vec<Endpoint>) -> PodSet {
         let metrics = crate::metrics::Metrics::new()
             .unwrap()
             .for_lambda(LambdaId::generate());
@@ -479,19 +559,21 @@ mod tests {
 
     #[test]
     fn pods_are_picked_round_robin() {
-        let addrs: Vec<SocketAddr> = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+        let addrs: Vec<Endpoint> = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
             .iter()
-            .map(|a| a.parse().unwrap())
+            .map(|a| Endpoint::Tcp(a.parse().unwrap()))
             .collect();
         let set = pod_set(addrs.clone());
-        let picked: Vec<SocketAddr> = (0..6).filter_map(|_| set.pick().map(|p| p.addr)).collect();
+        let picked: Vec<Endpoint> = (0..6)
+            .filter_map(|_| set.pick().map(|p| p.addr.clone()))
+            .collect();
         assert_eq!(picked, [&addrs[..], &addrs[..]].concat());
         assert!(pod_set(vec![]).pick().is_none());
     }
 
     /// A pod answering `GET /n` with n bytes, `/slow` after a minute, `/close` with
     /// `Connection: close`, and `/nothing` with 204. Counts connections accepted.
-    async fn test_pod() -> (SocketAddr, Arc<AtomicU64>) {
+    async fn test_pod() -> (Endpoint, Arc<AtomicU64>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicU64::new(0));
@@ -500,36 +582,54 @@ mod tests {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 counter.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let service = service_fn(|request: Request<Incoming>| async move {
-                        let path = request.uri().path().to_owned();
-                        let mut response = Response::new(Full::new(Bytes::new()));
-                        match path.as_str() {
-                            "/slow" => tokio::time::sleep(Duration::from_secs(60)).await,
-                            "/close" => {
-                                response
-                                    .headers_mut()
-                                    .insert("connection", HeaderValue::from_static("close"));
-                            }
-                            "/nothing" => *response.status_mut() = http::StatusCode::NO_CONTENT,
-                            "/echo" => {
-                                let body = request.into_body().collect().await?.to_bytes();
-                                *response.body_mut() = Full::new(body);
-                            }
-                            n => {
-                                let n: usize = n[1..].parse().unwrap_or(0);
-                                *response.body_mut() = Full::new(Bytes::from(vec![b'x'; n]));
-                            }
-                        }
-                        Ok::<_, hyper::Error>(response)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                tokio::spawn(serve_test_pod(stream));
             }
         });
-        (addr, accepted)
+        (Endpoint::Tcp(addr), accepted)
+    }
+
+    /// The same pod on a unix socket in `dir`.
+    async fn test_pod_on_unix_socket(dir: &std::path::Path) -> (Endpoint, Arc<AtomicU64>) {
+        let path = dir.join("http.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(serve_test_pod(stream));
+            }
+        });
+        (Endpoint::Unix(path), accepted)
+    }
+
+    async fn serve_test_pod(stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static) {
+        let service = service_fn(|request: Request<Incoming>| async move {
+            let path = request.uri().path().to_owned();
+            let mut response = Response::new(Full::new(Bytes::new()));
+            match path.as_str() {
+                "/slow" => tokio::time::sleep(Duration::from_secs(60)).await,
+                "/close" => {
+                    response
+                        .headers_mut()
+                        .insert("connection", HeaderValue::from_static("close"));
+                }
+                "/nothing" => *response.status_mut() = http::StatusCode::NO_CONTENT,
+                "/echo" => {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    *response.body_mut() = Full::new(body);
+                }
+                n => {
+                    let n: usize = n[1..].parse().unwrap_or(0);
+                    *response.body_mut() = Full::new(Bytes::from(vec![b'x'; n]));
+                }
+            }
+            Ok::<_, hyper::Error>(response)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
     }
 
     fn get(path: &str) -> Request<PodBody> {
@@ -583,6 +683,22 @@ mod tests {
         let sizes = futures::future::join_all(calls).await;
         assert_eq!(sizes, vec![5; 8]);
         assert!(pod.idle().len() <= 4);
+    }
+
+    #[tokio::test]
+    async fn a_pod_on_a_unix_socket_is_served_over_kept_alive_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let (endpoint, accepted) = test_pod_on_unix_socket(dir.path()).await;
+        let pod = Arc::new(Pod::new(endpoint));
+        let client = client();
+        for size in [3, 100_000, 0] {
+            let response = client.send(&pod, get(&format!("/{size}"))).await.unwrap();
+            assert_eq!(body_len(response).await, size);
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+        let gone = Arc::new(Pod::new(Endpoint::Unix(dir.path().join("none.sock"))));
+        let error = client.send(&gone, get("/1")).await.unwrap_err();
+        assert!(matches!(error, PodError::Connect { .. }), "{error}");
     }
 
     /// What a server does with a response body of known length: it reads frames until
@@ -687,14 +803,14 @@ mod tests {
 
         // Nothing listens on a port just released.
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let gone = Arc::new(Pod::new(closed.local_addr().unwrap()));
+        let gone = Arc::new(Pod::new(closed.local_addr().unwrap().into()));
         drop(closed);
         let error = client().send(&gone, get("/")).await.unwrap_err();
         assert!(matches!(error, PodError::Connect { .. }), "{error}");
 
         // A pod that answers garbage.
         let liar = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let liar_pod = Arc::new(Pod::new(liar.local_addr().unwrap()));
+        let liar_pod = Arc::new(Pod::new(liar.local_addr().unwrap().into()));
         tokio::spawn(async move {
             let (mut stream, _) = liar.accept().await.unwrap();
             let mut buf = [0u8; 1024];

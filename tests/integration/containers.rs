@@ -870,3 +870,135 @@ async fn an_archives_build_steps_reach_no_network() {
     assert!(logs.contains("interfaces ['lo']"), "{logs}");
     assert_eq!(server.delete_lambda(&id).await.status(), 204);
 }
+
+/// Tenant B's pod tries what a host-network pod could do: reach the service's API and
+/// the registry on loopback, see the host's interfaces and other pods' sockets. Each
+/// pod has a network namespace of its own with a loopback alone; the service reaches
+/// it through the socket of its own directory (a Dockerfile lambda through the relay
+/// that holds its namespace).
+#[tokio::test]
+async fn a_pod_reaches_neither_the_api_the_registry_nor_another_pod() {
+    let server = docker_server();
+    let victim = server
+        .create(ACCOUNT, "victim", custom_dockerfile_zip(), None)
+        .await;
+    let (api, registry_port) = (server.port(), registry_port());
+    let prober = format!(
+        r#"import os, socket
+def reach(port):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        return s.connect_ex(("127.0.0.1", port))
+    finally:
+        s.close()
+def main(request):
+    return {{"api": reach({api}), "registry": reach({registry_port}),
+             "interfaces": [n for _, n in socket.if_nameindex()],
+             "sockets": sorted(os.listdir("/run/luna"))}}
+"#
+    );
+    let attacker = server
+        .create(
+            OTHER_ACCOUNT,
+            "prober",
+            zip_of(&[("lambda_main.py", prober.as_bytes())]),
+            None,
+        )
+        .await;
+    let _cleanup = Cleanup(vec![victim.clone(), attacker.clone()]);
+    server.wait_status(&victim, "running").await;
+    server.wait_status(&attacker, "running").await;
+
+    let (status, seen) = server
+        .call(Method::POST, &format!("/1/lambdas/{attacker}/proxy/main"))
+        .account(OTHER_ACCOUNT)
+        .json(&json!({}))
+        .send_json()
+        .await;
+    assert_eq!(status, 200, "{seen}");
+    const REFUSED: u64 = 111;
+    assert_eq!(seen["api"], REFUSED, "the pod reached the API: {seen}");
+    assert_eq!(
+        seen["registry"], REFUSED,
+        "the pod reached the registry: {seen}"
+    );
+    assert_eq!(seen["interfaces"], json!(["lo"]), "{seen}");
+    assert_eq!(
+        seen["sockets"],
+        json!(["http.sock"]),
+        "its own socket only: {seen}"
+    );
+
+    // The engine agrees: no pod on the host network, the Dockerfile lambda inside its
+    // relay's namespace, and the victim still serves through it.
+    for container in containers_of(&victim)
+        .into_iter()
+        .chain(containers_of(&attacker))
+    {
+        let mode = docker(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.NetworkMode}}",
+            &container,
+        ]);
+        assert!(mode == "none" || mode.starts_with("container:"), "{mode}");
+    }
+    assert_eq!(containers_of(&victim).len(), 2, "the pod and its relay");
+    let r = server.proxy(Method::GET, &victim, "/still-there").await;
+    assert_eq!(r.status(), 200);
+    for id in [&victim, &attacker] {
+        assert_eq!(server.delete_lambda(id).await.status(), 204);
+        assert!(containers_of(id).is_empty(), "relay and pod are removed");
+    }
+}
+
+/// The registry's port (`registry()` is `host:port`).
+fn registry_port() -> u16 {
+    registry()
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .expect("the registry is host:port")
+}
+
+/// The operator's explicit choice of the host network (one trusted tenant): pods listen
+/// on host ports again, the start warns what that exposes and `/1/config` shows it.
+#[tokio::test]
+async fn host_networking_is_an_operators_explicit_and_visible_choice() {
+    let server = Server::start(&[
+        ("LUNA_LAMBDA_CONTAINER_BACKEND", "docker"),
+        ("LUNA_LAMBDA_CONTAINERS_REGISTRY", ""),
+        ("LUNA_LAMBDA_CONTAINERS_POD_NETWORK", "host"),
+    ]);
+    let (_, config) = server.get_json("/1/config").await;
+    assert_eq!(config["containers"]["pod_network"], "host", "{config}");
+    assert!(
+        server.log().contains("every pod shares the host's network"),
+        "{}",
+        server.log()
+    );
+    let id = server
+        .create(
+            ACCOUNT,
+            "trusted",
+            zip_of(&[(
+                "lambda_main.py",
+                b"def main(request):\n    return {'ok': True}\n",
+            )]),
+            None,
+        )
+        .await;
+    let _cleanup = Cleanup(vec![id.clone()]);
+    server.wait_status(&id, "running").await;
+    assert_eq!(server.proxy(Method::POST, &id, "/main").await.status(), 200);
+    let pods = containers_of(&id);
+    assert_eq!(pods.len(), 1);
+    let mode = docker(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.NetworkMode}}",
+        &pods[0],
+    ]);
+    assert_eq!(mode, "host");
+    assert_eq!(server.delete_lambda(&id).await.status(), 204);
+}

@@ -5,6 +5,7 @@ settings in the environment:
 
   PORT                     port to listen on (default 8080)
   LUNA_LAMBDA_LISTEN_HOST  address to listen on (default 0.0.0.0)
+  LUNA_LAMBDA_SOCKET       a unix socket to listen on instead (a pod without a network)
   WORKERS                  worker processes sharing the listening socket (default 1)
   LUNA_LAMBDA_TYPE         standalone | handlers | tasks (default standalone)
   LAMBDA_ID, LAMBDA_VERSION, LUNA_ACCOUNT_ID   identity, echoed in logs and headers
@@ -19,6 +20,9 @@ keeps LUNA lambdas working unchanged)::
 
     async def main(request: StandaloneLambdaRequest) -> dict:
         return {"request_length_in_bytes": len(request.body)}
+
+``python3 -m luna_runner.relay`` is the other program here: the holder of a pod's network
+namespace, relaying its unix socket to a lambda of its own Dockerfile listening on ``$PORT``.
 """
 
 from .request import (

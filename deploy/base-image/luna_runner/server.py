@@ -47,6 +47,8 @@ class Settings:
     def __init__(self, env):
         self.port = int(env.get("PORT", "8080"))
         self.host = env.get("LUNA_LAMBDA_LISTEN_HOST", "0.0.0.0")
+        # A unix socket to listen on instead of host:port (a pod without a network).
+        self.socket = env.get("LUNA_LAMBDA_SOCKET") or None
         self.workers = max(1, min(32, int(env.get("WORKERS", "1"))))
         self.lambda_type = env.get("LUNA_LAMBDA_TYPE", "standalone")
         self.lambda_id = env.get("LAMBDA_ID", "")
@@ -133,7 +135,7 @@ def make_handler(the_lambda):
         # Keep-alive: the service's proxy pools its connections. Without TCP_NODELAY the
         # body (a second write after the headers) waits for a delayed ACK: 40 ms a request.
         protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
+        disable_nagle_algorithm = settings.socket is None  # TCP only
         server_version = "luna-runner"
 
         def log_message(self, fmt, *args):  # access lines are the service's job
@@ -229,9 +231,26 @@ def make_handler(the_lambda):
     return Handler
 
 
+def listen(settings):
+    """The listening socket: TCP on host:port, or the unix socket the service connects to."""
+    if settings.socket is None:
+        return socket.create_server((settings.host, settings.port), reuse_port=False, backlog=1024)
+    try:
+        os.unlink(settings.socket)  # left by this pod's previous run (a restart)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(settings.socket)
+    # The service may run as another user than the pod; the directory holding the
+    # socket is what keeps everyone else away from it.
+    os.chmod(settings.socket, 0o666)
+    listener.listen(1024)
+    return listener
+
+
 def serve(env=None):
     settings = Settings(os.environ if env is None else env)
-    listener = socket.create_server((settings.host, settings.port), reuse_port=False, backlog=1024)
+    listener = listen(settings)
     children = []
     # Workers share the listening socket; the first process is one of them.
     for _ in range(settings.workers - 1):
@@ -258,9 +277,9 @@ def serve(env=None):
     signal.signal(signal.SIGINT, stop)
     if children is not None:
         log.logger.info(
-            "lambda %s version %s (%s) listening on %s:%d with %d worker(s)",
+            "lambda %s version %s (%s) listening on %s with %d worker(s)",
             settings.lambda_id or "-", settings.version, settings.lambda_type,
-            settings.host, settings.port, settings.workers,
+            settings.socket or f"{settings.host}:{settings.port}", settings.workers,
         )
     server.serve_forever(poll_interval=0.5)
     for pid in children or []:
