@@ -1071,6 +1071,14 @@ mod tests {
                 vec![("LUNA_LAMBDA_ENCRYPTION_KEY", "short")],
                 "encryption_key",
             ),
+            (
+                vec![("LUNA_LAMBDA_CONTAINERS_POD_NETWORK", "container:other-pod")],
+                "containers.pod_network",
+            ),
+            (
+                vec![("LUNA_LAMBDA_CONTAINERS_POD_NETWORK", "")],
+                "containers.pod_network",
+            ),
         ] {
             let err = Config::load(None, env(&pairs), &Overrides::default())
                 .unwrap_err()

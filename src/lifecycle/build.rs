@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 
 use super::deploy::DeployError;
 use super::{Lifecycle, Served, Staged, now, stamp};
@@ -92,8 +92,8 @@ pub(super) struct BuildJob<'a> {
 impl BuildJob<'_> {
     /// Appends a line to the job's log; the record is saved soon after.
     pub(super) fn log(&mut self, line: &str) {
-        self.lifecycle.append_line(&mut self.record, line);
-        self.saver.offer(&self.record);
+        let kept = self.lifecycle.append_line(&mut self.record, line);
+        self.saver.offer(&kept);
     }
 
     /// Builds the job's version; returns what will serve it.
@@ -201,37 +201,68 @@ impl BuildJob<'_> {
 }
 
 /// Saves a running job's record as its log grows. Lines come from synchronous progress
-/// callbacks and the store is async: the newest record waits in a slot, and one task
-/// saves whatever is newest whenever it is free, so a burst of lines costs one save.
+/// callbacks and the store is async: each line goes to a task that keeps its own copy of
+/// the record, adds the lines that came meanwhile, and saves it at most once per
+/// `JOB_SAVE_INTERVAL`. A line costs no copy of the record, and a chatty build (every
+/// line of a large `pip install`) a few saves a second, not one per line.
 struct JobSaver {
-    newest: watch::Sender<Option<BuildRecord>>,
+    lines: mpsc::UnboundedSender<String>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The fewest time between two saves of a running job.
+const JOB_SAVE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What saves a job's record (the store, or a test's counter).
+type SaveJob = Box<dyn FnMut(BuildRecord) -> futures::future::BoxFuture<'static, ()> + Send>;
+
 impl JobSaver {
-    fn start(store: Arc<dyn LambdaStore>) -> Self {
-        let (newest, mut offered) = watch::channel(None::<BuildRecord>);
+    /// Saves `record` (as it is now) with each line `offer`ed, keeping its newest
+    /// `max_lines` lines.
+    fn start(mut record: BuildRecord, max_lines: usize, mut save: SaveJob) -> Self {
+        let (lines, mut incoming) = mpsc::unbounded_channel::<String>();
         let task = tokio::spawn(async move {
-            // After the sender is gone, the newest record not yet seen is still saved.
-            while offered.changed().await.is_ok() {
-                let record = offered.borrow_and_update().clone();
-                if let Some(record) = record {
-                    save_job(store.as_ref(), &record).await;
+            let mut due = tokio::time::Instant::now();
+            // After the sender is gone, the lines not yet saved still are.
+            while let Some(line) = incoming.recv().await {
+                keep_line(&mut record.logs, line, max_lines);
+                let mut open = true;
+                while open {
+                    match tokio::time::timeout_at(due, incoming.recv()).await {
+                        Ok(Some(line)) => keep_line(&mut record.logs, line, max_lines),
+                        Ok(None) => open = false,
+                        Err(_) => break,
+                    }
+                }
+                save(record.clone()).await;
+                due = tokio::time::Instant::now() + JOB_SAVE_INTERVAL;
+                if !open {
+                    break;
                 }
             }
         });
-        Self { newest, task }
+        Self { lines, task }
     }
 
-    fn offer(&self, record: &BuildRecord) {
-        self.newest.send_replace(Some(record.clone()));
+    /// `line` (stamped and bounded) goes to the next save.
+    fn offer(&self, line: &str) {
+        // The task ends only after the sender: it is always there to receive.
+        let _ = self.lines.send(line.to_owned());
     }
 
-    /// Waits until the newest record offered is saved.
+    /// Waits until every line offered is saved.
     async fn finish(self) {
-        drop(self.newest);
+        drop(self.lines);
         let _ = self.task.await;
     }
+}
+
+/// Appends `line` to a job's log, dropping its oldest line past `max_lines`.
+fn keep_line(logs: &mut Vec<String>, line: String, max_lines: usize) {
+    if logs.len() >= max_lines {
+        logs.remove(0);
+    }
+    logs.push(line);
 }
 
 /// Saves a build job's record, unless its lambda is gone: an aborted build of a deleted
@@ -256,13 +287,17 @@ impl Lifecycle {
     }
 
     /// Appends a line to a build job's log, bounded in length and in lines kept.
-    fn append_line(&self, build: &mut BuildRecord, line: &str) {
+    /// Returns the line as kept.
+    fn append_line(&self, build: &mut BuildRecord, line: &str) -> String {
         let line = crate::model::bounded_line(line, self.config.builds.max_log_line_bytes);
         tracing::info!(lambda = %build.lambda_id, version = %build.spec.version, "{line}");
-        if build.logs.len() >= self.config.builds.max_log_lines {
-            build.logs.remove(0);
-        }
-        build.logs.push(stamp(&line));
+        let kept = stamp(&line);
+        keep_line(
+            &mut build.logs,
+            kept.clone(),
+            self.config.builds.max_log_lines,
+        );
+        kept
     }
 
     /// Appends a line to a build job's log and saves the job.
@@ -284,13 +319,19 @@ impl Lifecycle {
             return;
         }
         let started = Instant::now();
+        let mut build = build;
+        build.status = ImageStatus::InProgress;
+        let store = self.store.clone();
+        let save: SaveJob = Box::new(move |build| {
+            let store = store.clone();
+            Box::pin(async move { save_job(store.as_ref(), &build).await })
+        });
         let mut job = BuildJob {
+            saver: JobSaver::start(build.clone(), self.config.builds.max_log_lines, save),
             lifecycle: self,
             record: build,
             account: record.account_id,
-            saver: JobSaver::start(self.store.clone()),
         };
-        job.record.status = ImageStatus::InProgress;
         let version = job.record.spec.version;
         let started_line = format!("build of version {version} started ({:?})", job.record.kind);
         job.log(&started_line);
@@ -556,5 +597,95 @@ impl Lifecycle {
             max_value_bytes: kv.max_value_bytes,
             max_total_bytes: kv.max_total_bytes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::model::{LambdaType, Version};
+    use crate::store::{BuildKind, SpecParameters};
+
+    fn job_record() -> BuildRecord {
+        BuildRecord {
+            lambda_id: LambdaId::generate(),
+            kind: BuildKind::Create,
+            spec: LambdaSpec {
+                version: Version::FIRST,
+                lambda_type: LambdaType::Standalone,
+                runtime: Runtime::Container,
+                archive_digest: "00".into(),
+                parameters: SpecParameters::default(),
+                deploy_parameters: SpecDeployParameters::default(),
+                credentials_sealed: vec![],
+                wasm_digest: None,
+                openapi: None,
+            },
+            status: ImageStatus::InProgress,
+            created: chrono::Utc::now(),
+            finished: None,
+            logs: vec![],
+        }
+    }
+
+    /// A build printing 20,000 lines as fast as it can (a large `pip install`) is saved a
+    /// few times, not once per line, and the last save holds its newest lines.
+    #[tokio::test]
+    async fn a_chatty_build_is_saved_a_few_times_not_per_line() {
+        let saves = Arc::new(Mutex::new(Vec::<BuildRecord>::new()));
+        let seen = saves.clone();
+        let save: SaveJob = Box::new(move |record| {
+            seen.lock().unwrap().push(record);
+            Box::pin(async {
+                // A save of a large record takes a while.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            })
+        });
+        let saver = JobSaver::start(job_record(), 1000, save);
+        let started = Instant::now();
+        for n in 0..20_000 {
+            saver.offer(&format!("line {n}"));
+            if n % 1000 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        saver.finish().await;
+        let saves = saves.lock().unwrap();
+        let bound = 2 + started.elapsed().as_millis() / JOB_SAVE_INTERVAL.as_millis();
+        assert!(
+            (saves.len() as u128) <= bound,
+            "{} saves for 20,000 lines (bound {bound})",
+            saves.len()
+        );
+        let last = saves.last().expect("saved at least once");
+        assert_eq!(last.logs.len(), 1000);
+        assert_eq!(
+            (
+                last.logs.first().unwrap().as_str(),
+                last.logs.last().unwrap().as_str()
+            ),
+            ("line 19000", "line 19999")
+        );
+    }
+
+    /// A single line is saved at once: the image logs show a build's start without a
+    /// wait.
+    #[tokio::test]
+    async fn the_first_line_is_saved_at_once() {
+        let (saved, mut on_save) = mpsc::unbounded_channel::<BuildRecord>();
+        let save: SaveJob = Box::new(move |record| {
+            let _ = saved.send(record);
+            Box::pin(async {})
+        });
+        let saver = JobSaver::start(job_record(), 10, save);
+        saver.offer("build started");
+        let first = tokio::time::timeout(Duration::from_secs(5), on_save.recv())
+            .await
+            .expect("saved without waiting for more lines or the end")
+            .unwrap();
+        assert_eq!(first.logs, ["build started"]);
+        saver.finish().await;
     }
 }
