@@ -208,8 +208,16 @@ pub struct KeyValue {
 pub struct Builds {
     /// Builds running at once.
     pub max_concurrent: usize,
-    /// A build running longer fails.
+    /// A build running longer fails (a compile too, ended where it is).
     pub timeout_secs: u64,
+    /// Compile WASM components in a child process of the service's own binary under the
+    /// limits below (a component that makes the compiler spin or allocate costs that
+    /// child only). Off: compiles run in the service, unlimited.
+    pub compile_in_child: bool,
+    /// CPU seconds one compile may use.
+    pub compile_cpu_secs: u64,
+    /// MiB of memory one compile may allocate.
+    pub compile_memory_mb: u64,
     /// After a job ends its status stays readable this long, then reads `not_found`.
     pub retention_secs: u64,
     /// Image log lines kept per job.
@@ -459,6 +467,9 @@ impl Default for Builds {
         Self {
             max_concurrent: 2,
             timeout_secs: 300,
+            compile_in_child: true,
+            compile_cpu_secs: 120,
+            compile_memory_mb: 4096,
             retention_secs: 3600,
             max_log_lines: 1000,
             max_log_line_bytes: 4096,
@@ -682,8 +693,10 @@ impl Config {
         if self.builds.max_concurrent == 0
             || self.builds.timeout_secs == 0
             || self.builds.max_log_line_bytes == 0
+            || self.builds.compile_cpu_secs == 0
+            || self.builds.compile_memory_mb == 0
         {
-            return bad("builds.max_concurrent, builds.timeout_secs and builds.max_log_line_bytes must be positive".into());
+            return bad("builds.max_concurrent, timeout_secs, max_log_line_bytes, compile_cpu_secs and compile_memory_mb must be positive".into());
         }
         if self.limits.max_archive_bytes == 0
             || self.limits.max_entries == 0

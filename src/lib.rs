@@ -78,6 +78,9 @@ pub enum StartupError {
     /// A service thread could not be started.
     #[error("cannot start a service thread: {0}")]
     Thread(std::io::Error),
+    /// The service's own binary (the compile worker) cannot be found.
+    #[error("cannot find the service's binary for compile workers: {0}")]
+    CompileWorker(std::io::Error),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(String),
@@ -170,7 +173,23 @@ impl Server {
         let sealer = secrets::Sealer::open(&config.encryption_key, &data)?;
         let archives = builder::ArchiveStore::open(&data.join("archives"))?;
         let metrics = metrics::Metrics::new().map_err(StartupError::Metrics)?;
-        let engine = runtime::WasmEngine::new(&config, &data.join("artifacts"))?;
+        // Compiles of untrusted components run in a limited child: this binary again.
+        let compile_worker = if config.builds.compile_in_child {
+            let program = std::env::current_exe().map_err(StartupError::CompileWorker)?;
+            Some(runtime::compile_worker::CompileWorker {
+                program,
+                cpu_secs: config.builds.compile_cpu_secs,
+                memory_mb: config.builds.compile_memory_mb,
+                timeout: Duration::from_secs(config.builds.timeout_secs),
+            })
+        } else {
+            None
+        };
+        let engine = runtime::WasmEngine::with_compile_worker(
+            &config,
+            &data.join("artifacts"),
+            compile_worker,
+        )?;
         let registry = Arc::new(runtime::Registry::default());
         let logs = logs::LogSink::start(
             store.clone(),

@@ -40,6 +40,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Internal: compile one component for the service, under limits (started by the
+    /// service itself; the component and settings come on stdin).
+    #[command(hide = true, name = "compile-worker")]
+    CompileWorker {
+        #[arg(long)]
+        cache_dir: PathBuf,
+        #[arg(long)]
+        cpu_secs: u64,
+        #[arg(long)]
+        memory_mb: u64,
+    },
     /// Pack a built component into an archive ready to upload, checked the way the
     /// server checks it (every problem printed).
     Pack {
@@ -80,6 +91,14 @@ fn main() -> std::process::ExitCode {
             lambda_type,
             config,
         } => return pack(&input, &output, &lambda_type, config.as_deref()),
+        Command::CompileWorker {
+            cache_dir,
+            cpu_secs,
+            memory_mb,
+        } => {
+            let status = luna_lambda::runtime::compile_worker::run(&cache_dir, cpu_secs, memory_mb);
+            return std::process::ExitCode::from(u8::try_from(status).unwrap_or(1));
+        }
     };
     let config = match Config::load(
         config.as_deref(),

@@ -6,7 +6,9 @@
 use wasmtime::component::types::ComponentItem;
 
 use crate::model::LambdaType;
-use crate::runtime::{Compiled, Prelinked, WasmEngine, export_problems, import_provided};
+use crate::runtime::{
+    Compiled, Prelinked, RuntimeError, WasmEngine, export_problems, import_provided,
+};
 
 const MAGIC: &[u8; 4] = b"\0asm";
 /// Binary header word of a core module (version 1, layer 0).
@@ -55,10 +57,17 @@ pub fn check_component(
     let compiled = match engine.compile(wasm) {
         Ok(c) => c,
         Err(e) => {
+            let problem = match &e {
+                RuntimeError::CompileWorker(limit) if limit.is_limit() => {
+                    format!("lambda.wasm cannot be compiled within the service's limits: {e}")
+                }
+                RuntimeError::CompileWorker(_) => format!("lambda.wasm could not be compiled: {e}"),
+                _ => format!("lambda.wasm is not a valid component: {e}"),
+            };
             return ComponentCheck {
                 compiled: None,
                 prelinked: None,
-                problems: vec![format!("lambda.wasm is not a valid component: {e}")],
+                problems: vec![problem],
             };
         }
     };

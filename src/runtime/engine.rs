@@ -1,7 +1,8 @@
 //! The process-wide wasmtime engine: pooling allocator (probed, with fallback),
 //! epoch interruption driven by a ticker thread, Cranelift tuned for speed, and the
 //! on-disk content-addressed compilation cache. Also the linker with the whole WASI
-//! 0.2 surface. Depends on `config` and `runtime::host`.
+//! 0.2 surface. Compiles run in a worker process when one is set
+//! (`runtime::compile_worker`). Depends on `config` and `runtime::host`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use wasmtime::{
 };
 
 use super::RuntimeError;
+use super::compile_worker::{CompileWorker, WorkerError};
 use super::host::HostState;
 use crate::config::Config as ServiceConfig;
 use crate::model::AccountId;
@@ -40,6 +42,10 @@ pub struct WasmEngine {
     /// Compiles run one at a time (Cranelift already uses every core) so that the
     /// cache files a compile creates can be attributed to its component.
     compile_lock: Mutex<()>,
+    /// Where compiles run: in a limited child process, or (none) in this one.
+    worker: Option<CompileWorker>,
+    /// The settings the engine was built with (a worker builds the same engine).
+    settings: ServiceConfig,
     epoch_tick: Duration,
     ticker_stop: Arc<AtomicBool>,
     /// Each account's share of concurrent requests, over all its lambdas.
@@ -73,58 +79,78 @@ fn base_config(cache: &Cache, settings: &ServiceConfig) -> Config {
     config
 }
 
+/// The wasmtime engine of `settings` with its compilation cache in `cache_dir`, and
+/// whether it pools instances: the service's and, identical, a compile worker's (equal
+/// settings give equal cache keys, so the service loads what the worker compiled).
+pub(super) fn build_engine(
+    settings: &ServiceConfig,
+    cache_dir: &Path,
+) -> Result<(Engine, Cache, bool), RuntimeError> {
+    let mut cache_config = CacheConfig::new();
+    cache_config.with_directory(cache_dir);
+    let cache = Cache::new(cache_config).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+    let max_memory = u64::from(settings.sandbox.max_memory_limit_mb) * 1024 * 1024;
+    let mut pooling = false;
+    let mut engine = None;
+    if settings.engine.pooling {
+        let n = settings.engine.pool_instances;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+            .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+            .total_tables(n.saturating_mul(MEMORIES_PER_COMPONENT))
+            .total_stacks(n)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MEMORIES_PER_COMPONENT)
+            .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
+            .decommit_batch_size(settings.engine.decommit_batch_size.max(1))
+            .linear_memory_keep_resident(settings.engine.memory_keep_resident_kb * 1024)
+            .table_keep_resident(settings.engine.table_keep_resident_kb * 1024)
+            .pagemap_scan(if settings.engine.pagemap_scan {
+                Enabled::Auto
+            } else {
+                Enabled::No
+            });
+        let mut config = base_config(&cache, settings);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        match Engine::new(&config) {
+            Ok(e) => {
+                pooling = true;
+                engine = Some(e);
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "pooling allocator unavailable on this host; using on-demand allocation"
+            ),
+        }
+    }
+    let engine = match engine {
+        Some(e) => e,
+        None => Engine::new(&base_config(&cache, settings))
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?,
+    };
+    Ok((engine, cache, pooling))
+}
+
 /// Fiber stack above the guest's own maximum, for the host functions it calls.
 const ASYNC_STACK_HEADROOM: usize = 1024 * 1024;
 
 impl WasmEngine {
-    /// Builds the engine. With `engine.pooling` the pooling allocator is tried first
-    /// and the on-demand allocator used if the host cannot reserve the pool.
+    /// Builds the engine; compiles run in this process. With `engine.pooling` the
+    /// pooling allocator is tried first and the on-demand allocator used if the host
+    /// cannot reserve the pool.
     pub fn new(settings: &ServiceConfig, cache_dir: &Path) -> Result<Arc<Self>, RuntimeError> {
-        let mut cache_config = CacheConfig::new();
-        cache_config.with_directory(cache_dir);
-        let cache = Cache::new(cache_config).map_err(|e| RuntimeError::Engine(e.to_string()))?;
-        let max_memory = u64::from(settings.sandbox.max_memory_limit_mb) * 1024 * 1024;
-        let mut pooling = false;
-        let mut engine = None;
-        if settings.engine.pooling {
-            let n = settings.engine.pool_instances;
-            let mut pool = PoolingAllocationConfig::default();
-            pool.total_component_instances(n)
-                .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
-                .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
-                .total_tables(n.saturating_mul(MEMORIES_PER_COMPONENT))
-                .total_stacks(n)
-                .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
-                .max_memories_per_component(MEMORIES_PER_COMPONENT)
-                .max_tables_per_component(MEMORIES_PER_COMPONENT)
-                .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
-                .decommit_batch_size(settings.engine.decommit_batch_size.max(1))
-                .linear_memory_keep_resident(settings.engine.memory_keep_resident_kb * 1024)
-                .table_keep_resident(settings.engine.table_keep_resident_kb * 1024)
-                .pagemap_scan(if settings.engine.pagemap_scan {
-                    Enabled::Auto
-                } else {
-                    Enabled::No
-                });
-            let mut config = base_config(&cache, settings);
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-            match Engine::new(&config) {
-                Ok(e) => {
-                    pooling = true;
-                    engine = Some(e);
-                }
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "pooling allocator unavailable on this host; using on-demand allocation"
-                ),
-            }
-        }
-        let engine = match engine {
-            Some(e) => e,
-            None => Engine::new(&base_config(&cache, settings))
-                .map_err(|e| RuntimeError::Engine(e.to_string()))?,
-        };
+        Self::with_compile_worker(settings, cache_dir, None)
+    }
 
+    /// Builds the engine; compiles run in `worker`'s child processes when one is given.
+    pub fn with_compile_worker(
+        settings: &ServiceConfig,
+        cache_dir: &Path,
+        worker: Option<CompileWorker>,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        let (engine, cache, pooling) = build_engine(settings, cache_dir)?;
         let mut linker = Linker::new(&engine);
         // The whole WASI 0.2 surface: toolchains import cli/filesystem/sockets even for
         // pure HTTP handlers. The context denies what the sandbox does not allow.
@@ -151,6 +177,8 @@ impl WasmEngine {
             cache,
             cache_dir: cache_dir.to_owned(),
             compile_lock: Mutex::new(()),
+            worker,
+            settings: settings.clone(),
             epoch_tick,
             ticker_stop,
             account_shares: Mutex::default(),
@@ -230,9 +258,24 @@ impl WasmEngine {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = self.cache_files();
         let hits = self.cache.cache_hits();
+        // The worker compiles into the cache (or finds it there); loading it here is
+        // then a cache hit, with no Cranelift run in this process.
+        if let Some(worker) = &self.worker {
+            worker
+                .compile(&self.settings, &self.cache_dir, wasm)
+                .map_err(|e| match e {
+                    WorkerError::Invalid(reason) => RuntimeError::Compile(reason),
+                    other => RuntimeError::CompileWorker(other),
+                })?;
+        }
         let component = Component::new(&self.engine, wasm)
             .map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
         let cache_hit = self.cache.cache_hits() > hits;
+        if self.worker.is_some() && !cache_hit {
+            tracing::error!(
+                "the compile worker's artifact was not found in the cache: compiled in the service"
+            );
+        }
         let mut artifacts: Vec<String> = self.cache_files().difference(&before).cloned().collect();
         artifacts.sort();
         Ok(Compiled {

@@ -3,6 +3,7 @@
 //! containers), and the registry the proxy reads (lambda id → current version, swapped
 //! atomically). Depends on `config`, `model`, `logs`, `metrics`, `store` (key-value data).
 
+pub mod compile_worker;
 mod engine;
 mod env;
 mod guest;
@@ -36,6 +37,9 @@ pub enum RuntimeError {
     /// The component does not compile.
     #[error("{0}")]
     Compile(String),
+    /// The compile in its worker process hit a limit or the worker failed.
+    #[error(transparent)]
+    CompileWorker(#[from] compile_worker::WorkerError),
     /// The component cannot be linked against the host.
     #[error("{0}")]
     Link(String),

@@ -1,5 +1,6 @@
 //! Another account's lambda is invisible on every route: answered exactly like a
-//! missing one, never listed, never modified, never called.
+//! missing one, never listed, never modified, never called. Another account's compile
+//! cannot take the service's compiler from everyone else.
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -92,4 +93,56 @@ async fn another_accounts_lambda_is_invisible_everywhere() {
         (Some("private"), Some(1))
     );
     assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
+}
+
+/// Tenant B validates a valid component made to keep Cranelift busy (tens of seconds of
+/// CPU). Its compile runs in a child process that ends at `builds.compile_cpu_secs`:
+/// B's validate names that limit, and tenant A's create, made meanwhile, builds and
+/// serves.
+#[tokio::test]
+async fn a_compile_heavy_component_ends_at_its_cpu_limit_and_others_still_build() {
+    let s = Server::start(&[("LUNA_LAMBDA_BUILDS_COMPILE_CPU_SECS", "2")]);
+    let heavy = zip_of(&[("lambda.wasm", &compile_heavy_component(40, 4000))]);
+    let attack = s
+        .call(Method::POST, "/1/lambdas/validate")
+        .account(OTHER_ACCOUNT)
+        .upload(Upload::new(heavy).named("heavy").without_credentials())
+        .send_json();
+    let bystander = async {
+        let id = s.create(ACCOUNT, "bystander", fixture_zip(), None).await;
+        s.wait_status(&id, "running").await;
+        id
+    };
+    let ((status, body), id) = tokio::join!(attack, bystander);
+    assert_eq!(status, 200, "{body}");
+    let errors = body["errors"].to_string();
+    assert!(
+        errors.contains("cannot be compiled within the service's limits")
+            && errors.contains("builds.compile_cpu_secs"),
+        "{body}"
+    );
+    assert_eq!(s.proxy(Method::GET, &id, "/").await.status(), 200);
+    assert_eq!(s.get("/healthcheck").await.status(), 200);
+}
+
+/// The same component under a memory limit too small for its compile (though ample for
+/// an ordinary one): the validate names `builds.compile_memory_mb`; the service is
+/// unharmed.
+#[tokio::test]
+async fn a_compile_past_its_memory_limit_is_a_clear_problem() {
+    let s = Server::start(&[("LUNA_LAMBDA_BUILDS_COMPILE_MEMORY_MB", "40")]);
+    let heavy = zip_of(&[("lambda.wasm", &compile_heavy_component(40, 4000))]);
+    let (status, body) = s
+        .call(Method::POST, "/1/lambdas/validate")
+        .upload(Upload::new(heavy).named("heavy").without_credentials())
+        .send_json()
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["errors"]
+            .to_string()
+            .contains("builds.compile_memory_mb"),
+        "{body}"
+    );
+    assert_eq!(s.get("/healthcheck").await.status(), 200);
 }

@@ -647,3 +647,46 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A valid component whose compile is heavy: `functions` functions of straight-line
+/// arithmetic over many live values (register pressure), each about a second of
+/// Cranelift's time at 4,000 statements.
+pub fn compile_heavy_component(functions: u32, statements: u32) -> Vec<u8> {
+    use wasm_encoder::{
+        CodeSection, Function, FunctionSection, Instruction, Module, ModuleSection, TypeSection,
+        ValType,
+    };
+    const LOCALS: u32 = 400;
+    let mut types = TypeSection::new();
+    types.ty().function([ValType::I64], [ValType::I64]);
+    let mut declared = FunctionSection::new();
+    let mut code = CodeSection::new();
+    for _ in 0..functions {
+        declared.function(0);
+        let mut body = Function::new([(LOCALS, ValType::I64)]);
+        for n in 0..statements {
+            // Each value is read again much later: all of them stay live.
+            let (a, b, c) = (n % LOCALS, (n * 7 + 3) % LOCALS, (n * 13 + 5) % LOCALS);
+            body.instruction(&Instruction::LocalGet(a + 1))
+                .instruction(&Instruction::LocalGet(b + 1))
+                .instruction(&Instruction::I64Mul)
+                .instruction(&Instruction::LocalGet(0))
+                .instruction(&Instruction::I64Add)
+                .instruction(&Instruction::LocalSet(c + 1));
+        }
+        for n in 0..LOCALS {
+            body.instruction(&Instruction::LocalGet(n + 1))
+                .instruction(&Instruction::LocalGet(0))
+                .instruction(&Instruction::I64Xor)
+                .instruction(&Instruction::LocalSet(0));
+        }
+        body.instruction(&Instruction::LocalGet(0))
+            .instruction(&Instruction::End);
+        code.function(&body);
+    }
+    let mut module = Module::new();
+    module.section(&types).section(&declared).section(&code);
+    let mut component = wasm_encoder::Component::new();
+    component.section(&ModuleSection(&module));
+    component.finish()
+}

@@ -1,0 +1,217 @@
+//! Compiling untrusted components outside the service: the service binary started again
+//! as `luna-lambda compile-worker`, which limits its own CPU time and data size, builds
+//! an engine with the service's settings and compiles one component into the shared
+//! compilation cache; the service then loads the result from the cache. A component
+//! that makes Cranelift spin or allocate without end costs that child, never the
+//! service, and ends at a limit that its validate or build names. Depends on `config`
+//! and `runtime::engine` (the engine's configuration).
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::Config as ServiceConfig;
+
+/// The subcommand the service starts itself with.
+pub const SUBCOMMAND: &str = "compile-worker";
+/// The worker's exit status when the component does not compile (its reason on stderr).
+const EXIT_INVALID: i32 = 3;
+/// The worker's exit status when it cannot do its job (bad input, no engine).
+const EXIT_BROKEN: i32 = 4;
+/// Bytes of the worker's stderr kept (a compile error's text).
+const MAX_STDERR: u64 = 64 * 1024;
+
+/// How the service runs compiles in a child.
+#[derive(Debug, Clone)]
+pub struct CompileWorker {
+    /// The service's own binary.
+    pub program: PathBuf,
+    /// CPU seconds a compile may use (`builds.compile_cpu_secs`).
+    pub cpu_secs: u64,
+    /// MiB of data a compile may allocate (`builds.compile_memory_mb`).
+    pub memory_mb: u64,
+    /// Wall-clock time a compile may take (`builds.timeout_secs`).
+    pub timeout: Duration,
+}
+
+/// A compile in a child did not produce a component.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The component does not compile (the compiler's reason).
+    #[error("{0}")]
+    Invalid(String),
+    /// The compile used up its CPU time.
+    #[error("compiling it took more than {0} s of CPU time (builds.compile_cpu_secs)")]
+    CpuTime(u64),
+    /// The compile used up its memory.
+    #[error("compiling it needed more than {0} MiB of memory (builds.compile_memory_mb)")]
+    Memory(u64),
+    /// The compile ran past its wall-clock time and was ended.
+    #[error("compiling it took longer than {0} s (builds.timeout_secs)")]
+    Timeout(u64),
+    /// The worker could not be run, or ended some other way.
+    #[error("the compile worker failed: {0}")]
+    Failed(String),
+}
+
+impl WorkerError {
+    /// Whether the component itself is at fault by exceeding a limit of the service
+    /// (rather than being invalid or the worker failing).
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Self::CpuTime(_) | Self::Memory(_) | Self::Timeout(_))
+    }
+}
+
+impl CompileWorker {
+    /// Compiles `wasm` in a child with `settings`' engine, into the cache at `cache_dir`.
+    /// Blocking.
+    pub fn compile(
+        &self,
+        settings: &ServiceConfig,
+        cache_dir: &Path,
+        wasm: &[u8],
+    ) -> Result<(), WorkerError> {
+        let failed = |what: &str, e: std::io::Error| WorkerError::Failed(format!("{what}: {e}"));
+        let settings =
+            serde_json::to_vec(settings).map_err(|e| WorkerError::Failed(e.to_string()))?;
+        let mut child = Command::new(&self.program)
+            .arg(SUBCOMMAND)
+            .arg("--cache-dir")
+            .arg(cache_dir)
+            .arg("--cpu-secs")
+            .arg(self.cpu_secs.to_string())
+            .arg("--memory-mb")
+            .arg(self.memory_mb.to_string())
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| failed("cannot start", e))?;
+        let stderr = child.stderr.take().map(|mut pipe| {
+            // Read beside the wait: a long error must not fill the pipe and stall it.
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = (&mut pipe).take(MAX_STDERR).read_to_string(&mut text);
+                let _ = std::io::copy(&mut pipe, &mut std::io::sink());
+                text
+            })
+        });
+        if let Some(mut stdin) = child.stdin.take() {
+            // The worker reads all of it before compiling; a worker that died early
+            // shows in its status below.
+            let _ = stdin
+                .write_all(&settings)
+                .and_then(|()| stdin.write_all(b"\n"))
+                .and_then(|()| stdin.write_all(wasm));
+        }
+        let status = self.wait(&mut child)?;
+        let stderr = stderr
+            .and_then(|reader| reader.join().ok())
+            .unwrap_or_default();
+        match status {
+            Waited::TimedOut => Err(WorkerError::Timeout(self.timeout.as_secs())),
+            Waited::Exited(status) => self.outcome(status, stderr.trim()),
+        }
+    }
+
+    /// Waits for the child, ending it at the timeout. The child is polled (std has no
+    /// wait with a timeout), first often, then every 20 ms: a small compile returns in
+    /// a few ms.
+    fn wait(&self, child: &mut Child) -> Result<Waited, WorkerError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(Waited::Exited(status)),
+                Ok(None) => {}
+                Err(e) => return Err(WorkerError::Failed(format!("cannot wait: {e}"))),
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(Waited::TimedOut);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    fn outcome(&self, status: ExitStatus, stderr: &str) -> Result<(), WorkerError> {
+        use std::os::unix::process::ExitStatusExt as _;
+        const SIGXCPU: i32 = 24;
+        if status.success() {
+            return Ok(());
+        }
+        // Rust's allocation failure message; the process then aborts.
+        if stderr.contains("memory allocation of") {
+            return Err(WorkerError::Memory(self.memory_mb));
+        }
+        match (status.code(), status.signal()) {
+            (Some(EXIT_INVALID), _) => Err(WorkerError::Invalid(stderr.to_owned())),
+            // The soft limit's SIGXCPU ends the worker (it does not handle it).
+            (_, Some(SIGXCPU)) => Err(WorkerError::CpuTime(self.cpu_secs)),
+            _ => Err(WorkerError::Failed(format!("{status}: {stderr}"))),
+        }
+    }
+}
+
+enum Waited {
+    Exited(ExitStatus),
+    TimedOut,
+}
+
+/// The worker's side: `luna-lambda compile-worker --cache-dir D --cpu-secs N --memory-mb M`
+/// with the service's settings as a JSON line then the component on stdin. Returns the
+/// exit status.
+pub fn run(cache_dir: &Path, cpu_secs: u64, memory_mb: u64) -> i32 {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let data = memory_mb.saturating_mul(1024 * 1024);
+    let limits = [
+        (Resource::Cpu, cpu_secs, cpu_secs.saturating_add(1)),
+        // Counts heap and writable private mappings, not the address space the engine
+        // reserves (a memory limit on that would refuse the engine itself).
+        (Resource::Data, data, data),
+    ];
+    for (resource, soft, hard) in limits {
+        let limit = Rlimit {
+            current: Some(soft),
+            maximum: Some(hard),
+        };
+        if let Err(e) = setrlimit(resource, limit) {
+            eprintln!("cannot set the compile's limit {resource:?}: {e}");
+            return EXIT_BROKEN;
+        }
+    }
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("cannot read the component: {e}");
+        return EXIT_BROKEN;
+    }
+    let Some(newline) = input.iter().position(|&b| b == b'\n') else {
+        eprintln!("no settings line on stdin");
+        return EXIT_BROKEN;
+    };
+    let settings: ServiceConfig = match serde_json::from_slice(&input[..newline]) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("bad settings: {e}");
+            return EXIT_BROKEN;
+        }
+    };
+    let engine = match super::engine::build_engine(&settings, cache_dir) {
+        Ok((engine, _, _)) => engine,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_BROKEN;
+        }
+    };
+    match wasmtime::component::Component::new(&engine, &input[newline + 1..]) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprint!("{e:#}");
+            EXIT_INVALID
+        }
+    }
+}
