@@ -216,6 +216,9 @@ pub struct Builds {
     pub compile_in_child: bool,
     /// CPU seconds one compile may use.
     pub compile_cpu_secs: u64,
+    /// Validations one account (or, together, the callers naming none) may run at once;
+    /// more are refused with 503 / 42010. Validations also wait for a build slot.
+    pub max_validates_per_account: usize,
     /// MiB of memory one compile may allocate.
     pub compile_memory_mb: u64,
     /// After a job ends its status stays readable this long, then reads `not_found`.
@@ -469,6 +472,7 @@ impl Default for Builds {
             timeout_secs: 300,
             compile_in_child: true,
             compile_cpu_secs: 120,
+            max_validates_per_account: 2,
             compile_memory_mb: 4096,
             retention_secs: 3600,
             max_log_lines: 1000,
@@ -695,8 +699,9 @@ impl Config {
             || self.builds.max_log_line_bytes == 0
             || self.builds.compile_cpu_secs == 0
             || self.builds.compile_memory_mb == 0
+            || self.builds.max_validates_per_account == 0
         {
-            return bad("builds.max_concurrent, timeout_secs, max_log_line_bytes, compile_cpu_secs and compile_memory_mb must be positive".into());
+            return bad("builds.max_concurrent, timeout_secs, max_log_line_bytes, compile_cpu_secs, compile_memory_mb and max_validates_per_account must be positive".into());
         }
         if self.limits.max_archive_bytes == 0
             || self.limits.max_entries == 0

@@ -202,14 +202,17 @@ pub(super) async fn validate(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult {
     no_query(q.as_deref())?;
-    input::account_optional(&headers)?;
+    let caller = input::account_optional(&headers)?;
     let parts = read_parts(&state, &headers, multipart, VALIDATE_PARTS).await?;
     let archive = parts.archive.ok_or_else(|| ApiError::missing("archive"))?;
     let parameters: Parameters = match parts.parameters {
         Some(p) => input::json(&p, "parameters")?,
         None => return Err(ApiError::missing("parameters")),
     };
-    let errors = state.lifecycle.validate(parameters, archive).await?;
+    let errors = state
+        .lifecycle
+        .validate(caller, parameters, archive)
+        .await?;
     Ok(Json(json!({ "errors": errors })).into_response())
 }
 

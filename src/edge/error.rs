@@ -307,6 +307,7 @@ impl From<LifecycleError> for ApiError {
                 "Lambda update exception",
                 e.to_string(),
             ),
+            LifecycleError::ValidatesBusy { .. } => Self::overloaded(e.to_string()),
             LifecycleError::Store(_)
             | LifecycleError::Build(_)
             | LifecycleError::Secrets(_)
@@ -347,6 +348,14 @@ mod tests {
             ),
             (LifecycleError::NoContainerBackend, 400, 42014),
             (LifecycleError::BuildInProgress(id), 409, 42006),
+            (
+                LifecycleError::ValidatesBusy {
+                    account: None,
+                    limit: 2,
+                },
+                503,
+                42010,
+            ),
             (LifecycleError::Task("secret/path".into()), 500, 1),
         ];
         for (err, status, code) in table {

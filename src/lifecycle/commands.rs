@@ -2,6 +2,7 @@
 //! checks what it is given, changes the store under the lambda's lock and queues the
 //! build job; none waits for a build.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +17,60 @@ use crate::store::{
     SpecParameters,
 };
 
+/// One running validation of a caller: counted until dropped.
+struct RunningValidate {
+    counts: Arc<std::sync::Mutex<HashMap<Option<AccountId>, usize>>>,
+    caller: Option<AccountId>,
+}
+
+impl Drop for RunningValidate {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.caller);
+            }
+        }
+    }
+}
+
 impl Lifecycle {
+    /// Counts a validation of `caller`'s, or refuses it past
+    /// `builds.max_validates_per_account`: one caller's flood of compile-heavy validations
+    /// cannot hold every build slot.
+    fn start_validate(&self, caller: Option<AccountId>) -> Result<RunningValidate> {
+        let limit = self.config.builds.max_validates_per_account;
+        let mut counts = self
+            .validates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let running = counts.entry(caller).or_default();
+        if *running >= limit {
+            return Err(LifecycleError::ValidatesBusy {
+                account: caller,
+                limit,
+            });
+        }
+        *running += 1;
+        Ok(RunningValidate {
+            counts: self.validates.clone(),
+            caller,
+        })
+    }
+
     /// Checks an upload without storing anything: every problem, including the
     /// component's (compiled, then its artifact dropped unless a lambda already uses it).
     pub async fn validate(
         &self,
+        caller: Option<AccountId>,
         parameters: Parameters,
         archive: bytes::Bytes,
     ) -> Result<Vec<String>> {
+        let _running = self.start_validate(caller)?;
         let config = self.config.clone();
         let engine = self.engine.clone();
         // Validation compiles like a build: it waits for a build slot, so a flood of

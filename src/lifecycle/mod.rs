@@ -15,6 +15,7 @@ mod recover;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
@@ -67,6 +68,15 @@ pub enum LifecycleError {
     /// A container backend call failed.
     #[error(transparent)]
     Deploy(DeployError),
+    /// The caller already runs its most validations at once
+    /// (`builds.max_validates_per_account`).
+    #[error("{} already runs {limit} validation(s), the most one caller may run at once; retry when one has answered", .account.map_or_else(|| "a caller without an account".to_owned(), |a| format!("account {a}")))]
+    ValidatesBusy {
+        /// The caller's account (none: the callers naming no account, together).
+        account: Option<AccountId>,
+        /// `builds.max_validates_per_account`.
+        limit: usize,
+    },
     /// A background task failed.
     #[error("internal task failure: {0}")]
     Task(String),
@@ -155,6 +165,8 @@ pub struct Lifecycle {
     logs: LogSink,
     metrics: Metrics,
     build_slots: Arc<Semaphore>,
+    /// Validations running now, per calling account.
+    validates: Arc<std::sync::Mutex<HashMap<Option<AccountId>, usize>>>,
     locks: DashMap<LambdaId, Arc<Mutex<()>>>,
     /// Uploads hold it shared from storing an archive until a record references it;
     /// garbage collection holds it exclusively.
@@ -206,6 +218,7 @@ impl Lifecycle {
         } = parts;
         Arc::new(Self {
             build_slots: Arc::new(Semaphore::new(config.builds.max_concurrent)),
+            validates: Arc::default(),
             config,
             store,
             kv,

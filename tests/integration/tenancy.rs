@@ -95,32 +95,58 @@ async fn another_accounts_lambda_is_invisible_everywhere() {
     assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
 }
 
-/// Tenant B validates a valid component made to keep Cranelift busy (tens of seconds of
-/// CPU). Its compile runs in a child process that ends at `builds.compile_cpu_secs`:
-/// B's validate names that limit, and tenant A's create, made meanwhile, builds and
-/// serves.
+/// Tenant B validates, three times at once, a valid component made to keep Cranelift
+/// busy (tens of seconds of CPU). B's third validation is refused (two at once per
+/// account); each compile runs in a child process that ends at
+/// `builds.compile_cpu_secs`, and B's validations name that limit. Tenant A's create,
+/// made meanwhile, builds and serves.
 #[tokio::test]
 async fn a_compile_heavy_component_ends_at_its_cpu_limit_and_others_still_build() {
     let s = Server::start(&[("LUNA_LAMBDA_BUILDS_COMPILE_CPU_SECS", "2")]);
     let heavy = zip_of(&[("lambda.wasm", &compile_heavy_component(40, 4000))]);
-    let attack = s
-        .call(Method::POST, "/1/lambdas/validate")
-        .account(OTHER_ACCOUNT)
-        .upload(Upload::new(heavy).named("heavy").without_credentials())
-        .send_json();
+    let attack = || {
+        s.call(Method::POST, "/1/lambdas/validate")
+            .account(OTHER_ACCOUNT)
+            .upload(
+                Upload::new(heavy.clone())
+                    .named("heavy")
+                    .without_credentials(),
+            )
+            .send_json()
+    };
     let bystander = async {
         let id = s.create(ACCOUNT, "bystander", fixture_zip(), None).await;
         s.wait_status(&id, "running").await;
         id
     };
-    let ((status, body), id) = tokio::join!(attack, bystander);
-    assert_eq!(status, 200, "{body}");
-    let errors = body["errors"].to_string();
-    assert!(
-        errors.contains("cannot be compiled within the service's limits")
-            && errors.contains("builds.compile_cpu_secs"),
-        "{body}"
+    let (answers, id) = tokio::join!(
+        futures::future::join_all([attack(), attack(), attack()]),
+        bystander
     );
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _)| *status == 503)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(refused.len(), 1, "{answers:?}");
+    assert_eq!(refused[0]["error_code"], 42010, "{}", refused[0]);
+    assert!(
+        refused[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(OTHER_ACCOUNT),
+        "{}",
+        refused[0]
+    );
+    for (status, body) in answers.iter().filter(|(status, _)| *status != 503) {
+        assert_eq!(*status, 200, "{body}");
+        let errors = body["errors"].to_string();
+        assert!(
+            errors.contains("cannot be compiled within the service's limits")
+                && errors.contains("builds.compile_cpu_secs"),
+            "{body}"
+        );
+    }
     assert_eq!(s.proxy(Method::GET, &id, "/").await.status(), 200);
     assert_eq!(s.get("/healthcheck").await.status(), 200);
 }
