@@ -96,7 +96,7 @@ fn main() -> std::process::ExitCode {
             cpu_secs,
             memory_mb,
         } => {
-            let status = luna_lambda::runtime::compile_worker::run(&cache_dir, cpu_secs, memory_mb);
+            let status = luna_lambda::runtime::run_compile_worker(&cache_dir, cpu_secs, memory_mb);
             return std::process::ExitCode::from(u8::try_from(status).unwrap_or(1));
         }
     };

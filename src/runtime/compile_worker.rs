@@ -3,8 +3,8 @@
 //! an engine with the service's settings and compiles one component into the shared
 //! compilation cache; the service then loads the result from the cache. A component
 //! that makes Cranelift spin or allocate without end costs that child, never the
-//! service, and ends at a limit that its validate or build names. Depends on `config`
-//! and `runtime::engine` (the engine's configuration).
+//! service, and ends at a limit that its validate or build names. The worker's engine
+//! is `runtime::engine`'s (`run_compile_worker`). Depends on `config`.
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -15,10 +15,14 @@ use crate::config::Config as ServiceConfig;
 
 /// The subcommand the service starts itself with.
 pub const SUBCOMMAND: &str = "compile-worker";
+/// What the worker prints when the component was in the cache already ...
+pub(super) const CACHE_HIT: &str = "cache-hit";
+/// ... and when it ran Cranelift.
+pub(super) const COMPILED: &str = "compiled";
 /// The worker's exit status when the component does not compile (its reason on stderr).
-const EXIT_INVALID: i32 = 3;
+pub(super) const EXIT_INVALID: i32 = 3;
 /// The worker's exit status when it cannot do its job (bad input, no engine).
-const EXIT_BROKEN: i32 = 4;
+pub(super) const EXIT_BROKEN: i32 = 4;
 /// Bytes of the worker's stderr kept (a compile error's text).
 const MAX_STDERR: u64 = 64 * 1024;
 
@@ -64,14 +68,14 @@ impl WorkerError {
 }
 
 impl CompileWorker {
-    /// Compiles `wasm` in a child with `settings`' engine, into the cache at `cache_dir`.
-    /// Blocking.
+    /// Compiles `wasm` in a child with `settings`' engine, into the cache at `cache_dir`;
+    /// true when it was there already (no Cranelift run). Blocking.
     pub fn compile(
         &self,
         settings: &ServiceConfig,
         cache_dir: &Path,
         wasm: &[u8],
-    ) -> Result<(), WorkerError> {
+    ) -> Result<bool, WorkerError> {
         let failed = |what: &str, e: std::io::Error| WorkerError::Failed(format!("{what}: {e}"));
         let settings =
             serde_json::to_vec(settings).map_err(|e| WorkerError::Failed(e.to_string()))?;
@@ -85,7 +89,7 @@ impl CompileWorker {
             .arg(self.memory_mb.to_string())
             .env_clear()
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| failed("cannot start", e))?;
@@ -110,9 +114,16 @@ impl CompileWorker {
         let stderr = stderr
             .and_then(|reader| reader.join().ok())
             .unwrap_or_default();
+        let mut said = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            // One word, written before the worker exited: the pipe holds it.
+            let _ = (&mut stdout).take(64).read_to_string(&mut said);
+        }
         match status {
             Waited::TimedOut => Err(WorkerError::Timeout(self.timeout.as_secs())),
-            Waited::Exited(status) => self.outcome(status, stderr.trim()),
+            Waited::Exited(status) => self
+                .outcome(status, stderr.trim())
+                .map(|()| said.trim() == CACHE_HIT),
         }
     }
 
@@ -162,16 +173,21 @@ enum Waited {
     TimedOut,
 }
 
-/// The worker's side: `luna-lambda compile-worker --cache-dir D --cpu-secs N --memory-mb M`
-/// with the service's settings as a JSON line then the component on stdin. Returns the
-/// exit status.
-pub fn run(cache_dir: &Path, cpu_secs: u64, memory_mb: u64) -> i32 {
-    use rustix::process::{Resource, Rlimit, setrlimit};
+/// The worker's first step: limits its own CPU time and data size (heap and writable
+/// private mappings, not the address space an engine reserves: a limit on that would
+/// refuse the engine itself).
+pub(super) fn limit_this_process(cpu_secs: u64, memory_mb: u64) -> Result<(), String> {
+    use rustix::process::{Resource, Rlimit, Signal, setrlimit};
+    // A worker never outlives the service (a kill -9 of it included): an orphan would
+    // write into the cache of the next service's compiles.
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(|e| format!("cannot tie the worker to the service: {e}"))?;
+    if rustix::process::getppid().is_none_or(|parent| parent.as_raw_nonzero().get() == 1) {
+        return Err("the service is gone".to_owned());
+    }
     let data = memory_mb.saturating_mul(1024 * 1024);
     let limits = [
         (Resource::Cpu, cpu_secs, cpu_secs.saturating_add(1)),
-        // Counts heap and writable private mappings, not the address space the engine
-        // reserves (a memory limit on that would refuse the engine itself).
         (Resource::Data, data, data),
     ];
     for (resource, soft, hard) in limits {
@@ -179,39 +195,25 @@ pub fn run(cache_dir: &Path, cpu_secs: u64, memory_mb: u64) -> i32 {
             current: Some(soft),
             maximum: Some(hard),
         };
-        if let Err(e) = setrlimit(resource, limit) {
-            eprintln!("cannot set the compile's limit {resource:?}: {e}");
-            return EXIT_BROKEN;
-        }
+        setrlimit(resource, limit)
+            .map_err(|e| format!("cannot set the compile's limit {resource:?}: {e}"))?;
     }
+    Ok(())
+}
+
+/// What the worker reads on stdin: the service's settings as a JSON line, then the
+/// component.
+pub(super) fn read_request() -> Result<(ServiceConfig, Vec<u8>), String> {
     let mut input = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
-        eprintln!("cannot read the component: {e}");
-        return EXIT_BROKEN;
-    }
-    let Some(newline) = input.iter().position(|&b| b == b'\n') else {
-        eprintln!("no settings line on stdin");
-        return EXIT_BROKEN;
-    };
-    let settings: ServiceConfig = match serde_json::from_slice(&input[..newline]) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("bad settings: {e}");
-            return EXIT_BROKEN;
-        }
-    };
-    let engine = match super::engine::build_engine(&settings, cache_dir) {
-        Ok((engine, _, _)) => engine,
-        Err(e) => {
-            eprintln!("{e}");
-            return EXIT_BROKEN;
-        }
-    };
-    match wasmtime::component::Component::new(&engine, &input[newline + 1..]) {
-        Ok(_) => 0,
-        Err(e) => {
-            eprint!("{e:#}");
-            EXIT_INVALID
-        }
-    }
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| format!("cannot read the component: {e}"))?;
+    let newline = input
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no settings line on stdin")?;
+    let settings =
+        serde_json::from_slice(&input[..newline]).map_err(|e| format!("bad settings: {e}"))?;
+    input.drain(..=newline);
+    Ok((settings, input))
 }

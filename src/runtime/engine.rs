@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +46,10 @@ pub struct WasmEngine {
     worker: Option<CompileWorker>,
     /// The settings the engine was built with (a worker builds the same engine).
     settings: ServiceConfig,
+    /// Compiles served from the cache, and compiles that ran Cranelift (here or in a
+    /// worker).
+    hits: AtomicUsize,
+    misses: AtomicUsize,
     epoch_tick: Duration,
     ticker_stop: Arc<AtomicBool>,
     /// Each account's share of concurrent requests, over all its lambdas.
@@ -82,7 +86,7 @@ fn base_config(cache: &Cache, settings: &ServiceConfig) -> Config {
 /// The wasmtime engine of `settings` with its compilation cache in `cache_dir`, and
 /// whether it pools instances: the service's and, identical, a compile worker's (equal
 /// settings give equal cache keys, so the service loads what the worker compiled).
-pub(super) fn build_engine(
+fn build_engine(
     settings: &ServiceConfig,
     cache_dir: &Path,
 ) -> Result<(Engine, Cache, bool), RuntimeError> {
@@ -133,6 +137,48 @@ pub(super) fn build_engine(
     Ok((engine, cache, pooling))
 }
 
+/// The compile worker's process (`luna-lambda compile-worker --cache-dir D --cpu-secs N
+/// --memory-mb M`): limits itself, reads the service's settings and a component on
+/// stdin, and compiles it with the service's engine configuration into the cache at
+/// `cache_dir`. Returns the exit status.
+pub fn run_compile_worker(cache_dir: &Path, cpu_secs: u64, memory_mb: u64) -> i32 {
+    use super::compile_worker::{
+        CACHE_HIT, COMPILED, EXIT_BROKEN, EXIT_INVALID, limit_this_process, read_request,
+    };
+    let prepared = limit_this_process(cpu_secs, memory_mb).and_then(|()| read_request());
+    let (settings, wasm) = match prepared {
+        Ok(request) => request,
+        Err(reason) => {
+            eprintln!("{reason}");
+            return EXIT_BROKEN;
+        }
+    };
+    let (engine, cache) = match build_engine(&settings, cache_dir) {
+        Ok((engine, cache, _)) => (engine, cache),
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_BROKEN;
+        }
+    };
+    match Component::new(&engine, &wasm) {
+        Ok(_) => {
+            println!(
+                "{}",
+                if cache.cache_hits() > 0 {
+                    CACHE_HIT
+                } else {
+                    COMPILED
+                }
+            );
+            0
+        }
+        Err(e) => {
+            eprint!("{e:#}");
+            EXIT_INVALID
+        }
+    }
+}
+
 /// Fiber stack above the guest's own maximum, for the host functions it calls.
 const ASYNC_STACK_HEADROOM: usize = 1024 * 1024;
 
@@ -179,6 +225,8 @@ impl WasmEngine {
             compile_lock: Mutex::new(()),
             worker,
             settings: settings.clone(),
+            hits: AtomicUsize::new(0),
+            misses: AtomicUsize::new(0),
             epoch_tick,
             ticker_stop,
             account_shares: Mutex::default(),
@@ -233,12 +281,12 @@ impl WasmEngine {
 
     /// Compilations answered from the on-disk cache (no Cranelift run).
     pub fn cache_hits(&self) -> usize {
-        self.cache.cache_hits()
+        self.hits.load(Ordering::Relaxed)
     }
 
     /// Compilations that ran Cranelift.
     pub fn cache_misses(&self) -> usize {
-        self.cache.cache_misses()
+        self.misses.load(Ordering::Relaxed)
     }
 
     /// Epoch ticks for a deadline (at least one).
@@ -260,24 +308,32 @@ impl WasmEngine {
         let hits = self.cache.cache_hits();
         // The worker compiles into the cache (or finds it there); loading it here is
         // then a cache hit, with no Cranelift run in this process.
-        if let Some(worker) = &self.worker {
-            worker
-                .compile(&self.settings, &self.cache_dir, wasm)
-                .map_err(|e| match e {
-                    WorkerError::Invalid(reason) => RuntimeError::Compile(reason),
-                    other => RuntimeError::CompileWorker(other),
-                })?;
-        }
+        let worker_hit = match &self.worker {
+            Some(worker) => Some(
+                worker
+                    .compile(&self.settings, &self.cache_dir, wasm)
+                    .map_err(|e| match e {
+                        WorkerError::Invalid(reason) => RuntimeError::Compile(reason),
+                        other => RuntimeError::CompileWorker(other),
+                    })?,
+            ),
+            None => None,
+        };
         let component = Component::new(&self.engine, wasm)
             .map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
-        let cache_hit = self.cache.cache_hits() > hits;
-        if self.worker.is_some() && !cache_hit {
+        let loaded_here = self.cache.cache_hits() > hits;
+        if self.worker.is_some() && !loaded_here {
             tracing::error!(
                 "the compile worker's artifact was not found in the cache: compiled in the service"
             );
         }
         let mut artifacts: Vec<String> = self.cache_files().difference(&before).cloned().collect();
         artifacts.sort();
+        // With a worker this process always loads from the cache: whether Cranelift ran
+        // is the worker's to say.
+        let cache_hit = loaded_here && worker_hit.unwrap_or(true);
+        let counter = if cache_hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
         Ok(Compiled {
             component,
             cache_hit,

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-pub use engine::{Compiled, Prelinked, WasmEngine};
+pub use engine::{Compiled, Prelinked, WasmEngine, run_compile_worker};
 pub use env::GuestEnv;
 pub use guest::flatten_config;
 pub use pods::{Pod, PodBody, PodClient, PodError, PodResponseBody, PodSet};
