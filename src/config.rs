@@ -117,6 +117,10 @@ pub struct Limits {
     pub max_json_bytes: usize,
     /// Request body of a proxied call.
     pub max_proxy_body_bytes: u64,
+    /// Bytes of a WASM request's body received before the request takes an instance slot
+    /// (0: none); a body that brings neither these nor its end within the lambda's
+    /// request timeout is answered 408.
+    pub proxy_prebuffer_bytes: usize,
     /// Time a client has to send a request head (slowloris guard); then the
     /// connection is closed.
     pub header_read_timeout_ms: u64,
@@ -141,6 +145,9 @@ pub struct Sandbox {
     /// Requests one account's WASM lambdas run at once, all together: one tenant cannot
     /// take every instance slot of the pool.
     pub max_concurrent_per_account: u32,
+    /// Requests one WASM lambda runs at once, whatever its `max_concurrent_requests`:
+    /// one lambda cannot take every instance slot of the pool either.
+    pub max_instances_per_lambda: u32,
     /// Largest response body a guest may stream; past it the response is cut off.
     pub max_response_body_bytes: u64,
     /// Host resources (streams, requests, buckets, ...) one instance may hold at once.
@@ -408,6 +415,7 @@ impl Default for Limits {
             max_compression_ratio: 100,
             max_json_bytes: 1024 * 1024,
             max_proxy_body_bytes: 64 * MIB,
+            proxy_prebuffer_bytes: 64 * 1024,
             header_read_timeout_ms: 30_000,
         }
     }
@@ -423,6 +431,7 @@ impl Default for Sandbox {
             max_request_timeout_ms: 600_000,
             max_concurrent_requests_limit: 10_000,
             max_concurrent_per_account: 500,
+            max_instances_per_lambda: 250,
             max_response_body_bytes: 64 * MIB,
             max_resources: 10_000,
             max_outbound_requests: 64,
@@ -664,8 +673,11 @@ impl Config {
                 s.max_concurrent_requests_limit, s.max_concurrent_requests
             ));
         }
-        if s.max_concurrent_per_account == 0 {
-            return bad("sandbox.max_concurrent_per_account must be positive".into());
+        if s.max_concurrent_per_account == 0 || s.max_instances_per_lambda == 0 {
+            return bad(
+                "sandbox.max_concurrent_per_account and max_instances_per_lambda must be positive"
+                    .into(),
+            );
         }
         if s.max_resources == 0
             || s.outbound_connect_timeout_ms == 0

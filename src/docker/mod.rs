@@ -2,9 +2,9 @@
 //! networked wheels-only dependency stage), tagging, pushing and removing lambda images,
 //! and running a lambda's pods as containers, each in a network namespace of its own
 //! reached through a unix socket (or, as the operator's explicit choice, on the host
-//! network). Knows names, labels and engine calls; `deployer` puts it behind the lifecycle's
-//! `ImageBuilder` and `Deployer`. Depends on `lifecycle` (its traits), `builder`,
-//! `config` and `model`.
+//! network). Knows names, labels and engine calls; `deployer` puts it behind the
+//! lifecycle's `ImageBuilder` and `Deployer`. Depends on `lifecycle` (its traits),
+//! `builder`, `config` and `model`.
 
 mod deployer;
 

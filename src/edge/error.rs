@@ -223,6 +223,16 @@ impl ApiError {
         )
     }
 
+    /// 408 / 12046: the request body did not arrive in time (before the lambda ran).
+    pub fn body_timeout(reason: &dyn std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            12046,
+            "Bad/incomplete input data",
+            format!("invalid http request: {reason}"),
+        )
+    }
+
     /// 42001: no such lambda (or another account's).
     pub fn lambda_not_found(id: &str) -> Self {
         Self::new(

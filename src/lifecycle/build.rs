@@ -190,11 +190,24 @@ impl BuildJob<'_> {
             prelinked,
         )?;
         let limits = loaded.limits;
+        let capped = self
+            .record
+            .spec
+            .deploy_parameters
+            .sandbox
+            .as_ref()
+            .and_then(|s| s.max_concurrent_requests)
+            .is_some_and(|asked| asked > limits.max_concurrent);
         self.log(&format!(
-            "instance pre-linked: memory limit {} MiB, timeout {} ms, max {} concurrent requests",
+            "instance pre-linked: memory limit {} MiB, timeout {} ms, max {} concurrent requests{}",
             limits.memory_bytes / (1024 * 1024),
             limits.timeout.as_millis(),
-            limits.max_concurrent
+            limits.max_concurrent,
+            if capped {
+                " (capped by sandbox.max_instances_per_lambda)"
+            } else {
+                ""
+            }
         ));
         Ok(loaded)
     }
@@ -583,7 +596,8 @@ impl Lifecycle {
             ),
             max_concurrent: sandbox
                 .max_concurrent_requests
-                .unwrap_or(defaults.max_concurrent_requests),
+                .unwrap_or(defaults.max_concurrent_requests)
+                .min(defaults.max_instances_per_lambda),
             max_request_body: self.config.limits.max_proxy_body_bytes,
             max_response_body: self.config.sandbox.max_response_body_bytes,
         }

@@ -4,6 +4,7 @@
 //! lambda's pods (round robin), with both bodies streamed; `rescue` maps every failure
 //! to one LUNA status. Depends on `edge` (state, errors, input), `runtime`, `model`.
 
+mod prebuffer;
 mod rescue;
 
 use std::borrow::Cow;
@@ -231,6 +232,14 @@ where
 
     let (mut parts, body) = request.into_parts();
     rewrite(&mut parts, target, forwarded_query.as_deref(), request_id)?;
+    // The body's first bytes arrive before the request takes a slot and permits.
+    let body = prebuffer::prebuffer(
+        body,
+        state.config.limits.proxy_prebuffer_bytes,
+        lambda.limits.timeout,
+    )
+    .await
+    .map_err(|e| ApiError::body_timeout(&e))?;
     let response = lambda
         .invoke(Request::from_parts(parts, body), request_id.as_str())
         .await

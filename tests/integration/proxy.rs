@@ -460,6 +460,61 @@ async fn concurrency_limit_sheds_load() {
     assert_eq!(s.proxy(Method::GET, &id, "/hello").await.status(), 200);
 }
 
+/// A lambda asking for 50 concurrent requests gets at most
+/// `sandbox.max_instances_per_lambda` (here 1), and the build log says so. An attacker
+/// then opens ten calls whose bodies never arrive: they hold connections, not the
+/// lambda's one slot (the body's first bytes come before the slot is taken), so a
+/// caller is still served; each slow call ends 408 at the lambda's request timeout.
+#[tokio::test]
+async fn a_lambda_gets_at_most_its_slots_and_slow_bodies_take_none() {
+    let s = std::sync::Arc::new(Server::start(&[(
+        "LUNA_LAMBDA_SANDBOX_MAX_INSTANCES_PER_LAMBDA",
+        "1",
+    )]));
+    let sandbox = json!({"sandbox": {"max_concurrent_requests": 50, "request_timeout_ms": 3000}});
+    let id = s.running_fixture(ACCOUNT, "capped", Some(sandbox)).await;
+    let logs = s.image_logs(&id).await;
+    assert!(
+        logs.contains("max 1 concurrent requests (capped by sandbox.max_instances_per_lambda)"),
+        "{logs}"
+    );
+    let slow = keep_busy(&s, &id);
+    let shed = shed_eventually("the lambda's one slot is taken", || {
+        s.proxy(Method::GET, &id, "/hello")
+    })
+    .await;
+    assert_error(shed, 503, 42010).await;
+    assert_eq!(slow.await.unwrap().0, 504);
+
+    let mut slow_bodies = Vec::new();
+    for _ in 0..10 {
+        let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", s.port()))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /1/lambdas/{id}/proxy/echo HTTP/1.1\r\nHost: x\r\nLuna-Account-Id: {ACCOUNT}\r\nContent-Length: 1000\r\n\r\nfirst bytes only"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut connection, head.as_bytes())
+            .await
+            .unwrap();
+        slow_bodies.push(connection);
+    }
+    let r = s.proxy(Method::GET, &id, "/hello").await;
+    assert_eq!(r.status(), 200, "a caller is served beside ten slow bodies");
+    for mut connection in slow_bodies {
+        let mut answer = vec![0; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut connection, &mut answer)
+            .await
+            .unwrap();
+        assert_eq!(
+            &answer,
+            b"HTTP/1.1 408",
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+}
+
 /// Keeps one slow `/sleep` call of `id` running (retried while it is itself shed);
 /// resolves to its final status and body.
 fn keep_busy(
