@@ -117,6 +117,9 @@ pub struct Limits {
     pub max_json_bytes: usize,
     /// Request body of a proxied call.
     pub max_proxy_body_bytes: u64,
+    /// Uploads whose archives are checked (inflated, parsed) at once; more wait their
+    /// turn. 0: one per CPU core.
+    pub max_concurrent_checks: usize,
     /// Bytes of a WASM request's body received before the request takes an instance slot
     /// (0: none); a body that brings neither these nor its end within the lambda's
     /// request timeout is answered 408.
@@ -303,6 +306,16 @@ pub struct Containers {
     pub log_max_files: u64,
 }
 
+impl Limits {
+    /// `max_concurrent_checks`, 0 resolved to the machine's cores.
+    pub fn concurrent_checks(&self) -> usize {
+        match self.max_concurrent_checks {
+            0 => std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
+}
+
 /// `containers.pod_network`: pods without any network.
 pub const POD_NETWORK_NONE: &str = "none";
 /// `containers.pod_network`: pods on the host's network.
@@ -416,6 +429,7 @@ impl Default for Limits {
             max_json_bytes: 1024 * 1024,
             max_proxy_body_bytes: 64 * MIB,
             proxy_prebuffer_bytes: 64 * 1024,
+            max_concurrent_checks: 0,
             header_read_timeout_ms: 30_000,
         }
     }

@@ -596,23 +596,9 @@ impl DockerEngine {
             .iter()
             .map(|(id, p)| container_name(*id, p.version, p.index))
             .collect();
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![
-                format!("{LABEL_OWNER}={}", self.owner),
-                LABEL_RELAY_OF.to_owned(),
-            ],
-        )]);
         let relays = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(api("container list"))?;
+            .containers_labelled(Some(LABEL_RELAY_OF.to_owned()))
+            .await?;
         for relay in relays {
             let of = relay
                 .labels
@@ -650,13 +636,17 @@ impl DockerEngine {
             .collect())
     }
 
-    async fn pods_labelled(&self, label: Option<String>) -> Result<Vec<(LambdaId, Pod)>> {
-        // Label filters are ANDed: ours, and (if given) the lambda's.
+    /// This instance's containers (running or not), and of them those with `label`
+    /// (`key` or `key=value`) if given.
+    async fn containers_labelled(
+        &self,
+        label: Option<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>> {
+        // Label filters are ANDed.
         let mut labels = vec![format!("{LABEL_OWNER}={}", self.owner)];
         labels.extend(label);
         let filters = HashMap::from([("label".to_owned(), labels)]);
-        let containers = self
-            .docker
+        self.docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::default()
                     .all(true)
@@ -664,7 +654,11 @@ impl DockerEngine {
                     .build(),
             ))
             .await
-            .map_err(api("container list"))?;
+            .map_err(api("container list"))
+    }
+
+    async fn pods_labelled(&self, label: Option<String>) -> Result<Vec<(LambdaId, Pod)>> {
+        let containers = self.containers_labelled(label).await?;
         let host = self.listen_host();
         let mut pods: Vec<(LambdaId, Pod)> = containers
             .into_iter()

@@ -122,6 +122,13 @@ impl Lifecycle {
             upload.deploy_parameters.clone(),
             upload.archive.clone(),
         );
+        // Inflating and parsing an archive is CPU and memory: a burst of uploads is
+        // checked a few at a time (in turn), not all at once.
+        let _slot = self
+            .check_slots
+            .acquire()
+            .await
+            .map_err(|e| LifecycleError::Task(e.to_string()))?;
         let check = tokio::task::spawn_blocking(move || {
             builder::check_upload(&config, &parameters, &deploy, &archive, name_required)
         })

@@ -165,6 +165,8 @@ pub struct Lifecycle {
     logs: LogSink,
     metrics: Metrics,
     build_slots: Arc<Semaphore>,
+    /// Uploads' archive checks running at once (`limits.max_concurrent_checks`).
+    check_slots: Semaphore,
     /// Validations running now, per calling account.
     validates: Arc<std::sync::Mutex<HashMap<Option<AccountId>, usize>>>,
     locks: DashMap<LambdaId, Arc<Mutex<()>>>,
@@ -218,6 +220,7 @@ impl Lifecycle {
         } = parts;
         Arc::new(Self {
             build_slots: Arc::new(Semaphore::new(config.builds.max_concurrent)),
+            check_slots: Semaphore::new(config.limits.concurrent_checks()),
             validates: Arc::default(),
             config,
             store,
