@@ -45,6 +45,11 @@ where
         error: None,
         rest: None,
     };
+    if max == 0 || body.is_end_stream() {
+        // Nothing to wait for (a GET, an empty body): no clock read, no timer.
+        buffered.rest = Some(body);
+        return Ok(buffered);
+    }
     let deadline = tokio::time::Instant::now() + within;
     while (buffered.head_bytes as usize) < max && !body.is_end_stream() {
         match tokio::time::timeout_at(deadline, body.frame()).await {

@@ -155,11 +155,13 @@ impl CompileWorker {
         if status.success() {
             return Ok(());
         }
-        // Rust's allocation failure message; the process then aborts.
-        if stderr.contains("memory allocation of") {
-            return Err(WorkerError::Memory(self.memory_mb));
-        }
+        // The data limit shows as Rust's allocation failure (then an abort), or as an
+        // mmap of the compiler's that failed with ENOMEM (then a compile error): the
+        // child's own words are all there is to tell them by.
+        let out_of_memory =
+            stderr.contains("memory allocation of") || stderr.contains("(os error 12)");
         match (status.code(), status.signal()) {
+            _ if out_of_memory => Err(WorkerError::Memory(self.memory_mb)),
             (Some(EXIT_INVALID), _) => Err(WorkerError::Invalid(stderr.to_owned())),
             // The soft limit's SIGXCPU ends the worker (it does not handle it).
             (_, Some(SIGXCPU)) => Err(WorkerError::CpuTime(self.cpu_secs)),
