@@ -7,7 +7,7 @@ Usage (from the repository root):
     python3 benches/suite.py --scenarios 1,5 --runs 3 --seconds 5
 
 It builds what it measures in release mode, installs the anchors it needs (wasmtime-cli 48.x
-with `cargo install` into target/anchors, wrk and nginx with apt-get when missing), starts
+with `cargo install` into target/anchors, wrk, nginx and perf with apt-get when missing), starts
 everything on 127.0.0.1 with ports chosen by the kernel, bounds every run in time, prints a
 table of absolute figures and ratios, and writes it with the date, the machine and the exact
 commands into docs/benchmarks.md (between the `suite` markers). Load generator and servers
@@ -16,8 +16,10 @@ other made every server slower here than sharing both).
 
 Scenarios:
   1. in-process WASM (our proxy route, full management stack) vs `wasmtime serve`, pooling
-     allocator on for both, the same plain wasi:http component, c = 1, 16, 64; and the full
-     stack vs the same runtime behind a bare hyper server (benches/bare_guest.rs);
+     allocator on for both, the same plain wasi:http component, c = 1, 16, 64; the full
+     stack vs the same runtime behind a bare hyper server (benches/bare_guest.rs); and what
+     one request costs each server at c = 1 (CPU time, context switches, migrations, page
+     faults: `perf stat` software counters);
   2. pod proxy vs direct vs nginx in front of the same container lambda's pod (Docker
      engine, loopback registry and base image made ready by deploy/local-docker.sh);
   3. upload -> first 200 for the hello lambda: cold (compile) and cache hit;
@@ -89,7 +91,10 @@ def wait_http(url, timeout=60):
 # ---------------------------------------------------------------------------- setup
 
 def install_tools(scenarios):
-    missing = [tool for tool, needed in (("wrk", True), ("nginx", 2 in scenarios))
+    # Debian's package of each tool (perf: the per-request counters of scenario 1).
+    packages = {"wrk": "wrk", "nginx": "nginx", "perf": "linux-perf"}
+    missing = [packages[tool] for tool, needed in
+               (("wrk", True), ("nginx", 2 in scenarios), ("perf", 1 in scenarios))
                if needed and not shutil.which(tool)]
     if missing:
         if os.geteuid() != 0:
@@ -255,12 +260,59 @@ def scenario_throughput(work, args, rows):
                          f"{ours[0] / bare_run[0]:.2f}×",
                          "the same runtime behind a bare hyper server (no request id, tenancy, "
                          "routing, metrics, spans)"))
+        per_request_costs(service.proc.pid, ours_url, wasmtime.pid, anchor_url, args, rows)
         scenario_instantiation(service, lambda_id, rows)
     finally:
         for process in (wasmtime, bare):
             process.terminate()
             process.wait()
         service.stop()
+
+
+PERF_EVENTS = "task-clock,context-switches,cpu-migrations,page-faults"
+
+
+def perf_counted(pid, url, seconds):
+    """One wrk run at c = 1 with `perf stat` (software counters: they need no hardware PMU,
+    which virtual machines often lack) attached to the server `pid`: its CPU time, context
+    switches, migrations and page faults per request."""
+    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", PERF_EVENTS, "-p", str(pid),
+                             "--", "sleep", str(seconds + 1)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # attached before the load starts
+    requests = wrk_once(url, 1, seconds)[0] * seconds
+    _, err = perf.communicate()
+    counts = {}
+    for line in err.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[0].replace(".", "", 1).isdigit():
+            counts[fields[2]] = float(fields[0])
+    return {name: value / requests for name, value in counts.items()}
+
+
+def per_request_costs(ours_pid, ours_url, anchor_pid, anchor_url, args, rows):
+    """1: what one request costs each server at c = 1, counted by the kernel (why c = 1
+    figures move between machines: a hand-off between threads is a context switch, and
+    waking an idle vCPU is what a slow c = 1 pays for)."""
+    if not shutil.which("perf"):
+        rows.append(("1. per request at c=1", "perf not installed", "", "", ""))
+        return
+    ours = perf_counted(ours_pid, ours_url, args.seconds)
+    anchor = perf_counted(anchor_pid, anchor_url, args.seconds)
+    COMMANDS.append(f"perf stat -x , -e {PERF_EVENTS} -p PID -- sleep {args.seconds + 1} "
+                    f"(beside wrk -c1 -d{args.seconds}s)")
+    for event, label, scale, unit in (("task-clock", "CPU time", 1e3, "µs"),
+                                      ("context-switches", "context switches", 1, ""),
+                                      ("cpu-migrations", "CPU migrations", 1, ""),
+                                      ("page-faults", "page faults", 1, "")):
+        if event not in ours or event not in anchor:
+            continue
+        # task-clock is reported in ms.
+        mine, theirs = ours[event] * scale, anchor[event] * scale
+        ratio = f"{theirs / mine:.2f}×" if mine > 0 else ""
+        rows.append((f"1. per request at c=1: {label}", f"{mine:.2f}{unit}",
+                     f"{theirs:.2f}{unit}", ratio,
+                     "wasmtime serve, perf stat software counters (ratio > 1: ours cheaper)"))
 
 
 def bare_guest_binary():
