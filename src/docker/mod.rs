@@ -569,7 +569,7 @@ impl DockerEngine {
     fn pod_dir(&self, name: &str) -> PathBuf {
         use sha2::Digest as _;
         let digest = hex::encode(sha2::Sha256::digest(name.as_bytes()));
-        self.pods_dir.join(&digest[..16])
+        self.pods_dir.join(&digest[..POD_DIR_DIGITS])
     }
 
     /// Removes a pod container, its relay and its socket directory (each gone already
@@ -790,17 +790,9 @@ fn relay_name(pod_name: &str) -> String {
 /// a pod's own directory inside is open to the pod's user (whoever its image runs as),
 /// and this is what keeps everyone else on the machine out of it.
 fn prepare_pods_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let failed = |e: std::io::Error| {
-        DockerError::NotReady(format!(
-            "cannot prepare the pods' socket directory {}: {e}",
-            dir.display()
-        ))
-    };
-    std::fs::create_dir_all(dir).map_err(failed)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
-    // The longest socket path: the directory, a 16-digit pod directory and the socket.
-    let longest = dir.as_os_str().len() + 1 + 16 + 1 + POD_SOCKET.len();
+    dir_with_mode(dir, 0o700, "the pods' socket directory")?;
+    // The longest socket path: the directory, a pod directory and the socket.
+    let longest = dir.as_os_str().len() + 1 + POD_DIR_DIGITS + 1 + POD_SOCKET.len();
     if longest > MAX_SOCKET_PATH {
         return Err(DockerError::NotReady(format!(
             "containers.pod_socket_dir {} is too long for a unix socket path ({longest} of at most {MAX_SOCKET_PATH} bytes)",
@@ -812,18 +804,22 @@ fn prepare_pods_dir(dir: &Path) -> Result<()> {
 
 /// Bytes of a unix socket's path (`sun_path` less its terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
+/// Hex digits of a pod directory's name.
+const POD_DIR_DIGITS: usize = 16;
 
 /// A pod's socket directory, writable by any user of the pod (see `prepare_pods_dir`).
 fn make_pod_dir(dir: &Path) -> Result<()> {
+    dir_with_mode(dir, 0o777, "the pod directory")
+}
+
+/// `dir`, made if missing, with exactly `mode`.
+fn dir_with_mode(dir: &Path, mode: u32, what: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let failed = |e: std::io::Error| {
-        DockerError::NotReady(format!(
-            "cannot make the pod directory {}: {e}",
-            dir.display()
-        ))
+        DockerError::NotReady(format!("cannot prepare {what} {}: {e}", dir.display()))
     };
     std::fs::create_dir_all(dir).map_err(failed)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).map_err(failed)
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(failed)
 }
 
 /// CPU, memory, GPU, restart policy and network of a pod. CPU is in millicores, memory

@@ -575,33 +575,40 @@ mod tests {
     /// `Connection: close`, and `/nothing` with 204. Counts connections accepted.
     async fn test_pod() -> (Endpoint, Arc<AtomicU64>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicU64::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                counter.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(serve_test_pod(stream));
-            }
-        });
-        (Endpoint::Tcp(addr), accepted)
+        let endpoint = Endpoint::Tcp(listener.local_addr().unwrap());
+        (endpoint, serve_counted(TestListener::Tcp(listener)))
     }
 
     /// The same pod on a unix socket in `dir`.
     async fn test_pod_on_unix_socket(dir: &std::path::Path) -> (Endpoint, Arc<AtomicU64>) {
         let path = dir.join("http.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        (
+            Endpoint::Unix(path),
+            serve_counted(TestListener::Unix(listener)),
+        )
+    }
+
+    enum TestListener {
+        Tcp(TcpListener),
+        Unix(tokio::net::UnixListener),
+    }
+
+    /// Serves the test pod on every connection `listener` accepts; counts them.
+    fn serve_counted(listener: TestListener) -> Arc<AtomicU64> {
         let accepted = Arc::new(AtomicU64::new(0));
         let counter = accepted.clone();
         tokio::spawn(async move {
             loop {
-                let (stream, _) = listener.accept().await.unwrap();
+                let stream = match &listener {
+                    TestListener::Tcp(l) => PodStream::Tcp(l.accept().await.unwrap().0),
+                    TestListener::Unix(l) => PodStream::Unix(l.accept().await.unwrap().0),
+                };
                 counter.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(serve_test_pod(stream));
             }
         });
-        (Endpoint::Unix(path), accepted)
+        accepted
     }
 
     async fn serve_test_pod(stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static) {
