@@ -27,12 +27,18 @@ Scenarios:
      concurrent creates to `running`, list latency at 10,000 stored lambdas;
   5. per-request instantiation p50 / p99 from the service's own histogram;
   6. a Python container lambda: create -> first 200 (cold build, image cache hit) and
-     requests/sec through the proxy vs its pod directly.
+     requests/sec through the proxy vs its pod directly;
+  7. the hello component of every common toolchain (wstd, Spin SDK, plain wit-bindgen,
+     componentize-py, componentize-js, C with clang + wasi-libc), built here from
+     benches/guests, ours vs `wasmtime serve` at c = 1, 16, 64 beside a static nginx
+     floor, with each side's per-request kernel counters at c = 1 and, with
+     --callgrind, instructions per request counted by valgrind.
 """
 
 import argparse
 import concurrent.futures
 import datetime
+import glob
 import json
 import os
 import platform
@@ -92,16 +98,17 @@ def wait_http(url, timeout=60):
 
 def install_tools(scenarios):
     # Debian's package of each tool (perf: the per-request counters of scenario 1).
-    packages = {"wrk": "wrk", "nginx": "nginx", "perf": "linux-perf"}
+    packages = {"wrk": "wrk", "nginx": "nginx", "perf": "linux-perf", "valgrind": "valgrind"}
     missing = [packages[tool] for tool, needed in
-               (("wrk", True), ("nginx", 2 in scenarios), ("perf", 1 in scenarios))
+               (("wrk", True), ("nginx", bool({2, 7} & scenarios)),
+                ("perf", bool({1, 7} & scenarios)), ("valgrind", 7 in scenarios))
                if needed and not shutil.which(tool)]
     if missing:
         if os.geteuid() != 0:
             sys.exit(f"missing {missing}: apt-get install {' '.join(missing)}")
         sh("apt-get", "update", "-qq")
         sh("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing)
-    if 1 in scenarios and not os.path.exists(WASMTIME):
+    if {1, 7} & scenarios and not os.path.exists(WASMTIME):
         sh("cargo", "install", "--locked", "wasmtime-cli", "--version", WASMTIME_VERSION,
            "--root", ANCHORS)
 
@@ -133,13 +140,14 @@ def archive(workdir, wasm_path, tag=None):
 class Service:
     """`luna-lambda serve` on 127.0.0.1:0 with a fresh data directory."""
 
-    def __init__(self, workdir, env=None):
+    def __init__(self, workdir, env=None, wrapper=()):
         self.data = tempfile.mkdtemp(prefix="data-", dir=workdir)
         environment = dict(CLEAN_ENV, LUNA_LAMBDA_LOG_LEVEL="warn", **SERVICE_ENV, **(env or {}))
         self.proc = subprocess.Popen(
-            [os.path.join(ROOT, "target/release/luna-lambda"), "serve",
+            [*wrapper, os.path.join(ROOT, "target/release/luna-lambda"), "serve",
              "--listen", "127.0.0.1:0", "--data-dir", self.data],
-            stdout=subprocess.PIPE, env=environment, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if wrapper else None,
+            env=environment, text=True)
         self.base = re.search(r"listening on (\S+)", self.proc.stdout.readline()).group(1)
 
     def create(self, archive_path, name):
@@ -270,13 +278,20 @@ def scenario_throughput(work, args, rows):
 
 
 PERF_EVENTS = "task-clock,context-switches,cpu-migrations,page-faults"
+# System calls entered (a tracepoint: needs tracefs, which not every kernel offers).
+SYSCALL_EVENT = "raw_syscalls:sys_enter"
+
+
+def perf_events():
+    probe = subprocess.run(["perf", "stat", "-e", SYSCALL_EVENT, "true"], capture_output=True)
+    return PERF_EVENTS + (f",{SYSCALL_EVENT}" if probe.returncode == 0 else "")
 
 
 def perf_counted(pid, url, seconds):
     """One wrk run at c = 1 with `perf stat` (software counters: they need no hardware PMU,
     which virtual machines often lack) attached to the server `pid`: its CPU time, context
     switches, migrations and page faults per request."""
-    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", PERF_EVENTS, "-p", str(pid),
+    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", perf_events(), "-p", str(pid),
                              "--", "sleep", str(seconds + 1)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.3)  # attached before the load starts
@@ -290,27 +305,29 @@ def perf_counted(pid, url, seconds):
     return {name: value / requests for name, value in counts.items()}
 
 
-def per_request_costs(ours_pid, ours_url, anchor_pid, anchor_url, args, rows):
+def per_request_costs(ours_pid, ours_url, anchor_pid, anchor_url, args, rows,
+                      label="1. per request at c=1"):
     """1: what one request costs each server at c = 1, counted by the kernel (why c = 1
     figures move between machines: a hand-off between threads is a context switch, and
     waking an idle vCPU is what a slow c = 1 pays for)."""
     if not shutil.which("perf"):
-        rows.append(("1. per request at c=1", "perf not installed", "", "", ""))
+        rows.append((label, "perf not installed", "", "", ""))
         return
     ours = perf_counted(ours_pid, ours_url, args.seconds)
     anchor = perf_counted(anchor_pid, anchor_url, args.seconds)
-    COMMANDS.append(f"perf stat -x , -e {PERF_EVENTS} -p PID -- sleep {args.seconds + 1} "
+    COMMANDS.append(f"perf stat -x , -e {perf_events()} -p PID -- sleep {args.seconds + 1} "
                     f"(beside wrk -c1 -d{args.seconds}s)")
-    for event, label, scale, unit in (("task-clock", "CPU time", 1e3, "µs"),
-                                      ("context-switches", "context switches", 1, ""),
-                                      ("cpu-migrations", "CPU migrations", 1, ""),
-                                      ("page-faults", "page faults", 1, "")):
+    for event, name, scale, unit in (("task-clock", "CPU time", 1e3, "µs"),
+                                     ("context-switches", "context switches", 1, ""),
+                                     ("cpu-migrations", "CPU migrations", 1, ""),
+                                     ("page-faults", "page faults", 1, ""),
+                                     (SYSCALL_EVENT, "system calls", 1, "")):
         if event not in ours or event not in anchor:
             continue
         # task-clock is reported in ms.
         mine, theirs = ours[event] * scale, anchor[event] * scale
         ratio = f"{theirs / mine:.2f}×" if mine > 0 else ""
-        rows.append((f"1. per request at c=1: {label}", f"{mine:.2f}{unit}",
+        rows.append((f"{label}: {name}", f"{mine:.2f}{unit}",
                      f"{theirs:.2f}{unit}", ratio,
                      "wasmtime serve, perf stat software counters (ratio > 1: ours cheaper)"))
 
@@ -619,6 +636,254 @@ def scenario_scale(work, args, rows):
         service.stop()
 
 
+# ---------------------------------------------------------------------------- toolchains
+
+TOOLCHAIN_GUESTS = os.path.join(ROOT, "benches", "guests")
+TOOLCHAIN_TARGET = os.path.join(ROOT, "target", "bench-guests")
+COMPONENTIZE_PY = "0.25.1"
+COMPONENTIZE_JS = "0.23.0"
+# StarlingMonkey in componentize-js 0.23 exports wasi:http 0.2.10; the WIT it is given
+# must name that version (WASI 0.2 minor versions are compatible).
+STARLINGMONKEY_WASI = "0.2.10"
+WIT_BINDGEN = "0.57.1"
+WASI_VERSION = "0.2.12"
+
+
+def install_toolchains():
+    """The toolchains of scenario 7 that the machine lacks: clang + wasi-libc (Debian),
+    wit-bindgen (crates.io), componentize-py (PyPI) and componentize-js (npm), the last
+    three into target/anchors."""
+    debian = [package for package, present in (
+        ("clang", shutil.which("clang")), ("lld", shutil.which("wasm-ld")),
+        ("wasi-libc", os.path.exists("/usr/lib/wasm32-wasi/libc.a")),
+        ("libclang-rt-14-dev-wasm32",
+         glob.glob("/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a")),
+    ) if not present]
+    if debian:
+        if os.geteuid() != 0:
+            sys.exit(f"missing {debian}: apt-get install {' '.join(debian)}")
+        sh("apt-get", "update", "-qq")
+        sh("apt-get", "install", "-y", "-qq", "--no-install-recommends", *debian)
+    if not os.path.exists(os.path.join(ANCHORS, "bin", "wit-bindgen")):
+        sh("cargo", "install", "--locked", "wit-bindgen-cli", "--version", WIT_BINDGEN,
+           "--root", ANCHORS)
+    python = os.path.join(ANCHORS, "py")
+    if not os.path.exists(os.path.join(python, "bin", "componentize-py")):
+        sh(sys.executable, "-m", "venv", python)
+        sh(os.path.join(python, "bin", "pip"), "install", "-q",
+           f"componentize-py=={COMPONENTIZE_PY}")
+    js = os.path.join(ANCHORS, "js")
+    if not os.path.exists(os.path.join(js, "node_modules", ".bin", "componentize-js")):
+        os.makedirs(js, exist_ok=True)
+        sh("npm", "install", "--silent", "--prefix", js,
+           f"@bytecodealliance/componentize-js@{COMPONENTIZE_JS}")
+
+
+def wasm_component_ld():
+    sysroot = subprocess.run(["rustc", "--print", "sysroot"], check=True, capture_output=True,
+                             text=True).stdout.strip()
+    host = re.search(r"host: (\S+)", subprocess.run(
+        ["rustc", "-vV"], check=True, capture_output=True, text=True).stdout).group(1)
+    return os.path.join(sysroot, "lib", "rustlib", host, "bin", "wasm-component-ld")
+
+
+def build_toolchain_guests(work):
+    """The hello component of each common toolchain, built here from benches/guests:
+    [(toolchain, path)]. The plain wit-bindgen one is the suite's PLAIN_HELLO."""
+    sh("cargo", "build", "--release", "--target", "wasm32-wasip2",
+       "--manifest-path", "benches/guests/Cargo.toml",
+       env=dict(os.environ, CARGO_TARGET_DIR=TOOLCHAIN_TARGET))
+    built = os.path.join(TOOLCHAIN_TARGET, "wasm32-wasip2", "release")
+    out = os.path.join(work, "toolchains")
+    os.makedirs(out, exist_ok=True)
+    wit = os.path.join(ROOT, "wit")
+    world = f"wasi:http/proxy@{WASI_VERSION}"
+
+    python = os.path.join(out, "python.wasm")
+    sh(os.path.join(ANCHORS, "py", "bin", "componentize-py"), "-d", wit, "-w", world,
+       "componentize", "-p", os.path.join(TOOLCHAIN_GUESTS, "python"), "app", "-o", python)
+
+    # componentize-js's WIT: ours, at the WASI version its engine exports.
+    js_wit = os.path.join(work, "js-wit")
+    shutil.copytree(os.path.join(wit, "deps"), os.path.join(js_wit, "deps"))
+    for folder, _, files in os.walk(js_wit):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path) as f:
+                text = f.read()
+            with open(path, "w") as f:
+                # Package versions and `@since` gates alike.
+                f.write(text.replace(WASI_VERSION, STARLINGMONKEY_WASI))
+    with open(os.path.join(js_wit, "hello.wit"), "w") as f:
+        f.write(f"package bench:hello;\nworld hello {{ include wasi:http/proxy@{STARLINGMONKEY_WASI}; }}\n")
+    javascript = os.path.join(out, "javascript.wasm")
+    sh(os.path.join(ANCHORS, "js", "node_modules", ".bin", "componentize-js"), "--wit", js_wit,
+       "-n", "hello", "-o", javascript, os.path.join(TOOLCHAIN_GUESTS, "javascript", "app.js"))
+
+    c_dir = os.path.join(work, "c")
+    os.makedirs(c_dir, exist_ok=True)
+    sh(os.path.join(ANCHORS, "bin", "wit-bindgen"), "c", wit, "-w", world, "--out-dir", c_dir)
+    c = os.path.join(out, "c.wasm")
+    sh("clang", "--target=wasm32-wasi", "-O2", "-mexec-model=reactor", f"-I{c_dir}",
+       f"-fuse-ld={wasm_component_ld()}", f"-Wl,--wasm-ld-path={shutil.which('wasm-ld')}",
+       "-o", c, os.path.join(TOOLCHAIN_GUESTS, "c", "hello.c"),
+       os.path.join(c_dir, "proxy.c"), os.path.join(c_dir, "proxy_component_type.o"))
+    return [("wstd", os.path.join(built, "wstd_hello.wasm")),
+            ("Spin SDK", os.path.join(built, "spin_hello.wasm")),
+            ("wit-bindgen", PLAIN_HELLO),
+            ("componentize-py", python),
+            ("componentize-js", javascript),
+            ("C (clang + wasi-libc)", c)]
+
+
+def wasmtime_serve(port, wasm):
+    command = [WASMTIME, "serve", "--addr", f"127.0.0.1:{port}", "-O", "pooling-allocator=y",
+               "-S", "cli=y", wasm]
+    COMMANDS.append(" ".join(command[:-1]).replace(ROOT + "/", "") + " TOOLCHAIN.wasm")
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=CLEAN_ENV)
+
+
+def static_floor(work):
+    """nginx answering a constant 200 itself: what a static server does here with this
+    load generator (at c = 1 the figure is set by how fast an idle vCPU wakes, not by
+    the server's work)."""
+    port = free_port()
+    conf = os.path.join(work, "nginx-floor.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(port=port, upstream=free_port(), work=work, name="floor",
+                                  location='return 200 "hello\\n";'))
+    nginx = subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    COMMANDS.append('floor: nginx -c nginx-floor.conf (worker_processes 1; return 200 "hello")')
+    return nginx, f"http://127.0.0.1:{port}/hello"
+
+
+def scenario_toolchains(work, args, rows):
+    """7: the hello component of every common toolchain, ours vs `wasmtime serve` side by
+    side, c = 1, 16, 64, with what one request costs each server at c = 1."""
+    install_toolchains()
+    guests = build_toolchain_guests(work)
+    service = Service(work)
+    nginx, floor_url = static_floor(work)
+    try:
+        wait_http(floor_url)
+        for connections in (1, 16, 64):
+            result = wrk_median(floor_url, connections, args.runs, args.seconds)
+            rows.append((f"7. floor: req/s (p50), c={connections}",
+                         f"{result[0]:,.0f} ({ms(result[1])})", "", "",
+                         "for scale: nginx answering 200 itself (no WASM, one worker)"))
+        for toolchain, wasm in guests:
+            lambda_id = service.create(archive(work, wasm), re.sub(r"\W+", "-", toolchain).strip("-").lower())
+            service.wait_running(lambda_id)
+            port = free_port()
+            anchor_process = wasmtime_serve(port, wasm)
+            anchor_url = f"http://127.0.0.1:{port}/hello"
+            try:
+                wait_http(anchor_url, timeout=300)
+                ours_url = service.proxy_url(lambda_id)
+                for connections in (1, 16, 64):
+                    ours = wrk_median(ours_url, connections, args.runs, args.seconds)
+                    anchor = wrk_median(anchor_url, connections, args.runs, args.seconds)
+                    failures = (f"; failed responses: ours {ours[3]}, wasmtime serve {anchor[3]}"
+                                if ours[3] or anchor[3] else "")
+                    rows.append((f"7. {toolchain}: req/s (p50 / p99), c={connections}",
+                                 f"{ours[0]:,.0f} ({ms(ours[1])} / {ms(ours[2])})",
+                                 f"{anchor[0]:,.0f} ({ms(anchor[1])} / {ms(anchor[2])})",
+                                 f"{ours[0] / anchor[0]:.2f}×", "wasmtime serve" + failures))
+                per_request_costs(service.proc.pid, ours_url, anchor_process.pid, anchor_url,
+                                  args, rows, label=f"7. {toolchain}: per request at c=1")
+                if args.callgrind:
+                    callgrind_rows(work, toolchain, wasm, rows)
+            finally:
+                anchor_process.terminate()
+                anchor_process.wait()
+    finally:
+        nginx.terminate()
+        nginx.wait()
+        service.stop()
+
+CALLGRIND_REQUESTS = 300
+# Components bigger than this (the interpreters' ones) take tens of minutes to compile
+# under valgrind, so their instruction counts are left out.
+CALLGRIND_MAX_WASM = 1 << 20
+
+
+def counted_requests(pid, host_port, path):
+    """Instructions (callgrind, of every thread of `pid`) per request over
+    CALLGRIND_REQUESTS keep-alive requests at c = 1, after a warm-up."""
+    import http.client
+    connection = http.client.HTTPConnection(*host_port, timeout=120)
+
+    def requests(n):
+        for _ in range(n):
+            connection.request("GET", path, headers={"Luna-Account-Id": ACCOUNT})
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{path}: {response.status}")
+
+    requests(30)
+    subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+    requests(CALLGRIND_REQUESTS)
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    connection.close()
+
+
+def callgrind_total(pattern):
+    for path in sorted(glob.glob(pattern)):
+        with open(path) as f:
+            for line in f:
+                if line.startswith("summary:"):
+                    return int(line.split()[1])
+    raise RuntimeError(f"no callgrind dump {pattern}")
+
+
+def callgrind_rows(work, toolchain, wasm, rows):
+    """User-space instructions per request of each server (valgrind --tool=callgrind):
+    a count that does not depend on the machine's speed or load, unlike requests/sec."""
+    if os.path.getsize(wasm) > CALLGRIND_MAX_WASM:
+        rows.append((f"7. {toolchain}: instructions per request", "not counted", "", "",
+                     "component too large to compile under valgrind in the suite's time"))
+        return
+    valgrind = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file"]
+    ours_dump = os.path.join(work, f"callgrind.ours.{os.getpid()}.{len(rows)}")
+    # Small pools on both sides: valgrind cannot reserve the default pools' address space.
+    service = Service(work, env={"LUNA_LAMBDA_ENGINE_POOL_INSTANCES": "2"},
+                      wrapper=[*valgrind, f"--callgrind-out-file={ours_dump}"])
+    try:
+        lambda_id = service.create(archive(work, wasm), "counted")
+        service.wait_running(lambda_id)
+        host, port = service.base.removeprefix("http://").split(":")
+        counted_requests(service.proc.pid, (host, int(port)),
+                         f"/1/lambdas/{lambda_id}/proxy/hello")
+        ours = callgrind_total(ours_dump + ".*")
+    finally:
+        service.stop()
+    anchor_dump = os.path.join(work, f"callgrind.anchor.{os.getpid()}.{len(rows)}")
+    port = free_port()
+    anchor = subprocess.Popen(
+        [*valgrind, f"--callgrind-out-file={anchor_dump}", WASMTIME, "serve",
+         "--addr", f"127.0.0.1:{port}", "-O", "pooling-allocator=y",
+         "-O", "pooling-total-memories=8", "-O", "pooling-total-tables=8",
+         "-O", "pooling-total-core-instances=40", "-O", "pooling-total-component-instances=2",
+         "-O", "pooling-total-stacks=2", "-S", "cli=y", wasm],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=CLEAN_ENV)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/hello", timeout=900)
+        counted_requests(anchor.pid, ("127.0.0.1", port), "/hello")
+        theirs = callgrind_total(anchor_dump + ".*")
+    finally:
+        anchor.terminate()
+        anchor.wait()
+    COMMANDS.append(f"valgrind --tool=callgrind --smc-check=all-non-file SERVER (small pools), "
+                    f"callgrind_control -z / -d around {CALLGRIND_REQUESTS} requests at c=1")
+    rows.append((f"7. {toolchain}: instructions per request",
+                 f"{ours / CALLGRIND_REQUESTS:,.0f}", f"{theirs / CALLGRIND_REQUESTS:,.0f}",
+                 f"{theirs / ours:.2f}×",
+                 "wasmtime serve, user-space instructions counted by callgrind (ratio > 1: "
+                 "ours fewer)"))
+
 # ---------------------------------------------------------------------------- report
 
 def machine():
@@ -675,13 +940,15 @@ def report(rows, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenarios", default="1,2,3,4,6")
+    parser.add_argument("--scenarios", default="1,2,3,4,6,7")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--distinct", type=int, default=1000)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--stored", type=int, default=10_000)
+    parser.add_argument("--callgrind", action="store_true",
+                        help="scenario 7 also counts instructions per request under valgrind")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="service setting for this run, e.g. "
                              "LUNA_LAMBDA_ENGINE_MEMORY_KEEP_RESIDENT_KB=1024")
@@ -704,6 +971,8 @@ def main():
             scenario_scale(work, args, rows)
         if 6 in scenarios:
             scenario_python_lambda(work, args, rows)
+        if 7 in scenarios:
+            scenario_toolchains(work, args, rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(rows, args)
