@@ -901,6 +901,7 @@ def report(rows, args):
         f"Medians of {args.runs} runs of {args.seconds} s.",
         f"Command: `python3 benches/suite.py --scenarios {args.scenarios} --runs {args.runs} "
         f"--seconds {args.seconds}"
+        + (" --callgrind" if args.callgrind else "")
         + "".join(f" --env {pair}" for pair in args.env) + "`",
         "",
         "| measure | ours | anchor / target | ratio | anchor |",
