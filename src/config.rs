@@ -90,6 +90,8 @@ pub struct Config {
     pub builds: Builds,
     /// Lambda logs kept by the service.
     pub logs: Logs,
+    /// Where lambdas, build jobs, logs and key-value data are kept.
+    pub store: StoreSettings,
     /// Container lambdas: image builds, the Docker engine, the pod proxy.
     pub containers: Containers,
     /// The Kubernetes backend.
@@ -253,6 +255,41 @@ pub struct Logs {
     pub max_line_bytes: usize,
 }
 
+/// Which database keeps the service's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Embedded, under the data directory: one replica, no external service.
+    #[default]
+    Sled,
+    /// A PostgreSQL database that every replica shares.
+    Postgres,
+}
+
+/// Where lambdas, build jobs, logs and key-value data are kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `sled` (embedded) or `postgres`.
+    pub backend: StoreBackend,
+    /// The PostgreSQL connection, as a `postgres://user:password@host:port/database`
+    /// URL or `key=value` settings (`host=/run/postgresql dbname=luna`); required with
+    /// `backend = "postgres"`.
+    pub postgres_url: String,
+    /// Connections this replica keeps to PostgreSQL at most.
+    pub postgres_pool_size: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Sled,
+            postgres_url: String::new(),
+            postgres_pool_size: 16,
+        }
+    }
+}
+
 /// Container lambdas: image builds, the Docker engine, the pod proxy.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -411,6 +448,7 @@ impl Default for Config {
             keyvalue: KeyValue::default(),
             builds: Builds::default(),
             logs: Logs::default(),
+            store: StoreSettings::default(),
             containers: Containers::default(),
             kubernetes: Kubernetes::default(),
             auth: Auth::default(),
@@ -735,6 +773,16 @@ impl Config {
         {
             return bad("limits.max_archive_bytes, limits.max_entries and limits.header_read_timeout_ms must be positive".into());
         }
+        if self.store.backend == StoreBackend::Postgres && self.store.postgres_url.trim().is_empty()
+        {
+            return bad(
+                "store.postgres_url must name the database when store.backend = \"postgres\""
+                    .into(),
+            );
+        }
+        if self.store.postgres_pool_size == 0 {
+            return bad("store.postgres_pool_size must be at least 1".into());
+        }
         if !self.encryption_key.is_empty() {
             crate::secrets::parse_key(&self.encryption_key)
                 .map_err(|e| ConfigError::Invalid(format!("encryption_key: {e}")))?;
@@ -843,6 +891,9 @@ impl Config {
     pub fn masked_json(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         mask_secrets(&mut value);
+        if let Some(url) = value.pointer_mut("/store/postgres_url") {
+            *url = serde_json::Value::String(mask_url_password(&self.store.postgres_url));
+        }
         value
     }
 
@@ -859,6 +910,29 @@ pub fn is_sha256_hex(text: &str) -> bool {
 }
 
 const MASK: &str = "********";
+
+/// A database URL with its password masked: `scheme://user:password@host` or a
+/// `password=...` setting.
+fn mask_url_password(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((credentials, host)) = rest.rsplit_once('@')
+    {
+        let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
+        let masked = if credentials.contains(':') {
+            format!("{user}:{MASK}")
+        } else {
+            user.to_owned()
+        };
+        return format!("{scheme}://{masked}@{host}");
+    }
+    url.split_whitespace()
+        .map(|setting| match setting.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}={MASK}"),
+            _ => setting.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 fn mask_secrets(value: &mut serde_json::Value) {
     if let serde_json::Value::Object(map) = value {
@@ -1000,6 +1074,55 @@ fn apply_env(tree: &mut toml::Value, var: &str, raw: &str) -> Result<(), ConfigE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_passwords_are_masked_in_the_shown_configuration() {
+        for (url, shown) in [
+            (
+                "postgres://luna:s3cret@db:5432/luna",
+                "postgres://luna:********@db:5432/luna",
+            ),
+            ("postgres://luna@db/luna", "postgres://luna@db/luna"),
+            (
+                "host=db user=luna password=s3cret dbname=luna",
+                "host=db user=luna password=******** dbname=luna",
+            ),
+            ("", ""),
+        ] {
+            assert_eq!(mask_url_password(url), shown);
+        }
+        let config = Config::load(
+            None,
+            env(&[
+                ("LUNA_LAMBDA_STORE_BACKEND", "postgres"),
+                (
+                    "LUNA_LAMBDA_STORE_POSTGRES_URL",
+                    "postgres://luna:s3cret@db/luna",
+                ),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.store.backend, StoreBackend::Postgres);
+        let shown = config.masked_json().to_string();
+        assert!(
+            shown.contains("postgres://luna:********@db/luna"),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn the_postgres_backend_needs_a_database() {
+        let err = Config::load(
+            None,
+            env(&[("LUNA_LAMBDA_STORE_BACKEND", "postgres")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("store.postgres_url"), "{err}");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -168,8 +168,24 @@ impl Server {
         config.data_dir.clone_from(&data);
         let config = Arc::new(config);
         let auth = edge::auth::Authenticator::from_config(&config.auth)?.map(Arc::new);
-        // The embedded store keeps both the records and the guests' key-value data.
-        let store = Arc::new(store::Store::open(&data.join("store"))?);
+        // One store keeps both the records and the guests' key-value data.
+        let (store, kv): (Arc<dyn store::LambdaStore>, Arc<dyn store::KvStore>) =
+            match config.store.backend {
+                config::StoreBackend::Sled => {
+                    let store = Arc::new(store::Store::open(&data.join("store"))?);
+                    (store.clone(), store)
+                }
+                config::StoreBackend::Postgres => {
+                    let store = Arc::new(
+                        store::PgStore::connect(
+                            &config.store.postgres_url,
+                            config.store.postgres_pool_size,
+                        )
+                        .await?,
+                    );
+                    (store.clone(), store)
+                }
+            };
         let sealer = secrets::Sealer::open(&config.encryption_key, &data)?;
         let archives = builder::ArchiveStore::open(&data.join("archives"))?;
         let metrics = metrics::Metrics::new().map_err(StartupError::Metrics)?;
@@ -245,7 +261,7 @@ impl Server {
         let lifecycle = lifecycle::Lifecycle::new(lifecycle::Parts {
             config: config.clone(),
             store: store.clone(),
-            kv: store,
+            kv,
             archives,
             sealer,
             engine,

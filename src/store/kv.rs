@@ -101,7 +101,7 @@ pub fn check_bucket(bucket: &str) -> Result<(), KvError> {
     Ok(())
 }
 
-fn check_key(key: &str, quotas: &KvQuotas) -> Result<(), KvError> {
+pub(super) fn check_key(key: &str, quotas: &KvQuotas) -> Result<(), KvError> {
     if key.is_empty() || key.len() > quotas.max_key_bytes {
         return Err(KvError::Invalid(format!(
             "keys must be 1..{} bytes, got {}",
@@ -110,6 +110,31 @@ fn check_key(key: &str, quotas: &KvQuotas) -> Result<(), KvError> {
         )));
     }
     Ok(())
+}
+
+pub(super) fn check_value(value: &[u8], quotas: &KvQuotas) -> Result<(), KvError> {
+    if value.len() as u64 > quotas.max_value_bytes {
+        return Err(KvError::Quota(format!(
+            "values may be at most {} bytes, got {}",
+            quotas.max_value_bytes,
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The counter stored at `key`: an 8-byte little-endian u64 (absent counts as 0).
+pub(super) fn read_counter(key: &str, raw: Option<&[u8]>) -> Result<u64, KvError> {
+    match raw {
+        None => Ok(0),
+        Some(raw) => <[u8; 8]>::try_from(raw)
+            .map(u64::from_le_bytes)
+            .map_err(|_| {
+                KvError::Invalid(format!(
+                    "the value of '{key}' is not a counter (8-byte little-endian u64)"
+                ))
+            }),
+    }
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<KvError>>;
@@ -254,13 +279,7 @@ impl Store {
         for (key, value) in writes {
             let Some(value) = value else { continue };
             check_key(key, quotas)?;
-            if value.len() as u64 > quotas.max_value_bytes {
-                return Err(KvError::Quota(format!(
-                    "values may be at most {} bytes, got {}",
-                    quotas.max_value_bytes,
-                    value.len()
-                )));
-            }
+            check_value(value, quotas)?;
         }
         let full_keys: Vec<Vec<u8>> = writes
             .iter()
@@ -290,16 +309,9 @@ impl Store {
         let full = entry_key(lambda, bucket, key);
         unwrap_kv_tx(
             (&self.kv, &self.kv_usage, &self.lambdas).transaction(|trees| {
-                let current = match trees.0.get(&full)? {
-                    None => 0,
-                    Some(raw) => match <[u8; 8]>::try_from(raw.as_ref()) {
-                        Ok(bytes) => u64::from_le_bytes(bytes),
-                        Err(_) => {
-                            return abort(KvError::Invalid(format!(
-                                "the value of '{key}' is not a counter (8-byte little-endian u64)"
-                            )));
-                        }
-                    },
+                let current = match read_counter(key, trees.0.get(&full)?.as_deref()) {
+                    Ok(current) => current,
+                    Err(e) => return abort(e),
                 };
                 let Some(next) = current.checked_add(delta) else {
                     return abort(KvError::Invalid(format!(

@@ -3,9 +3,13 @@
 //! `Store`, the embedded backend of both, over sled. One tree per entity; records carry a schema byte;
 //! the list order and filters are served from an in-memory index kept with every write;
 //! how many records reference each archive and component is counted with every write
-//! (`refs`), so garbage collection reads counts, not records. Depends on `model` only.
+//! (`refs`), so garbage collection reads counts, not records; `PgStore` is the
+//! PostgreSQL backend that replicas share. Depends on `model` only.
 
+#[cfg(test)]
+mod conformance;
 mod kv;
+mod postgres;
 mod records;
 
 use std::cmp::Reverse;
@@ -22,6 +26,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 pub use kv::{KvError, KvQuotas, KvStore, KvUsage, LIST_PAGE, check_bucket};
+pub use postgres::PgStore;
 pub use records::{
     BuildKind, BuildRecord, LambdaRecord, LambdaSpec, SpecDeployParameters, SpecParameters,
     StoredBaseImage, StoredResources, StoredSandbox,
@@ -38,6 +43,12 @@ pub enum StoreError {
     /// A record could not be encoded or decoded.
     #[error("store record codec: {0}")]
     Codec(String),
+    /// PostgreSQL refused a statement or the connection failed.
+    #[error("store database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No database connection could be had (the pool waited and gave up).
+    #[error("store database unreachable: {0}")]
+    Pool(String),
 }
 
 /// Another lambda of the account already has the name.
@@ -760,41 +771,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn names_are_unique_per_account() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (a, b) = (AccountId::generate(), AccountId::generate());
-        let first = record(a, "x");
-        assert_eq!(store.save_lambda(&first, None).await.unwrap(), Ok(()));
-        assert_eq!(
-            store.save_lambda(&record(a, "x"), None).await.unwrap(),
-            Err(NameTaken)
-        );
-        assert_eq!(
-            store.save_lambda(&record(b, "x"), None).await.unwrap(),
-            Ok(())
-        );
-        // Renaming frees the old name.
-        let mut renamed = first;
-        renamed.lambda_name = "y".into();
-        assert_eq!(
-            store.save_lambda(&renamed, Some("x")).await.unwrap(),
-            Ok(())
-        );
-        assert_eq!(
-            store.save_lambda(&record(a, "x"), None).await.unwrap(),
-            Ok(())
-        );
-        store.delete_lambda(&renamed).await.unwrap();
-        assert!(store.lambda(renamed.lambda_id).await.unwrap().is_none());
-        assert_eq!(
-            store.save_lambda(&record(a, "y"), None).await.unwrap(),
-            Ok(())
-        );
-        assert_eq!(store.lambdas().await.unwrap().len(), 3);
-    }
-
-    #[tokio::test]
     async fn the_list_index_follows_every_write_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -924,32 +900,6 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.references(RefKind::Archive, "00").await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn logs_are_bounded_and_tailed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = LambdaId::generate();
-        let lines: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
-        store.append_logs(id, &lines).await.unwrap();
-        assert_eq!(store.count_logs(id).await.unwrap(), 10);
-        store.trim_logs(id, 5).await.unwrap();
-        assert_eq!(
-            store.tail_logs(id, None).await.unwrap(),
-            lines[5..].to_vec()
-        );
-        assert_eq!(
-            store.tail_logs(id, Some(2)).await.unwrap(),
-            lines[8..].to_vec()
-        );
-        assert!(
-            store
-                .tail_logs(LambdaId::generate(), None)
-                .await
-                .unwrap()
-                .is_empty()
-        );
     }
 
     #[test]

@@ -56,7 +56,12 @@ fn example_upload(name: &str, parameters: Value, deploy: Option<Value>) -> Uploa
     }
 }
 
-async fn deploy(server: &Server, name: &str, parameters: Value, deploy: Option<Value>) -> String {
+pub(crate) async fn deploy(
+    server: &Server,
+    name: &str,
+    parameters: Value,
+    deploy: Option<Value>,
+) -> String {
     let response = server
         .create_raw(ACCOUNT, example_upload(name, parameters, deploy))
         .await;
@@ -68,7 +73,7 @@ async fn deploy(server: &Server, name: &str, parameters: Value, deploy: Option<V
     id
 }
 
-async fn call(
+pub(crate) async fn call(
     server: &Server,
     method: Method,
     id: &str,
@@ -87,7 +92,7 @@ async fn call(
 }
 
 /// The JSON a guest answered.
-fn parse(text: &str) -> Value {
+pub(crate) fn parse(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 

@@ -19,6 +19,7 @@ mod host;
 mod kubernetes;
 mod layers;
 mod lifecycle;
+mod postgres;
 mod proxy;
 mod restart;
 mod soak;

@@ -1,0 +1,942 @@
+//! The PostgreSQL backend of `LambdaStore` and `KvStore`, shared by every replica of the
+//! service: a connection pool (deadpool over tokio-postgres), versioned migrations
+//! applied at start under an advisory lock, records kept in the sled backend's encoding
+//! beside the columns that listing filters and orders on, names unique per account by
+//! constraint, and key-value writes as transactions that lock the lambda's usage row,
+//! so quotas and counters stay exact however many replicas write. Depends on `model`
+//! and the store's own codec only.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Transaction};
+use uuid::Uuid;
+
+use super::kv::{KvError, KvQuotas, KvStore, KvUsage, LIST_PAGE, check_key, check_value};
+use super::records::{self, BuildRecord, LambdaRecord, LambdaSpec};
+use super::{LambdaStore, ListQuery, NameTaken, RefKind, StoreError};
+use crate::model::LambdaId;
+
+/// The schema, one step per version, applied in order and recorded in
+/// `schema_migrations`; a released step is never edited, only followed by another.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+    CREATE TABLE lambdas (
+        lambda_id uuid PRIMARY KEY,
+        account_id uuid NOT NULL,
+        lambda_name text NOT NULL,
+        name_lowercase text NOT NULL,
+        create_time_ns bigint NOT NULL,
+        lambda_type text NOT NULL,
+        namespace text NOT NULL,
+        record bytea NOT NULL,
+        CONSTRAINT lambdas_name_unique UNIQUE (account_id, lambda_name)
+    );
+    CREATE INDEX lambdas_list_order ON lambdas (create_time_ns DESC, lambda_id DESC);
+    CREATE INDEX lambdas_account_order
+        ON lambdas (account_id, create_time_ns DESC, lambda_id DESC);
+    CREATE TABLE builds (
+        lambda_id uuid PRIMARY KEY,
+        record bytea NOT NULL
+    );
+    -- What each lambda's current spec ('l') and build job ('b') reference: counting
+    -- rows gives how many holders keep an archive or a component alive.
+    CREATE TABLE spec_refs (
+        holder char(1) NOT NULL,
+        lambda_id uuid NOT NULL,
+        archive text NOT NULL,
+        component text,
+        PRIMARY KEY (holder, lambda_id)
+    );
+    CREATE INDEX spec_refs_archive ON spec_refs (archive);
+    CREATE INDEX spec_refs_component ON spec_refs (component);
+    CREATE TABLE logs (
+        lambda_id uuid NOT NULL,
+        seq bigserial NOT NULL,
+        line text NOT NULL,
+        PRIMARY KEY (lambda_id, seq)
+    );
+    CREATE TABLE artifacts (
+        digest text PRIMARY KEY,
+        files text[] NOT NULL
+    );
+    CREATE TABLE built_images (
+        build_key text PRIMARY KEY,
+        image_id text NOT NULL
+    );
+    CREATE TABLE kv (
+        lambda_id uuid NOT NULL,
+        bucket text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        value bytea NOT NULL,
+        PRIMARY KEY (lambda_id, bucket, key)
+    );
+    CREATE TABLE kv_usage (
+        lambda_id uuid PRIMARY KEY,
+        keys bigint NOT NULL,
+        bytes bigint NOT NULL
+    );
+    CREATE TABLE health_probes (
+        probe uuid PRIMARY KEY,
+        stamp text NOT NULL
+    );
+    "#,
+)];
+
+/// Serialises migrations between replicas starting at once (`pg_advisory_lock` key).
+const MIGRATION_LOCK: i64 = 0x6c75_6e61_6c61_6d62; // "lunalamb"
+
+/// A pooled connection is waited for this long before the call fails (a database
+/// outage then answers errors instead of hanging the management API).
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+fn uuid(id: LambdaId) -> Uuid {
+    Uuid::from_bytes(*id.as_bytes())
+}
+
+fn nanos(time: chrono::DateTime<chrono::Utc>) -> i64 {
+    time.timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+fn holder_tag(build: bool) -> &'static str {
+    if build { "b" } else { "l" }
+}
+
+/// `needle` as a LIKE pattern matching it anywhere, its own wildcards taken literally.
+fn contains_pattern(needle: &str) -> String {
+    let mut pattern = String::with_capacity(needle.len() + 2);
+    pattern.push('%');
+    for c in needle.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+fn is_name_taken(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        db.code() == &SqlState::UNIQUE_VIOLATION && db.constraint() == Some("lambdas_name_unique")
+    })
+}
+
+fn count(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl PgStore {
+    /// Connects to `url` (a `postgres://` URL or `key=value` settings) with a pool of
+    /// `pool_size` connections and brings the schema up to date.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url.parse()?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    /// Applies the migrations this database has not seen, one transaction each.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let applied = self.apply_migrations(&mut client).await;
+        let unlocked = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
+        applied?;
+        unlocked?;
+        Ok(())
+    }
+
+    async fn apply_migrations(
+        &self,
+        client: &mut deadpool_postgres::Object,
+    ) -> Result<(), StoreError> {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version integer PRIMARY KEY,
+                     applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await?;
+        let current: i32 = client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await?
+            .get(0);
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            tracing::info!(version, "applying store migration");
+            let tx = client.transaction().await?;
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> Result<i32, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await?
+            .get(0))
+    }
+
+    /// What the lambda's key-value namespace holds.
+    pub async fn kv_usage(&self, lambda: LambdaId) -> Result<KvUsage, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT keys, bytes FROM kv_usage WHERE lambda_id = $1",
+                &[&uuid(lambda)],
+            )
+            .await?;
+        Ok(row.map_or_else(KvUsage::default, |row| KvUsage {
+            keys: unsigned(row.get(0)),
+            bytes: unsigned(row.get(1)),
+        }))
+    }
+
+    /// Applies sets (`Some`) and removals (`None`) in one transaction that holds the
+    /// lambda's usage row, so concurrent writers of one namespace take turns and quotas
+    /// are checked against the batch as a whole; a refused batch leaves no trace.
+    async fn kv_write(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        writes: &[(&str, Option<&[u8]>)],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        for (key, value) in writes {
+            if let Some(value) = value {
+                check_key(key, quotas)?;
+                check_value(value, quotas)?;
+            }
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
+        let mut usage = lock_usage(&tx, lambda, writes.iter().any(|(_, v)| v.is_some())).await?;
+        for (key, value) in writes {
+            apply_write(&tx, lambda, bucket, key, *value, &mut usage).await?;
+        }
+        check_quotas(usage, quotas)?;
+        save_usage(&tx, lambda, usage).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    async fn save_refs(
+        tx: &Transaction<'_>,
+        id: LambdaId,
+        build: bool,
+        spec: &LambdaSpec,
+    ) -> Result<(), StoreError> {
+        tx.execute(
+            "INSERT INTO spec_refs (holder, lambda_id, archive, component) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (holder, lambda_id)
+             DO UPDATE SET archive = EXCLUDED.archive, component = EXCLUDED.component",
+            &[
+                &holder_tag(build),
+                &uuid(id),
+                &spec.archive_digest,
+                &spec.wasm_digest,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Locks (creating when absent) the lambda's usage row and reads it. With `writes_values`
+/// the lambda's own record is share-locked too: a write for a lambda being deleted then
+/// waits for the delete and is refused, so no key outlives its lambda.
+async fn lock_usage(
+    tx: &Transaction<'_>,
+    lambda: LambdaId,
+    writes_values: bool,
+) -> Result<KvUsage, KvError> {
+    let id = uuid(lambda);
+    if writes_values {
+        let alive = tx
+            .query_opt(
+                "SELECT 1 FROM lambdas WHERE lambda_id = $1 FOR SHARE",
+                &[&id],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        if alive.is_none() {
+            return Err(KvError::Invalid("the lambda has been deleted".to_owned()));
+        }
+    }
+    tx.execute(
+        "INSERT INTO kv_usage (lambda_id, keys, bytes) VALUES ($1, 0, 0)
+         ON CONFLICT (lambda_id) DO NOTHING",
+        &[&id],
+    )
+    .await
+    .map_err(StoreError::from)?;
+    let row = tx
+        .query_one(
+            "SELECT keys, bytes FROM kv_usage WHERE lambda_id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    Ok(KvUsage {
+        keys: unsigned(row.get(0)),
+        bytes: unsigned(row.get(1)),
+    })
+}
+
+/// Replaces (or with `None` removes) one entry, keeping `usage` exact.
+async fn apply_write(
+    tx: &Transaction<'_>,
+    lambda: LambdaId,
+    bucket: &str,
+    key: &str,
+    value: Option<&[u8]>,
+    usage: &mut KvUsage,
+) -> Result<(), KvError> {
+    let id = uuid(lambda);
+    let key_len = key.len() as u64;
+    let old: Option<i32> = tx
+        .query_opt(
+            "SELECT octet_length(value) FROM kv WHERE lambda_id = $1 AND bucket = $2 AND key = $3",
+            &[&id, &bucket, &key],
+        )
+        .await
+        .map_err(StoreError::from)?
+        .map(|row| row.get(0));
+    if let Some(old) = old {
+        usage.keys = usage.keys.saturating_sub(1);
+        usage.bytes = usage
+            .bytes
+            .saturating_sub(key_len + u64::try_from(old).unwrap_or(0));
+    }
+    match value {
+        Some(value) => {
+            usage.keys += 1;
+            usage.bytes += key_len + value.len() as u64;
+            tx.execute(
+                "INSERT INTO kv (lambda_id, bucket, key, value) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (lambda_id, bucket, key) DO UPDATE SET value = EXCLUDED.value",
+                &[&id, &bucket, &key, &value],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        }
+        None if old.is_some() => {
+            tx.execute(
+                "DELETE FROM kv WHERE lambda_id = $1 AND bucket = $2 AND key = $3",
+                &[&id, &bucket, &key],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+fn check_quotas(usage: KvUsage, quotas: &KvQuotas) -> Result<(), KvError> {
+    if usage.keys > quotas.max_keys {
+        return Err(KvError::Quota(format!(
+            "the lambda may hold at most {} keys",
+            quotas.max_keys
+        )));
+    }
+    if usage.bytes > quotas.max_total_bytes {
+        return Err(KvError::Quota(format!(
+            "the lambda may hold at most {} bytes of keys and values",
+            quotas.max_total_bytes
+        )));
+    }
+    Ok(())
+}
+
+async fn save_usage(tx: &Transaction<'_>, lambda: LambdaId, usage: KvUsage) -> Result<(), KvError> {
+    tx.execute(
+        "UPDATE kv_usage SET keys = $2, bytes = $3 WHERE lambda_id = $1",
+        &[&uuid(lambda), &count(usage.keys), &count(usage.bytes)],
+    )
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+fn decode_rows<T: serde::de::DeserializeOwned>(
+    rows: &[tokio_postgres::Row],
+) -> Result<Vec<T>, StoreError> {
+    rows.iter()
+        .map(|row| records::decode(row.get::<_, &[u8]>(0)))
+        .collect()
+}
+
+#[async_trait]
+impl LambdaStore for PgStore {
+    /// Every acknowledged write is a committed transaction: nothing to do.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let probe = Uuid::new_v4();
+        let stamp = chrono::Utc::now().to_rfc3339();
+        client
+            .execute(
+                "INSERT INTO health_probes (probe, stamp) VALUES ($1, $2)",
+                &[&probe, &stamp],
+            )
+            .await?;
+        let read: Option<String> = client
+            .query_opt(
+                "DELETE FROM health_probes WHERE probe = $1 RETURNING stamp",
+                &[&probe],
+            )
+            .await?
+            .map(|row| row.get(0));
+        if read.as_deref() == Some(stamp.as_str()) {
+            Ok(())
+        } else {
+            Err(StoreError::Codec(
+                "health probe read back a different value".into(),
+            ))
+        }
+    }
+
+    async fn save_lambda(
+        &self,
+        record: &LambdaRecord,
+        _old_name: Option<&str>,
+    ) -> Result<Result<(), NameTaken>, StoreError> {
+        let value = records::encode(record)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let saved = tx
+            .execute(
+                "INSERT INTO lambdas (lambda_id, account_id, lambda_name, name_lowercase,
+                                      create_time_ns, lambda_type, namespace, record)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (lambda_id) DO UPDATE SET
+                     lambda_name = EXCLUDED.lambda_name,
+                     name_lowercase = EXCLUDED.name_lowercase,
+                     lambda_type = EXCLUDED.lambda_type,
+                     namespace = EXCLUDED.namespace,
+                     record = EXCLUDED.record",
+                &[
+                    &uuid(record.lambda_id),
+                    &Uuid::from_bytes(*record.account_id.as_bytes()),
+                    &record.lambda_name,
+                    &record.lambda_name.to_lowercase(),
+                    &nanos(record.create_time),
+                    &record.current.lambda_type.as_str(),
+                    &record.current.deploy_parameters.namespace(),
+                    &value,
+                ],
+            )
+            .await;
+        match saved {
+            Err(e) if is_name_taken(&e) => return Ok(Err(NameTaken)),
+            saved => saved?,
+        };
+        Self::save_refs(&tx, record.lambda_id, false, &record.current).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    async fn lambda(&self, id: LambdaId) -> Result<Option<LambdaRecord>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                "SELECT record FROM lambdas WHERE lambda_id = $1",
+                &[&uuid(id)],
+            )
+            .await?
+            .map(|row| records::decode(row.get::<_, &[u8]>(0)))
+            .transpose()
+    }
+
+    async fn lambda_exists(&self, id: LambdaId) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt("SELECT 1 FROM lambdas WHERE lambda_id = $1", &[&uuid(id)])
+            .await?
+            .is_some())
+    }
+
+    async fn lambdas(&self) -> Result<Vec<LambdaRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT record FROM lambdas", &[]).await?;
+        decode_rows(&rows)
+    }
+
+    async fn list(
+        &self,
+        query: &ListQuery,
+        skip: usize,
+        take: usize,
+    ) -> Result<Vec<LambdaRecord>, StoreError> {
+        let account = query.account.map(|a| Uuid::from_bytes(*a.as_bytes()));
+        let before = query.created_before.map(nanos);
+        let since = query.created_since.map(nanos);
+        let lambda_type = query.lambda_type.map(|t| t.as_str());
+        let pattern = query
+            .name_contains
+            .as_deref()
+            .map(|n| contains_pattern(&n.to_lowercase()));
+        let (skip, take) = (count(skip as u64), count(take as u64));
+        let mut sql = String::from("SELECT record FROM lambdas WHERE true");
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        if let Some(account) = &account {
+            params.push(account);
+            sql.push_str(&format!(" AND account_id = ${}", params.len()));
+        }
+        if let Some(before) = &before {
+            params.push(before);
+            sql.push_str(&format!(" AND create_time_ns < ${}", params.len()));
+        }
+        if let Some(since) = &since {
+            params.push(since);
+            sql.push_str(&format!(" AND create_time_ns >= ${}", params.len()));
+        }
+        if let Some(lambda_type) = &lambda_type {
+            params.push(lambda_type);
+            sql.push_str(&format!(" AND lambda_type = ${}", params.len()));
+        }
+        if let Some(pattern) = &pattern {
+            params.push(pattern);
+            sql.push_str(&format!(" AND name_lowercase LIKE ${}", params.len()));
+        }
+        if let Some(namespaces) = &query.namespaces {
+            params.push(namespaces);
+            sql.push_str(&format!(" AND namespace = ANY(${})", params.len()));
+        }
+        params.push(&skip);
+        params.push(&take);
+        sql.push_str(&format!(
+            " ORDER BY create_time_ns DESC, lambda_id DESC OFFSET ${} LIMIT ${}",
+            params.len() - 1,
+            params.len()
+        ));
+        let client = self.client().await?;
+        let rows = client.query(&sql, &params).await?;
+        decode_rows(&rows)
+    }
+
+    async fn delete_lambda(&self, record: &LambdaRecord) -> Result<(), StoreError> {
+        let id = uuid(record.lambda_id);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        for sql in [
+            "DELETE FROM lambdas WHERE lambda_id = $1",
+            "DELETE FROM builds WHERE lambda_id = $1",
+            "DELETE FROM spec_refs WHERE lambda_id = $1",
+            "DELETE FROM logs WHERE lambda_id = $1",
+            "DELETE FROM kv WHERE lambda_id = $1",
+            "DELETE FROM kv_usage WHERE lambda_id = $1",
+        ] {
+            tx.execute(sql, &[&id]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One transaction removes everything of the create: a refused delete leaves the
+    /// record, and the caller's error says so.
+    async fn undo_create(&self, record: &LambdaRecord) -> Result<(), StoreError> {
+        self.delete_lambda(record).await
+    }
+
+    async fn delete_logs(&self, id: LambdaId) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM logs WHERE lambda_id = $1", &[&uuid(id)])
+            .await?;
+        Ok(())
+    }
+
+    async fn append_logs(&self, id: LambdaId, lines: &[String]) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        // One statement, one round trip; `WITH ORDINALITY` keeps the batch's order.
+        client
+            .execute(
+                "INSERT INTO logs (lambda_id, line)
+                 SELECT $1, line FROM unnest($2::text[]) WITH ORDINALITY AS t(line, n)
+                 ORDER BY n",
+                &[&uuid(id), &lines],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn count_logs(&self, id: LambdaId) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM logs WHERE lambda_id = $1",
+                &[&uuid(id)],
+            )
+            .await?
+            .get(0);
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    async fn trim_logs(&self, id: LambdaId, count_: usize) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM logs WHERE lambda_id = $1 AND seq IN (
+                     SELECT seq FROM logs WHERE lambda_id = $1 ORDER BY seq LIMIT $2)",
+                &[&uuid(id), &count(count_ as u64)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn tail_logs(&self, id: LambdaId, tail: Option<u64>) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let limit = tail.map(count);
+        let rows = client
+            .query(
+                "SELECT line FROM (
+                     SELECT seq, line FROM logs WHERE lambda_id = $1
+                     ORDER BY seq DESC LIMIT $2) newest
+                 ORDER BY seq",
+                &[&uuid(id), &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    async fn kv_delete_namespace(&self, id: LambdaId) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("DELETE FROM kv WHERE lambda_id = $1", &[&uuid(id)])
+            .await?;
+        tx.execute("DELETE FROM kv_usage WHERE lambda_id = $1", &[&uuid(id)])
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn save_build(&self, build: &BuildRecord) -> Result<(), StoreError> {
+        let value = records::encode(build)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO builds (lambda_id, record) VALUES ($1, $2)
+             ON CONFLICT (lambda_id) DO UPDATE SET record = EXCLUDED.record",
+            &[&uuid(build.lambda_id), &value],
+        )
+        .await?;
+        Self::save_refs(&tx, build.lambda_id, true, &build.spec).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn build(&self, id: LambdaId) -> Result<Option<BuildRecord>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                "SELECT record FROM builds WHERE lambda_id = $1",
+                &[&uuid(id)],
+            )
+            .await?
+            .map(|row| records::decode(row.get::<_, &[u8]>(0)))
+            .transpose()
+    }
+
+    async fn builds(&self) -> Result<Vec<BuildRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT record FROM builds", &[]).await?;
+        decode_rows(&rows)
+    }
+
+    async fn add_artifacts(&self, digest: &str, files: &[String]) -> Result<(), StoreError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO artifacts (digest, files)
+                 VALUES ($1, ARRAY(SELECT DISTINCT f FROM unnest($2::text[]) f ORDER BY f))
+                 ON CONFLICT (digest) DO UPDATE SET files = ARRAY(
+                     SELECT DISTINCT f FROM unnest(artifacts.files || EXCLUDED.files) f
+                     ORDER BY f)",
+                &[&digest, &files],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn artifacts(&self, digest: &str) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt("SELECT files FROM artifacts WHERE digest = $1", &[&digest])
+            .await?
+            .map(|row| row.get(0))
+            .unwrap_or_default())
+    }
+
+    async fn artifact_digests(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT digest FROM artifacts", &[]).await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    async fn remove_artifact_record(&self, digest: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM artifacts WHERE digest = $1", &[&digest])
+            .await?;
+        Ok(())
+    }
+
+    async fn references(&self, kind: RefKind, digest: &str) -> Result<u64, StoreError> {
+        let sql = match kind {
+            RefKind::Archive => "SELECT count(*) FROM spec_refs WHERE archive = $1",
+            RefKind::Component => "SELECT count(*) FROM spec_refs WHERE component = $1",
+        };
+        let client = self.client().await?;
+        let n: i64 = client.query_one(sql, &[&digest]).await?.get(0);
+        Ok(unsigned(n))
+    }
+
+    async fn record_built_image(&self, build_key: &str, image_id: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO built_images (build_key, image_id) VALUES ($1, $2)
+                 ON CONFLICT (build_key) DO UPDATE SET image_id = EXCLUDED.image_id",
+                &[&build_key, &image_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn built_image(&self, build_key: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt(
+                "SELECT image_id FROM built_images WHERE build_key = $1",
+                &[&build_key],
+            )
+            .await?
+            .map(|row| row.get(0)))
+    }
+}
+
+#[async_trait]
+impl KvStore for PgStore {
+    async fn get(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, KvError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt(
+                "SELECT value FROM kv WHERE lambda_id = $1 AND bucket = $2 AND key = $3",
+                &[&uuid(lambda), &bucket, &key],
+            )
+            .await
+            .map_err(StoreError::from)?
+            .map(|row| row.get(0)))
+    }
+
+    async fn set(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        self.kv_write(lambda, bucket, &[(key, Some(value))], quotas)
+            .await
+    }
+
+    async fn set_many(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        pairs: &[(String, Vec<u8>)],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        let writes: Vec<_> = pairs
+            .iter()
+            .map(|(key, value)| (key.as_str(), Some(value.as_slice())))
+            .collect();
+        self.kv_write(lambda, bucket, &writes, quotas).await
+    }
+
+    async fn delete(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        self.kv_write(lambda, bucket, &[(key, None)], quotas).await
+    }
+
+    async fn delete_many(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        keys: &[String],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError> {
+        let writes: Vec<_> = keys.iter().map(|key| (key.as_str(), None)).collect();
+        self.kv_write(lambda, bucket, &writes, quotas).await
+    }
+
+    async fn increment(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        key: &str,
+        delta: u64,
+        quotas: &KvQuotas,
+    ) -> Result<u64, KvError> {
+        check_key(key, quotas)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
+        // The usage row's lock orders every writer of this namespace, increments too.
+        let mut usage = lock_usage(&tx, lambda, true).await?;
+        let current: Option<Vec<u8>> = tx
+            .query_opt(
+                "SELECT value FROM kv WHERE lambda_id = $1 AND bucket = $2 AND key = $3",
+                &[&uuid(lambda), &bucket, &key],
+            )
+            .await
+            .map_err(StoreError::from)?
+            .map(|row| row.get(0));
+        let current = super::kv::read_counter(key, current.as_deref())?;
+        let Some(next) = current.checked_add(delta) else {
+            return Err(KvError::Invalid(format!(
+                "incrementing '{key}' by {delta} overflows u64"
+            )));
+        };
+        apply_write(
+            &tx,
+            lambda,
+            bucket,
+            key,
+            Some(&next.to_le_bytes()),
+            &mut usage,
+        )
+        .await?;
+        check_quotas(usage, quotas)?;
+        save_usage(&tx, lambda, usage).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(next)
+    }
+
+    async fn list(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        cursor: u64,
+    ) -> Result<(Vec<String>, Option<u64>), KvError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT key FROM kv WHERE lambda_id = $1 AND bucket = $2
+                 ORDER BY key OFFSET $3 LIMIT $4",
+                &[
+                    &uuid(lambda),
+                    &bucket,
+                    &count(cursor),
+                    &count(LIST_PAGE as u64 + 1),
+                ],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        let mut keys: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+        let more = keys.len() > LIST_PAGE;
+        keys.truncate(LIST_PAGE);
+        let next = more.then(|| cursor + keys.len() as u64);
+        Ok((keys, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_take_wildcards_literally() {
+        assert_eq!(contains_pattern("a_b%c\\"), "%a\\_b\\%c\\\\%");
+        assert_eq!(contains_pattern(""), "%%");
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        let versions: Vec<i32> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
+        let expected: Vec<i32> = (1..=versions.len() as i32).collect();
+        assert_eq!(versions, expected);
+    }
+}
