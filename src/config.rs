@@ -780,6 +780,15 @@ impl Config {
                     .into(),
             );
         }
+        // Replicas read each other's sealed credentials: a key generated into one data
+        // directory would leave the others unable to unseal them.
+        if self.store.backend == StoreBackend::Postgres && self.encryption_key.is_empty() {
+            return bad(
+                "encryption_key must be set when store.backend = \"postgres\" (every \
+                 process on the database unseals the same credentials)"
+                    .into(),
+            );
+        }
         if self.store.postgres_pool_size == 0 {
             return bad("store.postgres_pool_size must be at least 1".into());
         }
@@ -1075,6 +1084,9 @@ fn apply_env(tree: &mut toml::Value, var: &str, raw: &str) -> Result<(), ConfigE
 mod tests {
     use super::*;
 
+    /// Base64 of 32 zero bytes.
+    const SHARED_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
     #[test]
     fn database_passwords_are_masked_in_the_shown_configuration() {
         for (url, shown) in [
@@ -1099,6 +1111,7 @@ mod tests {
                     "LUNA_LAMBDA_STORE_POSTGRES_URL",
                     "postgres://luna:s3cret@db/luna",
                 ),
+                ("LUNA_LAMBDA_ENCRYPTION_KEY", SHARED_KEY),
             ]),
             &Overrides::default(),
         )
@@ -1122,6 +1135,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("store.postgres_url"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[
+                ("LUNA_LAMBDA_STORE_BACKEND", "postgres"),
+                ("LUNA_LAMBDA_STORE_POSTGRES_URL", "host=db"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("encryption_key"), "{err}");
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -66,9 +66,6 @@ pub enum StartupError {
     /// The configured Kubernetes cluster cannot be used.
     #[error("container backend: {0}")]
     Kube(#[from] k8s::KubeError),
-    /// Archive storage could not be opened.
-    #[error(transparent)]
-    Build(#[from] builder::BuildError),
     /// Recovery after restart failed.
     #[error("recovery: {0}")]
     Recover(#[from] lifecycle::LifecycleError),
@@ -168,26 +165,30 @@ impl Server {
         config.data_dir.clone_from(&data);
         let config = Arc::new(config);
         let auth = edge::auth::Authenticator::from_config(&config.auth)?.map(Arc::new);
-        // One store keeps both the records and the guests' key-value data.
-        let (store, kv): (Arc<dyn store::LambdaStore>, Arc<dyn store::KvStore>) =
-            match config.store.backend {
-                config::StoreBackend::Sled => {
-                    let store = Arc::new(store::Store::open(&data.join("store"))?);
-                    (store.clone(), store)
-                }
-                config::StoreBackend::Postgres => {
-                    let store = Arc::new(
-                        store::PgStore::connect(
-                            &config.store.postgres_url,
-                            config.store.postgres_pool_size,
-                        )
-                        .await?,
-                    );
-                    (store.clone(), store)
-                }
-            };
+        // One store keeps the records and the guests' key-value data; the archives go
+        // beside them (files under the data directory, or the shared database).
+        let (store, kv, archives): (
+            Arc<dyn store::LambdaStore>,
+            Arc<dyn store::KvStore>,
+            Arc<dyn store::ArchiveStore>,
+        ) = match config.store.backend {
+            config::StoreBackend::Sled => {
+                let store = Arc::new(store::Store::open(&data.join("store"))?);
+                let archives = Arc::new(store::ArchiveFiles::open(&data.join("archives"))?);
+                (store.clone(), store, archives)
+            }
+            config::StoreBackend::Postgres => {
+                let store = Arc::new(
+                    store::PgStore::connect(
+                        &config.store.postgres_url,
+                        config.store.postgres_pool_size,
+                    )
+                    .await?,
+                );
+                (store.clone(), store.clone(), store)
+            }
+        };
         let sealer = secrets::Sealer::open(&config.encryption_key, &data)?;
-        let archives = builder::ArchiveStore::open(&data.join("archives"))?;
         let metrics = metrics::Metrics::new().map_err(StartupError::Metrics)?;
         // Compiles of untrusted components run in a limited child: this binary again.
         let compile_worker = if config.builds.compile_in_child {

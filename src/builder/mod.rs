@@ -1,27 +1,16 @@
 //! Turning uploads into runnable lambdas: validation of an upload (parameters, deploy
-//! parameters, archive, component or Python sources), the content-addressed archive
-//! store, the WASM build (compile into the artifact cache + link) and the Docker build
-//! context of container lambdas. Depends on `runtime`, `config`, `model`.
+//! parameters, archive, component or Python sources), the WASM build (compile into the
+//! artifact cache + link) and the Docker build context of container lambdas. Depends on `runtime`, `config`, `model`.
 
 pub mod archive;
 pub mod container;
 pub mod python;
 pub mod wasm;
 
-use std::path::{Path, PathBuf};
-
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ContainerBackend};
 use crate::model::{DeployParameters, Parameters, Runtime};
-
-/// Building or storing failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The archive file could not be written or read.
-    #[error("archive storage: {0}")]
-    Storage(#[from] std::io::Error),
-}
 
 /// The result of checking an upload: the archive's content and every problem.
 #[derive(Debug)]
@@ -154,86 +143,6 @@ pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Archives on disk, named by content digest so identical uploads share a file.
-#[derive(Debug, Clone)]
-pub struct ArchiveStore {
-    dir: PathBuf,
-}
-
-impl ArchiveStore {
-    /// Uses (and creates) `dir`.
-    pub fn open(dir: &Path) -> Result<Self, BuildError> {
-        std::fs::create_dir_all(dir)?;
-        Ok(Self {
-            dir: dir.to_owned(),
-        })
-    }
-
-    fn path(&self, digest: &str) -> PathBuf {
-        self.dir.join(format!("{digest}.zip"))
-    }
-
-    /// Writes the archive durably (temp file, fsync, rename); returns its digest.
-    pub fn put(&self, bytes: &[u8]) -> Result<String, BuildError> {
-        use std::io::Write;
-        let digest = digest(bytes);
-        let path = self.path(&digest);
-        if path.exists() {
-            return Ok(digest);
-        }
-        let tmp = self
-            .dir
-            .join(format!(".{digest}.{}.tmp", uuid::Uuid::new_v4().simple()));
-        let mut file = std::fs::File::create(&tmp)?;
-        let written = file.write_all(bytes).and_then(|()| file.sync_all());
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
-        }
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
-        Ok(digest)
-    }
-
-    /// Reads an archive back.
-    pub fn get(&self, digest: &str) -> Result<Vec<u8>, BuildError> {
-        Ok(std::fs::read(self.path(digest))?)
-    }
-
-    /// Removes an archive no lambda references any more.
-    pub fn remove(&self, digest: &str) -> Result<(), BuildError> {
-        match std::fs::remove_file(self.path(digest)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
-    }
-
-    /// Digests of every stored archive.
-    pub fn digests(&self) -> Result<Vec<String>, BuildError> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            if let Some(digest) = name.strip_suffix(".zip")
-                && !digest.starts_with('.')
-            {
-                out.push(digest.to_owned());
-            }
-        }
-        Ok(out)
-    }
-
-    /// Removes temp files a crash left behind.
-    pub fn sweep_temp_files(&self) {
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().ends_with(".tmp") {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,18 +179,6 @@ mod tests {
         );
         assert_eq!(problems("FROM python:3/../x\n", &containers).len(), 1);
         assert!(!containers.base_image_allowed("luna-lambda/python:bookworm"));
-    }
-
-    #[test]
-    fn archives_are_content_addressed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ArchiveStore::open(dir.path()).unwrap();
-        let a = store.put(b"one").unwrap();
-        assert_eq!(store.put(b"one").unwrap(), a);
-        assert_eq!(store.get(&a).unwrap(), b"one");
-        store.remove(&a).unwrap();
-        assert!(store.get(&a).is_err());
-        store.remove(&a).unwrap();
     }
 
     #[test]

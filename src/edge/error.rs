@@ -319,7 +319,6 @@ impl From<LifecycleError> for ApiError {
             ),
             LifecycleError::ValidatesBusy { .. } => Self::overloaded(e.to_string()),
             LifecycleError::Store(_)
-            | LifecycleError::Build(_)
             | LifecycleError::Secrets(_)
             | LifecycleError::Deploy(_)
             | LifecycleError::Task(_) => Self::internal(&e),

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 
 use super::deploy::DeployError;
 use super::{Lifecycle, Served, Staged, now, stamp};
+use crate::builder;
 use crate::builder::archive::ArchiveReport;
-use crate::builder::{self, BuildError};
 use crate::model::{AccountId, ImageStatus, LambdaId, LambdaStatus, LambdaType, Runtime, Version};
 use crate::runtime::{
     self, Component, GuestEnv, LoadedLambda, OutboundLimits, OutboundPolicy, Prelinked,
@@ -33,7 +33,7 @@ pub enum BuildFailure {
         /// Its digest.
         digest: String,
         /// Why.
-        source: BuildError,
+        source: StoreError,
     },
     /// The stored archive breaks the archive rules (they are checked again: a limit
     /// may have been lowered since the upload).
@@ -505,24 +505,23 @@ impl Lifecycle {
         {
             return Ok((staged.archive, staged.report));
         }
-        let archives = self.archives.clone();
+        let bytes = self
+            .archives
+            .archive(&spec.archive_digest)
+            .await
+            .map_err(|source| BuildFailure::ArchiveUnreadable {
+                digest: spec.archive_digest.clone(),
+                source,
+            })?;
         let limits = self.config.limits.clone();
-        let digest = spec.archive_digest.clone();
-        let (bytes, report) = tokio::task::spawn_blocking(move || {
-            archives.get(&digest).map(|bytes| {
-                let report = builder::archive::inspect(&bytes, &limits);
-                (bytes, report)
-            })
-        })
-        .await?
-        .map_err(|source| BuildFailure::ArchiveUnreadable {
-            digest: spec.archive_digest.clone(),
-            source,
-        })?;
+        let inspected = bytes.clone();
+        let report =
+            tokio::task::spawn_blocking(move || builder::archive::inspect(&inspected, &limits))
+                .await?;
         if !report.problems.is_empty() {
             return Err(BuildFailure::ArchiveRules(report.problems));
         }
-        Ok((bytes.into(), report))
+        Ok((bytes, report))
     }
 
     /// `lambda.wasm` of `spec`'s archive, checked as `checked_archive` says.

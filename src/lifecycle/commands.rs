@@ -144,10 +144,13 @@ impl Lifecycle {
     }
 
     async fn store_archive(&self, archive: bytes::Bytes) -> Result<String> {
-        let archives = self.archives.clone();
-        Ok(tokio::task::spawn_blocking(move || archives.put(&archive))
+        // Hashing a large archive takes milliseconds: not on an async worker.
+        let hashed = archive.clone();
+        let digest = tokio::task::spawn_blocking(move || builder::digest(&hashed))
             .await
-            .map_err(|e| LifecycleError::Task(e.to_string()))??)
+            .map_err(|e| LifecycleError::Task(e.to_string()))?;
+        self.archives.put_archive(&digest, archive).await?;
+        Ok(digest)
     }
 
     fn spec(

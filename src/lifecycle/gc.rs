@@ -29,7 +29,7 @@ impl Lifecycle {
         let _exclusive = self.gc_lock.write().await;
         for digest in archives {
             if self.store.references(RefKind::Archive, digest).await? == 0 {
-                self.archives.remove(digest)?;
+                self.archives.remove_archive(digest).await?;
             }
         }
         for digest in components {

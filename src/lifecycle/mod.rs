@@ -23,8 +23,8 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 
+use crate::builder;
 use crate::builder::archive::ArchiveReport;
-use crate::builder::{self, ArchiveStore, BuildError};
 use crate::config::Config;
 use crate::logs::LogSink;
 use crate::metrics::Metrics;
@@ -33,7 +33,7 @@ use crate::model::{
 };
 use crate::runtime::{Component, LoadedLambda, PodSet, Registry, WasmEngine};
 use crate::secrets::{Sealer, SecretsError};
-use crate::store::{KvStore, LambdaRecord, LambdaStore, ListQuery, StoreError};
+use crate::store::{ArchiveStore, KvStore, LambdaRecord, LambdaStore, ListQuery, StoreError};
 
 pub use build::BuildFailure;
 pub use deploy::{BuiltImage, DeployError, Deployer, ImageBuilder, PodRequest, PodState, Progress};
@@ -59,9 +59,6 @@ pub enum LifecycleError {
     /// Store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Archive storage failure.
-    #[error(transparent)]
-    Build(#[from] BuildError),
     /// Credential encryption failure.
     #[error(transparent)]
     Secrets(#[from] SecretsError),
@@ -136,7 +133,7 @@ pub struct Parts {
     /// The guests' key-value data.
     pub kv: Arc<dyn KvStore>,
     /// Uploaded archives by digest.
-    pub archives: ArchiveStore,
+    pub archives: Arc<dyn ArchiveStore>,
     /// Credential encryption.
     pub sealer: Sealer,
     /// The WASM compiler and artifact cache.
@@ -157,7 +154,7 @@ pub struct Lifecycle {
     config: Arc<Config>,
     store: Arc<dyn LambdaStore>,
     kv: Arc<dyn KvStore>,
-    archives: ArchiveStore,
+    archives: Arc<dyn ArchiveStore>,
     sealer: Sealer,
     engine: Arc<WasmEngine>,
     registry: Arc<Registry>,

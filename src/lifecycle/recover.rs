@@ -16,10 +16,9 @@ impl Lifecycle {
     /// After a restart: builds that died with the process end `error`; deployed
     /// versions serve again (WASM from the compilation cache, no recompilation).
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
-        self.archives.sweep_temp_files();
         // Archives and artifacts no record adopted (a crash between writing the file
         // and the record, a name clash, validate-only compiles) are removed.
-        let archives = self.archives.digests()?;
+        let archives = self.archives.archive_digests().await?;
         let components = self.store.artifact_digests().await?;
         self.collect_garbage(&archives, &components).await?;
         let known: HashSet<LambdaId> = self

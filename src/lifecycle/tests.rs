@@ -13,7 +13,7 @@ use super::*;
 use crate::builder::archive::tests::zip_of;
 use crate::builder::container::BuildContext;
 use crate::model::{Endpoint, LambdaStatus, Version};
-use crate::store::{BuildKind, BuildRecord, Store};
+use crate::store::{ArchiveFiles, BuildKind, BuildRecord, Store};
 
 /// What a fake backend was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,7 +186,7 @@ impl World {
         let lifecycle = Lifecycle::new(Parts {
             engine: WasmEngine::new(&config, &dir.path().join("artifacts")).unwrap(),
             sealer: Sealer::open(&config.encryption_key, dir.path()).unwrap(),
-            archives: ArchiveStore::open(&dir.path().join("archives")).unwrap(),
+            archives: Arc::new(ArchiveFiles::open(&dir.path().join("archives")).unwrap()),
             config,
             store: store.clone(),
             kv: store,

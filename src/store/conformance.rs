@@ -345,6 +345,25 @@ async fn concurrent_increments_contract(store: &dyn LambdaStore, kv: Arc<dyn KvS
     );
 }
 
+/// Archives: kept by digest, a second put changes nothing, removal is idempotent.
+async fn archives_contract(archives: &dyn ArchiveStore) {
+    let one = bytes::Bytes::from_static(b"one");
+    archives.put_archive("d1", one.clone()).await.unwrap();
+    archives
+        .put_archive("d1", bytes::Bytes::from_static(b"other"))
+        .await
+        .unwrap();
+    assert_eq!(archives.archive("d1").await.unwrap(), one);
+    assert_eq!(archives.archive_digests().await.unwrap(), ["d1"]);
+    archives.remove_archive("d1").await.unwrap();
+    archives.remove_archive("d1").await.unwrap();
+    assert!(matches!(
+        archives.archive("d1").await,
+        Err(StoreError::MissingArchive(d)) if d == "d1"
+    ));
+    assert!(archives.archive_digests().await.unwrap().is_empty());
+}
+
 async fn whole_contract(store: Arc<dyn LambdaStore>, kv: Arc<dyn KvStore>) {
     records_contract(store.as_ref(), kv.as_ref()).await;
     logs_contract(store.as_ref()).await;
@@ -355,8 +374,9 @@ async fn whole_contract(store: Arc<dyn LambdaStore>, kv: Arc<dyn KvStore>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sled_backend_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
     whole_contract(store.clone(), store).await;
+    archives_contract(&ArchiveFiles::open(&dir.path().join("archives")).unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,7 +384,14 @@ async fn the_postgres_backend_keeps_the_contract() {
     let server = ThrowawayPostgres::start();
     let store = Arc::new(PgStore::connect(&server.url(), 8).await.unwrap());
     whole_contract(store.clone(), store.clone()).await;
+    archives_contract(store.as_ref()).await;
     // Migrations are applied once: a second replica starting finds the schema current.
     let second = PgStore::connect(&server.url(), 2).await.unwrap();
-    assert_eq!(second.schema_version().await.unwrap(), 1);
+    assert_eq!(second.schema_version().await.unwrap(), 2);
+    // An outage is an error, not a hang, and the pool reconnects once the server is back.
+    let id = record(AccountId::generate(), "outage").lambda_id;
+    server.stop();
+    assert!(store.lambda(id).await.is_err());
+    server.start_again();
+    assert!(store.lambda(id).await.unwrap().is_none());
 }

@@ -6,6 +6,7 @@
 //! (`refs`), so garbage collection reads counts, not records; `PgStore` is the
 //! PostgreSQL backend that replicas share. Depends on `model` only.
 
+mod archives;
 #[cfg(test)]
 mod conformance;
 mod kv;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
+pub use archives::{ArchiveFiles, ArchiveStore};
 pub use kv::{KvError, KvQuotas, KvStore, KvUsage, LIST_PAGE, check_bucket};
 pub use postgres::PgStore;
 pub use records::{
@@ -49,6 +51,15 @@ pub enum StoreError {
     /// No database connection could be had (the pool waited and gave up).
     #[error("store database unreachable: {0}")]
     Pool(String),
+    /// A file of the store could not be read or written.
+    #[error("store file: {0}")]
+    Io(#[from] std::io::Error),
+    /// No archive is stored under the digest.
+    #[error("no archive {0} is stored")]
+    MissingArchive(String),
+    /// The blocking thread running a call failed.
+    #[error("store call interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// Another lambda of the account already has the name.

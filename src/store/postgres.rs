@@ -3,12 +3,14 @@
 //! applied at start under an advisory lock, records kept in the sled backend's encoding
 //! beside the columns that listing filters and orders on, names unique per account by
 //! constraint, and key-value writes as transactions that lock the lambda's usage row,
-//! so quotas and counters stay exact however many replicas write. Depends on `model`
-//! and the store's own codec only.
+//! so quotas and counters stay exact however many replicas write; the uploaded archives
+//! too, so that every replica reads them. Depends on `model` and the store's own codec
+//! only.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -17,14 +19,15 @@ use uuid::Uuid;
 
 use super::kv::{KvError, KvQuotas, KvStore, KvUsage, LIST_PAGE, check_key, check_value};
 use super::records::{self, BuildRecord, LambdaRecord, LambdaSpec};
-use super::{LambdaStore, ListQuery, NameTaken, RefKind, StoreError};
+use super::{ArchiveStore, LambdaStore, ListQuery, NameTaken, RefKind, StoreError};
 use crate::model::LambdaId;
 
 /// The schema, one step per version, applied in order and recorded in
 /// `schema_migrations`; a released step is never edited, only followed by another.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE lambdas (
         lambda_id uuid PRIMARY KEY,
         account_id uuid NOT NULL,
@@ -85,7 +88,18 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         stamp text NOT NULL
     );
     "#,
-)];
+    ),
+    (
+        2,
+        r#"
+    -- Uploaded archives, so that every replica reads what any replica received.
+    CREATE TABLE archives (
+        digest text PRIMARY KEY,
+        bytes bytea NOT NULL
+    );
+    "#,
+    ),
+];
 
 /// Serialises migrations between replicas starting at once (`pg_advisory_lock` key).
 const MIGRATION_LOCK: i64 = 0x6c75_6e61_6c61_6d62; // "lunalamb"
@@ -784,6 +798,44 @@ impl LambdaStore for PgStore {
             )
             .await?
             .map(|row| row.get(0)))
+    }
+}
+
+#[async_trait]
+impl ArchiveStore for PgStore {
+    async fn put_archive(&self, digest: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO archives (digest, bytes) VALUES ($1, $2)
+                 ON CONFLICT (digest) DO NOTHING",
+                &[&digest, &bytes.as_ref()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn archive(&self, digest: &str) -> Result<Bytes, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_opt("SELECT bytes FROM archives WHERE digest = $1", &[&digest])
+            .await?
+            .map(|row| Bytes::from(row.get::<_, Vec<u8>>(0)))
+            .ok_or_else(|| StoreError::MissingArchive(digest.to_owned()))
+    }
+
+    async fn remove_archive(&self, digest: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM archives WHERE digest = $1", &[&digest])
+            .await?;
+        Ok(())
+    }
+
+    async fn archive_digests(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT digest FROM archives", &[]).await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 }
 

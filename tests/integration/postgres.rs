@@ -1,6 +1,7 @@
 //! The service on the PostgreSQL store: what a user deploys is kept in the database (no
-//! sled store is made), survives a kill -9, and the configuration shows the backend with
-//! the database password masked.
+//! sled store or archive directory is made), survives a kill -9, serves from another
+//! data directory on the same database, and the configuration shows the backend with the
+//! database password masked.
 
 use reqwest::Method;
 use serde_json::json;
@@ -12,6 +13,9 @@ use crate::examples::{call, deploy, parse};
 mod throwaway_postgres;
 use throwaway_postgres::ThrowawayPostgres;
 
+/// The credentials key every process on the database shares (base64 of 32 bytes).
+const SHARED_KEY: &str = "bHVuYS1sYW1iZGEtdGVzdC1rZXktMzItYnl0ZXMhISE=";
+
 #[tokio::test]
 async fn lambdas_and_their_data_live_in_postgres_and_survive_a_kill() {
     let database = ThrowawayPostgres::start();
@@ -19,6 +23,7 @@ async fn lambdas_and_their_data_live_in_postgres_and_survive_a_kill() {
     let env = [
         ("LUNA_LAMBDA_STORE_BACKEND", "postgres"),
         ("LUNA_LAMBDA_STORE_POSTGRES_URL", url.as_str()),
+        ("LUNA_LAMBDA_ENCRYPTION_KEY", SHARED_KEY),
     ];
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("data");
@@ -42,7 +47,7 @@ async fn lambdas_and_their_data_live_in_postgres_and_survive_a_kill() {
     let shown = config["store"]["postgres_url"].as_str().unwrap();
     assert!(shown.ends_with("password=********"), "{shown}");
     assert!(
-        !dir.join("store").exists(),
+        !dir.join("store").exists() && !dir.join("archives").exists(),
         "no embedded store is opened beside the database"
     );
     server.kill();
@@ -56,4 +61,62 @@ async fn lambdas_and_their_data_live_in_postgres_and_survive_a_kill() {
     // The lambda's logs go to the database too.
     call(&server, Method::DELETE, &counter, "/visits", None).await;
     wait_log(&server, &counter, "counter visits reset").await;
+    call(&server, Method::GET, &counter, "/visits", None).await;
+    server.kill();
+
+    // A service with an empty data directory on the same database serves the lambda
+    // too: its archive comes from the database, compiled into this data directory's
+    // cache on first load.
+    let elsewhere = temp.path().join("elsewhere");
+    let server = Server::start_in(&elsewhere, &env);
+    server.wait_status(&counter, "running").await;
+    let (_, text) = call(&server, Method::GET, &counter, "/visits", None).await;
+    assert_eq!(parse(&text), json!({"name": "visits", "hits": 2}));
+    assert!(!elsewhere.join("archives").exists());
+    assert!(
+        server
+            .metric("wasm_engine{item=\"compile_cache_misses\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_database_outage_fails_management_calls_but_not_running_lambdas() {
+    let database = ThrowawayPostgres::start();
+    let url = database.url();
+    let server = Server::start(&[
+        ("LUNA_LAMBDA_STORE_BACKEND", "postgres"),
+        ("LUNA_LAMBDA_STORE_POSTGRES_URL", url.as_str()),
+        ("LUNA_LAMBDA_ENCRYPTION_KEY", SHARED_KEY),
+    ]);
+    let lambda = server.running_fixture(ACCOUNT, "steady", None).await;
+
+    database.stop();
+    // Management calls that need the database fail, and say nothing internal.
+    let started = std::time::Instant::now();
+    let (status, body) = server.get_json("/1/lambdas").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    let (status, _) = server
+        .get_json("/healthcheck?include_luna_services=1")
+        .await;
+    assert!(status >= 500, "the healthcheck sees the outage");
+    // The running WASM lambda keeps serving: the proxy path reads no record.
+    for _ in 0..20 {
+        let response = server.proxy(Method::GET, &lambda, "/hello").await;
+        assert_eq!(response.status(), 200);
+    }
+
+    // The service comes back with the database, without a restart.
+    database.start_again();
+    eventually("the list answers again", || async {
+        let (status, body) = server.get_json("/1/lambdas").await;
+        if status == 200 { Ok(body) } else { Err(body) }
+    })
+    .await;
+    let (status, _) = server
+        .get_json("/healthcheck?include_luna_services=1")
+        .await;
+    assert_eq!(status, 200);
 }

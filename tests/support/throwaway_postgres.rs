@@ -49,12 +49,20 @@ impl ThrowawayPostgres {
                 "--no-sync",
             ],
         );
+        server.start_again();
+        server
+    }
+
+    /// Starts the server (again, after `stop`) on its directory and port.
+    pub fn start_again(&self) {
+        let data = self.dir.path().join("data");
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            server.dir.path().display()
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
         );
-        let log = server.dir.path().join("server.log");
-        server.run(
+        let log = self.dir.path().join("server.log");
+        self.run(
             "pg_ctl",
             &[
                 "-D",
@@ -67,7 +75,22 @@ impl ThrowawayPostgres {
                 "start",
             ],
         );
-        server
+    }
+
+    /// Stops the server (an outage: connections are closed, new ones refused).
+    pub fn stop(&self) {
+        let data = self.dir.path().join("data");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
     }
 
     pub fn url(&self) -> String {
@@ -102,18 +125,10 @@ impl ThrowawayPostgres {
 
 impl Drop for ThrowawayPostgres {
     fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &data.to_string_lossy(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
+        // A test may have left it stopped: then there is nothing to stop.
+        if self.dir.path().join("data").join("postmaster.pid").exists() {
+            self.stop();
+        }
     }
 }
 
