@@ -385,13 +385,52 @@ async fn the_postgres_backend_keeps_the_contract() {
     let store = Arc::new(PgStore::connect(&server.url(), 8).await.unwrap());
     whole_contract(store.clone(), store.clone()).await;
     archives_contract(store.as_ref()).await;
-    // Migrations are applied once: a second replica starting finds the schema current.
-    let second = PgStore::connect(&server.url(), 2).await.unwrap();
-    assert_eq!(second.schema_version().await.unwrap(), 2);
     // An outage is an error, not a hang, and the pool reconnects once the server is back.
     let id = record(AccountId::generate(), "outage").lambda_id;
     server.stop();
     assert!(store.lambda(id).await.is_err());
     server.start_again();
     assert!(store.lambda(id).await.unwrap().is_none());
+    // One process per database: a second one is refused while the first holds it (the
+    // first takes its lock again after the restart above), and starts once it is gone,
+    // finding the schema current.
+    let (probe, connection) = server
+        .url()
+        .parse::<tokio_postgres::Config>()
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !probe
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock is never taken again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(matches!(
+        PgStore::connect(&server.url(), 2).await,
+        Err(StoreError::DatabaseInUse)
+    ));
+    drop(store);
+    let second = loop {
+        match PgStore::connect(&server.url(), 2).await {
+            Ok(second) => break second,
+            Err(StoreError::DatabaseInUse) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the second process cannot start: {e}"),
+        }
+    };
+    assert_eq!(second.schema_version().await.unwrap(), 2);
 }

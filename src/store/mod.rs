@@ -60,6 +60,12 @@ pub enum StoreError {
     /// The blocking thread running a call failed.
     #[error("store call interrupted: {0}")]
     Interrupted(String),
+    /// Another service process holds the database (one process per database until
+    /// replicas are supported).
+    #[error(
+        "the store database is in use by another luna-lambda process (one process per database)"
+    )]
+    DatabaseInUse,
 }
 
 /// Another lambda of the account already has the name.

@@ -7,6 +7,7 @@
 //! too, so that every replica reads them. Depends on `model` and the store's own codec
 //! only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -104,14 +105,32 @@ const MIGRATIONS: &[(i32, &str)] = &[
 /// Serialises migrations between replicas starting at once (`pg_advisory_lock` key).
 const MIGRATION_LOCK: i64 = 0x6c75_6e61_6c61_6d62; // "lunalamb"
 
+/// Held by the one service process on the database for its whole life: a second one
+/// would fail the first one's builds at its recovery and race its garbage collection.
+const PROCESS_LOCK: i64 = 0x6c75_6e61_7072_6f63; // "lunaproc"
+
+/// How often the process lock is taken again after its connection was lost.
+const RELOCK_EVERY: Duration = Duration::from_secs(1);
+
 /// A pooled connection is waited for this long before the call fails (a database
 /// outage then answers errors instead of hanging the management API).
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
-/// Handle to the database; cheap to clone.
+/// Handle to the database; cheap to clone. The process lock is released when the last
+/// clone is dropped.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    _process_lock: Arc<ProcessLock>,
+}
+
+/// The task holding the process lock; ending it closes the lock's connection.
+struct ProcessLock(tokio::task::JoinHandle<()>);
+
+impl Drop for ProcessLock {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -128,6 +147,112 @@ fn uuid(id: LambdaId) -> Uuid {
 
 fn nanos(time: chrono::DateTime<chrono::Utc>) -> i64 {
     time.timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+/// Applies the migrations this database has not seen, one transaction each.
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Pool(e.to_string()))?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let applied = apply_migrations(&mut client).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    applied?;
+    unlocked?;
+    Ok(())
+}
+
+async fn apply_migrations(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version integer PRIMARY KEY,
+                     applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let current: i32 = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .get(0);
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tracing::info!(version, "applying store migration");
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+fn config_of(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    Ok(url.parse()?)
+}
+
+/// A connection of its own holding the process lock, or `DatabaseInUse`.
+async fn take_process_lock(
+    config: &tokio_postgres::Config,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ),
+    StoreError,
+> {
+    let (client, connection) = tokio::time::timeout(POOL_WAIT, config.connect(NoTls))
+        .await
+        .map_err(|_| StoreError::Pool("connecting timed out".into()))??;
+    let connection = tokio::spawn(connection);
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&PROCESS_LOCK])
+        .await?
+        .get(0);
+    if locked {
+        Ok((client, connection))
+    } else {
+        connection.abort();
+        Err(StoreError::DatabaseInUse)
+    }
+}
+
+/// Keeps the process lock for the life of the process: when its connection ends (the
+/// database restarted), takes it again as soon as the database answers.
+async fn hold_process_lock(
+    config: tokio_postgres::Config,
+    mut held: (
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ),
+) {
+    loop {
+        let _ = (&mut held.1).await;
+        tracing::warn!("lost the store database's process lock; taking it again");
+        loop {
+            tokio::time::sleep(RELOCK_EVERY).await;
+            match take_process_lock(&config).await {
+                Ok(again) => {
+                    tracing::info!("store database process lock taken again");
+                    held = again;
+                    break;
+                }
+                Err(StoreError::DatabaseInUse) => {
+                    tracing::error!("another luna-lambda process took the store database")
+                }
+                Err(_) => {}
+            }
+        }
+    }
 }
 
 fn holder_tag(build: bool) -> &'static str {
@@ -166,7 +291,7 @@ impl PgStore {
     /// Connects to `url` (a `postgres://` URL or `key=value` settings) with a pool of
     /// `pool_size` connections and brings the schema up to date.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse()?;
+        let config = config_of(url)?;
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -181,9 +306,14 @@ impl PgStore {
             .create_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| StoreError::Pool(e.to_string()))?;
-        let store = Self { pool };
-        store.migrate().await?;
-        Ok(store)
+        // The lock first: a second process fails before it changes anything.
+        let held = take_process_lock(&config_of(url)?).await?;
+        migrate(&pool).await?;
+        let holder = tokio::spawn(hold_process_lock(config_of(url)?, held));
+        Ok(Self {
+            pool,
+            _process_lock: Arc::new(ProcessLock(holder)),
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -191,53 +321,6 @@ impl PgStore {
             .get()
             .await
             .map_err(|e| StoreError::Pool(e.to_string()))
-    }
-
-    /// Applies the migrations this database has not seen, one transaction each.
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        client
-            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        let applied = self.apply_migrations(&mut client).await;
-        let unlocked = client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-            .await;
-        applied?;
-        unlocked?;
-        Ok(())
-    }
-
-    async fn apply_migrations(
-        &self,
-        client: &mut deadpool_postgres::Object,
-    ) -> Result<(), StoreError> {
-        client
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (
-                     version integer PRIMARY KEY,
-                     applied_at timestamptz NOT NULL DEFAULT now())",
-            )
-            .await?;
-        let current: i32 = client
-            .query_one(
-                "SELECT coalesce(max(version), 0) FROM schema_migrations",
-                &[],
-            )
-            .await?
-            .get(0);
-        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-            tracing::info!(version, "applying store migration");
-            let tx = client.transaction().await?;
-            tx.batch_execute(sql).await?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version) VALUES ($1)",
-                &[version],
-            )
-            .await?;
-            tx.commit().await?;
-        }
-        Ok(())
     }
 
     /// The schema version the database is at.

@@ -50,6 +50,25 @@ async fn lambdas_and_their_data_live_in_postgres_and_survive_a_kill() {
         !dir.join("store").exists() && !dir.join("archives").exists(),
         "no embedded store is opened beside the database"
     );
+    // A second process on the database is refused at its start, in one line.
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_luna-lambda"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(temp.path().join("second"))
+        .envs(env)
+        .env("LUNA_LAMBDA_LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another luna-lambda process"),
+        "{stderr}"
+    );
+    assert_eq!(
+        server.get_json("/version").await.0,
+        200,
+        "the first goes on"
+    );
     server.kill();
 
     let server = Server::start_in(&dir, &env);
