@@ -67,6 +67,19 @@ impl KvUsage {
         })
     }
 
+    /// Accounts for the entry of a `key_len`-byte key changing from a value of `old`
+    /// bytes to one of `new` bytes (`None`: no entry).
+    pub(super) fn replace(&mut self, key_len: u64, old: Option<u64>, new: Option<u64>) {
+        if let Some(old) = old {
+            self.keys = self.keys.saturating_sub(1);
+            self.bytes = self.bytes.saturating_sub(key_len + old);
+        }
+        if let Some(new) = new {
+            self.keys += 1;
+            self.bytes += key_len + new;
+        }
+    }
+
     fn encode(self) -> [u8; 16] {
         let mut out = [0u8; 16];
         out[..8].copy_from_slice(&self.keys.to_be_bytes());
@@ -123,6 +136,23 @@ pub(super) fn check_value(value: &[u8], quotas: &KvQuotas) -> Result<(), KvError
     Ok(())
 }
 
+/// Refuses a namespace past its key or byte quota.
+pub(super) fn check_usage(usage: KvUsage, quotas: &KvQuotas) -> Result<(), KvError> {
+    if usage.keys > quotas.max_keys {
+        return Err(KvError::Quota(format!(
+            "the lambda may hold at most {} keys",
+            quotas.max_keys
+        )));
+    }
+    if usage.bytes > quotas.max_total_bytes {
+        return Err(KvError::Quota(format!(
+            "the lambda may hold at most {} bytes of keys and values",
+            quotas.max_total_bytes
+        )));
+    }
+    Ok(())
+}
+
 /// The counter stored at `key`: an 8-byte little-endian u64 (absent counts as 0).
 pub(super) fn read_counter(key: &str, raw: Option<&[u8]>) -> Result<u64, KvError> {
     match raw {
@@ -167,29 +197,18 @@ fn put_entry(
     let (entries, usage_tree, lambdas) = trees;
     let old = entries.get(full_key)?;
     let mut usage = KvUsage::decode(usage_tree.get(lambda.as_bytes())?.as_deref());
-    let key_len = key_len as u64;
-    if let Some(old) = &old {
-        usage.keys = usage.keys.saturating_sub(1);
-        usage.bytes = usage.bytes.saturating_sub(key_len + old.len() as u64);
-    }
+    usage.replace(
+        key_len as u64,
+        old.as_ref().map(|v| v.len() as u64),
+        value.map(|v| v.len() as u64),
+    );
     match value {
         Some(value) => {
             if lambdas.get(lambda.as_bytes())?.is_none() {
                 return abort(KvError::Invalid("the lambda has been deleted".to_owned()));
             }
-            usage.keys += 1;
-            usage.bytes += key_len + value.len() as u64;
-            if usage.keys > quotas.max_keys {
-                return abort(KvError::Quota(format!(
-                    "the lambda may hold at most {} keys",
-                    quotas.max_keys
-                )));
-            }
-            if usage.bytes > quotas.max_total_bytes {
-                return abort(KvError::Quota(format!(
-                    "the lambda may hold at most {} bytes of keys and values",
-                    quotas.max_total_bytes
-                )));
+            if let Err(e) = check_usage(usage, quotas) {
+                return abort(e);
             }
             entries.insert(full_key, value)?;
         }

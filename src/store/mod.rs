@@ -60,6 +60,9 @@ pub enum StoreError {
     /// The blocking thread running a call failed.
     #[error("store call interrupted: {0}")]
     Interrupted(String),
+    /// The healthcheck's probe read back something else than it wrote.
+    #[error("store health probe read back a different value")]
+    ProbeMismatch,
     /// Another service process holds the database (one process per database until
     /// replicas are supported).
     #[error(
@@ -525,9 +528,7 @@ impl LambdaStore for Store {
         let read = self.meta.remove(key.as_bytes())?;
         match read {
             Some(v) if v.as_ref() == stamp.as_bytes() => Ok(()),
-            _ => Err(StoreError::Codec(
-                "health probe read back a different value".into(),
-            )),
+            _ => Err(StoreError::ProbeMismatch),
         }
     }
 

@@ -18,7 +18,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Transaction};
 use uuid::Uuid;
 
-use super::kv::{KvError, KvQuotas, KvStore, KvUsage, LIST_PAGE, check_key, check_value};
+use super::kv::{
+    KvError, KvQuotas, KvStore, KvUsage, LIST_PAGE, check_key, check_usage, check_value,
+};
 use super::records::{self, BuildRecord, LambdaRecord, LambdaSpec};
 use super::{ArchiveStore, LambdaStore, ListQuery, NameTaken, RefKind, StoreError};
 use crate::model::LambdaId;
@@ -372,7 +374,7 @@ impl PgStore {
         for (key, value) in writes {
             apply_write(&tx, lambda, bucket, key, *value, &mut usage).await?;
         }
-        check_quotas(usage, quotas)?;
+        check_usage(usage, quotas)?;
         save_usage(&tx, lambda, usage).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(())
@@ -460,16 +462,13 @@ async fn apply_write(
         .await
         .map_err(StoreError::from)?
         .map(|row| row.get(0));
-    if let Some(old) = old {
-        usage.keys = usage.keys.saturating_sub(1);
-        usage.bytes = usage
-            .bytes
-            .saturating_sub(key_len + u64::try_from(old).unwrap_or(0));
-    }
+    usage.replace(
+        key_len,
+        old.map(|len| u64::try_from(len).unwrap_or(0)),
+        value.map(|v| v.len() as u64),
+    );
     match value {
         Some(value) => {
-            usage.keys += 1;
-            usage.bytes += key_len + value.len() as u64;
             tx.execute(
                 "INSERT INTO kv (lambda_id, bucket, key, value) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (lambda_id, bucket, key) DO UPDATE SET value = EXCLUDED.value",
@@ -487,22 +486,6 @@ async fn apply_write(
             .map_err(StoreError::from)?;
         }
         None => {}
-    }
-    Ok(())
-}
-
-fn check_quotas(usage: KvUsage, quotas: &KvQuotas) -> Result<(), KvError> {
-    if usage.keys > quotas.max_keys {
-        return Err(KvError::Quota(format!(
-            "the lambda may hold at most {} keys",
-            quotas.max_keys
-        )));
-    }
-    if usage.bytes > quotas.max_total_bytes {
-        return Err(KvError::Quota(format!(
-            "the lambda may hold at most {} bytes of keys and values",
-            quotas.max_total_bytes
-        )));
     }
     Ok(())
 }
@@ -552,9 +535,7 @@ impl LambdaStore for PgStore {
         if read.as_deref() == Some(stamp.as_str()) {
             Ok(())
         } else {
-            Err(StoreError::Codec(
-                "health probe read back a different value".into(),
-            ))
+            Err(StoreError::ProbeMismatch)
         }
     }
 
@@ -639,31 +620,32 @@ impl LambdaStore for PgStore {
             .as_deref()
             .map(|n| contains_pattern(&n.to_lowercase()));
         let (skip, take) = (count(skip as u64), count(take as u64));
-        let mut sql = String::from("SELECT record FROM lambdas WHERE true");
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        // Each filter given: its clause (`#` stands for its parameter's number) and value.
+        let mut filters: Vec<(&str, &(dyn ToSql + Sync))> = Vec::new();
         if let Some(account) = &account {
-            params.push(account);
-            sql.push_str(&format!(" AND account_id = ${}", params.len()));
+            filters.push(("account_id = $#", account));
         }
         if let Some(before) = &before {
-            params.push(before);
-            sql.push_str(&format!(" AND create_time_ns < ${}", params.len()));
+            filters.push(("create_time_ns < $#", before));
         }
         if let Some(since) = &since {
-            params.push(since);
-            sql.push_str(&format!(" AND create_time_ns >= ${}", params.len()));
+            filters.push(("create_time_ns >= $#", since));
         }
         if let Some(lambda_type) = &lambda_type {
-            params.push(lambda_type);
-            sql.push_str(&format!(" AND lambda_type = ${}", params.len()));
+            filters.push(("lambda_type = $#", lambda_type));
         }
         if let Some(pattern) = &pattern {
-            params.push(pattern);
-            sql.push_str(&format!(" AND name_lowercase LIKE ${}", params.len()));
+            filters.push(("name_lowercase LIKE $#", pattern));
         }
         if let Some(namespaces) = &query.namespaces {
-            params.push(namespaces);
-            sql.push_str(&format!(" AND namespace = ANY(${})", params.len()));
+            filters.push(("namespace = ANY($#)", namespaces));
+        }
+        let mut sql = String::from("SELECT record FROM lambdas WHERE true");
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        for (clause, value) in filters {
+            params.push(value);
+            sql.push_str(" AND ");
+            sql.push_str(&clause.replace('#', &params.len().to_string()));
         }
         params.push(&skip);
         params.push(&take);
@@ -1024,7 +1006,7 @@ impl KvStore for PgStore {
             &mut usage,
         )
         .await?;
-        check_quotas(usage, quotas)?;
+        check_usage(usage, quotas)?;
         save_usage(&tx, lambda, usage).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(next)
