@@ -826,7 +826,7 @@ mod tests {
         store.delete_lambda(&records[1]).await.unwrap();
         assert_eq!(all(&store), ids(&[&records[2], &records[0]]));
         drop(store);
-        let reopened = Store::open(dir.path()).unwrap();
+        let reopened = reopen(dir.path());
         assert_eq!(all(&reopened), ids(&[&records[2], &records[0]]));
     }
 
@@ -892,7 +892,7 @@ mod tests {
             0
         );
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         store.delete_lambda(&first).await.unwrap();
         assert_eq!(store.references(RefKind::Archive, "new").await.unwrap(), 0);
         assert_eq!(
@@ -916,7 +916,7 @@ mod tests {
         store.holders.clear().unwrap();
         store.meta.remove(REFS_COUNTED).unwrap();
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.references(RefKind::Archive, "00").await.unwrap(), 1);
     }
 
@@ -933,6 +933,22 @@ mod tests {
         let deploy: SpecDeployParameters = serde_json::from_str(deploy).unwrap();
         assert_eq!(deploy.namespace(), "ns-a");
         assert_eq!(deploy.sandbox.unwrap().memory_limit_mb, Some(64));
+    }
+
+    /// Opens a store just dropped. A child process another test spawns at that moment
+    /// (the PostgreSQL contract's `initdb` and `pg_ctl`) briefly shares the dropped
+    /// store's locked file until it execs: the open is tried again until it lets go.
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(store) => return store,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("the store does not reopen: {e}"),
+            }
+        }
     }
 
     #[tokio::test]
