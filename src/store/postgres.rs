@@ -539,6 +539,7 @@ impl LambdaStore for PgStore {
         }
     }
 
+    /// The name is a column of the row: a rename replaces it, no old key to remove.
     async fn save_lambda(
         &self,
         record: &LambdaRecord,
