@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Redirect};
 use http::{HeaderMap, StatusCode};
 use serde_json::json;
 
+use crate::config::StoreBackend;
 use crate::edge::input::{self, Query};
 use crate::edge::{ApiError, AppState};
 
@@ -124,27 +125,36 @@ pub(super) async fn metrics(State(state): State<AppState>, RawQuery(q): RawQuery
 /// `GET /healthcheck`, `GET /1/healthcheck`.
 pub(super) async fn healthcheck(State(state): State<AppState>, RawQuery(q): RawQuery) -> ApiResult {
     let query = Query::parse(q.as_deref(), &["include_luna_services"])?;
-    query.int_in("include_luna_services", 0..=1)?;
+    let include_services = query.int_in("include_luna_services", 0..=1)? == Some(1);
     let started = Instant::now();
     let mut errors = Vec::new();
+    // The embedded store is part of this process and always checked; a database is a
+    // service it depends on, checked when the caller asks for those.
+    let component = match state.config.store.backend {
+        StoreBackend::Sled => Some("store"),
+        StoreBackend::Postgres => include_services.then_some("postgres"),
+    };
     let probe = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        state
-            .lifecycle
-            .store()
-            .probe()
-            .await
-            .map_err(|e| e.to_string())?;
+        if component.is_some() {
+            state
+                .lifecycle
+                .store()
+                .probe()
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         probe_data_dir(&state.config.data_dir).await
     })
     .await;
+    let component = component.unwrap_or("data_dir");
     match probe {
         Ok(Ok(())) => {}
         Ok(Err(cause)) => {
-            tracing::error!(%cause, "healthcheck: store unusable");
-            errors.push(json!({"component": "store", "error": "the store cannot be written"}));
+            tracing::error!(%cause, component, "healthcheck: store unusable");
+            errors.push(json!({"component": component, "error": "the store cannot be written"}));
         }
         Err(_) => errors
-            .push(json!({"component": "store", "error": "the store did not answer within 5 s"})),
+            .push(json!({"component": component, "error": "the store did not answer within 5 s"})),
     }
     let execution_time = started.elapsed().as_secs_f64();
     Ok(if errors.is_empty() {

@@ -117,10 +117,13 @@ async fn a_database_outage_fails_management_calls_but_not_running_lambdas() {
     let (status, body) = server.get_json("/1/lambdas").await;
     assert_eq!(status, 500, "{body}");
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
-    let (status, _) = server
+    let (status, body) = server
         .get_json("/healthcheck?include_luna_services=1")
         .await;
-    assert!(status >= 500, "the healthcheck sees the outage");
+    assert_eq!(status, 502, "the dependent services' check sees the outage");
+    assert_eq!(body["errors"][0]["component"], "postgres", "{body}");
+    let (status, _) = server.get_json("/healthcheck").await;
+    assert_eq!(status, 200, "the service itself is up");
     // The running WASM lambda keeps serving: the proxy path reads no record.
     for _ in 0..20 {
         let response = server.proxy(Method::GET, &lambda, "/hello").await;
