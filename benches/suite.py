@@ -233,12 +233,7 @@ def scenario_throughput(work, args, rows):
     """1: our proxy route vs `wasmtime serve` on the same component."""
     service = Service(work)
     port = free_port()
-    # -S cli: Rust std imports wasi:cli (environment, exit) even in a pure HTTP handler.
-    serve = [WASMTIME, "serve", "--addr", f"127.0.0.1:{port}", "-O", "pooling-allocator=y", "-S", "cli=y",
-             PLAIN_HELLO]
-    COMMANDS.append(" ".join(serve).replace(ROOT + "/", ""))
-    wasmtime = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env=CLEAN_ENV)
+    wasmtime = wasmtime_serve(port, PLAIN_HELLO)
     bare = subprocess.Popen([bare_guest_binary(), PLAIN_HELLO], stdout=subprocess.PIPE, text=True,
                             env=CLEAN_ENV)
     COMMANDS.append("target/release/deps/bare_guest-* tests/guests/.../bindgen_proxy.wasm "
@@ -737,9 +732,11 @@ def build_toolchain_guests(work):
 
 
 def wasmtime_serve(port, wasm):
+    """`wasmtime serve` on `wasm`, pooling allocator on; `-S cli`: Rust std imports
+    wasi:cli (environment, exit) even in a pure HTTP handler."""
     command = [WASMTIME, "serve", "--addr", f"127.0.0.1:{port}", "-O", "pooling-allocator=y",
                "-S", "cli=y", wasm]
-    COMMANDS.append(" ".join(command[:-1]).replace(ROOT + "/", "") + " TOOLCHAIN.wasm")
+    COMMANDS.append(" ".join(command[:-1]).replace(ROOT + "/", "") + " COMPONENT.wasm")
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=CLEAN_ENV)
 

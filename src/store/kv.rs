@@ -125,7 +125,21 @@ pub(super) fn check_key(key: &str, quotas: &KvQuotas) -> Result<(), KvError> {
     Ok(())
 }
 
-pub(super) fn check_value(value: &[u8], quotas: &KvQuotas) -> Result<(), KvError> {
+/// Checks the key and value of every set in a batch against the per-entry limits.
+pub(super) fn check_writes(
+    writes: &[(&str, Option<&[u8]>)],
+    quotas: &KvQuotas,
+) -> Result<(), KvError> {
+    for (key, value) in writes {
+        if let Some(value) = value {
+            check_key(key, quotas)?;
+            check_value(value, quotas)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8], quotas: &KvQuotas) -> Result<(), KvError> {
     if value.len() as u64 > quotas.max_value_bytes {
         return Err(KvError::Quota(format!(
             "values may be at most {} bytes, got {}",
@@ -295,11 +309,7 @@ impl Store {
         writes: &[(&str, Option<&[u8]>)],
         quotas: &KvQuotas,
     ) -> Result<(), KvError> {
-        for (key, value) in writes {
-            let Some(value) = value else { continue };
-            check_key(key, quotas)?;
-            check_value(value, quotas)?;
-        }
+        check_writes(writes, quotas)?;
         let full_keys: Vec<Vec<u8>> = writes
             .iter()
             .map(|(key, _)| entry_key(lambda, bucket, key))
@@ -404,6 +414,17 @@ pub trait KvStore: Send + Sync + std::fmt::Debug {
         key: &str,
     ) -> Result<Option<Vec<u8>>, KvError>;
 
+    /// Applies sets (`Some`) and removals (`None`) of keys in `bucket` at once, all
+    /// or none: quotas are checked against the batch as a whole, and a write for a
+    /// lambda that is gone is refused.
+    async fn write(
+        &self,
+        lambda: LambdaId,
+        bucket: &str,
+        writes: &[(&str, Option<&[u8]>)],
+        quotas: &KvQuotas,
+    ) -> Result<(), KvError>;
+
     /// Sets `key` in `bucket`.
     async fn set(
         &self,
@@ -412,7 +433,10 @@ pub trait KvStore: Send + Sync + std::fmt::Debug {
         key: &str,
         value: &[u8],
         quotas: &KvQuotas,
-    ) -> Result<(), KvError>;
+    ) -> Result<(), KvError> {
+        self.write(lambda, bucket, &[(key, Some(value))], quotas)
+            .await
+    }
 
     /// Sets every pair at once (all or none).
     async fn set_many(
@@ -421,7 +445,13 @@ pub trait KvStore: Send + Sync + std::fmt::Debug {
         bucket: &str,
         pairs: &[(String, Vec<u8>)],
         quotas: &KvQuotas,
-    ) -> Result<(), KvError>;
+    ) -> Result<(), KvError> {
+        let writes: Vec<_> = pairs
+            .iter()
+            .map(|(key, value)| (key.as_str(), Some(value.as_slice())))
+            .collect();
+        self.write(lambda, bucket, &writes, quotas).await
+    }
 
     /// Deletes `key` (a missing key is fine).
     async fn delete(
@@ -430,7 +460,9 @@ pub trait KvStore: Send + Sync + std::fmt::Debug {
         bucket: &str,
         key: &str,
         quotas: &KvQuotas,
-    ) -> Result<(), KvError>;
+    ) -> Result<(), KvError> {
+        self.write(lambda, bucket, &[(key, None)], quotas).await
+    }
 
     /// Deletes every key at once.
     async fn delete_many(
@@ -439,7 +471,10 @@ pub trait KvStore: Send + Sync + std::fmt::Debug {
         bucket: &str,
         keys: &[String],
         quotas: &KvQuotas,
-    ) -> Result<(), KvError>;
+    ) -> Result<(), KvError> {
+        let writes: Vec<_> = keys.iter().map(|key| (key.as_str(), None)).collect();
+        self.write(lambda, bucket, &writes, quotas).await
+    }
 
     /// Adds `delta` to the counter at `key`; returns the new value.
     async fn increment(
@@ -476,54 +511,26 @@ impl KvStore for Store {
             .await
     }
 
-    async fn set(
+    async fn write(
         &self,
         lambda: LambdaId,
         bucket: &str,
-        key: &str,
-        value: &[u8],
+        writes: &[(&str, Option<&[u8]>)],
         quotas: &KvQuotas,
     ) -> Result<(), KvError> {
-        let (bucket, key, value, quotas) =
-            (bucket.to_owned(), key.to_owned(), value.to_vec(), *quotas);
-        self.off_worker(move |s| s.kv_set(lambda, &bucket, &key, &value, &quotas))
-            .await
-    }
-
-    async fn set_many(
-        &self,
-        lambda: LambdaId,
-        bucket: &str,
-        pairs: &[(String, Vec<u8>)],
-        quotas: &KvQuotas,
-    ) -> Result<(), KvError> {
-        let (bucket, pairs, quotas) = (bucket.to_owned(), pairs.to_vec(), *quotas);
-        self.off_worker(move |s| s.kv_set_many(lambda, &bucket, &pairs, &quotas))
-            .await
-    }
-
-    async fn delete(
-        &self,
-        lambda: LambdaId,
-        bucket: &str,
-        key: &str,
-        quotas: &KvQuotas,
-    ) -> Result<(), KvError> {
-        let (bucket, key, quotas) = (bucket.to_owned(), key.to_owned(), *quotas);
-        self.off_worker(move |s| s.kv_delete(lambda, &bucket, &key, &quotas))
-            .await
-    }
-
-    async fn delete_many(
-        &self,
-        lambda: LambdaId,
-        bucket: &str,
-        keys: &[String],
-        quotas: &KvQuotas,
-    ) -> Result<(), KvError> {
-        let (bucket, keys, quotas) = (bucket.to_owned(), keys.to_vec(), *quotas);
-        self.off_worker(move |s| s.kv_delete_many(lambda, &bucket, &keys, &quotas))
-            .await
+        let owned: Vec<(String, Option<Vec<u8>>)> = writes
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), value.map(<[u8]>::to_vec)))
+            .collect();
+        let (bucket, quotas) = (bucket.to_owned(), *quotas);
+        self.off_worker(move |s| {
+            let writes: Vec<_> = owned
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_deref()))
+                .collect();
+            s.kv_write(lambda, &bucket, &writes, &quotas)
+        })
+        .await
     }
 
     async fn increment(

@@ -19,7 +19,7 @@ use tokio_postgres::{NoTls, Transaction};
 use uuid::Uuid;
 
 use super::kv::{
-    KvError, KvQuotas, KvStore, KvUsage, LIST_PAGE, check_key, check_usage, check_value,
+    KvError, KvQuotas, KvStore, KvUsage, LIST_PAGE, check_key, check_usage, check_writes,
 };
 use super::records::{self, BuildRecord, LambdaRecord, LambdaSpec};
 use super::{ArchiveStore, LambdaStore, ListQuery, NameTaken, RefKind, StoreError};
@@ -350,34 +350,6 @@ impl PgStore {
             keys: unsigned(row.get(0)),
             bytes: unsigned(row.get(1)),
         }))
-    }
-
-    /// Applies sets (`Some`) and removals (`None`) in one transaction that holds the
-    /// lambda's usage row, so concurrent writers of one namespace take turns and quotas
-    /// are checked against the batch as a whole; a refused batch leaves no trace.
-    async fn kv_write(
-        &self,
-        lambda: LambdaId,
-        bucket: &str,
-        writes: &[(&str, Option<&[u8]>)],
-        quotas: &KvQuotas,
-    ) -> Result<(), KvError> {
-        for (key, value) in writes {
-            if let Some(value) = value {
-                check_key(key, quotas)?;
-                check_value(value, quotas)?;
-            }
-        }
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(StoreError::from)?;
-        let mut usage = lock_usage(&tx, lambda, writes.iter().any(|(_, v)| v.is_some())).await?;
-        for (key, value) in writes {
-            apply_write(&tx, lambda, bucket, key, *value, &mut usage).await?;
-        }
-        check_usage(usage, quotas)?;
-        save_usage(&tx, lambda, usage).await?;
-        tx.commit().await.map_err(StoreError::from)?;
-        Ok(())
     }
 
     async fn save_refs(
@@ -924,51 +896,26 @@ impl KvStore for PgStore {
             .map(|row| row.get(0)))
     }
 
-    async fn set(
+    async fn write(
         &self,
         lambda: LambdaId,
         bucket: &str,
-        key: &str,
-        value: &[u8],
+        writes: &[(&str, Option<&[u8]>)],
         quotas: &KvQuotas,
     ) -> Result<(), KvError> {
-        self.kv_write(lambda, bucket, &[(key, Some(value))], quotas)
-            .await
-    }
-
-    async fn set_many(
-        &self,
-        lambda: LambdaId,
-        bucket: &str,
-        pairs: &[(String, Vec<u8>)],
-        quotas: &KvQuotas,
-    ) -> Result<(), KvError> {
-        let writes: Vec<_> = pairs
-            .iter()
-            .map(|(key, value)| (key.as_str(), Some(value.as_slice())))
-            .collect();
-        self.kv_write(lambda, bucket, &writes, quotas).await
-    }
-
-    async fn delete(
-        &self,
-        lambda: LambdaId,
-        bucket: &str,
-        key: &str,
-        quotas: &KvQuotas,
-    ) -> Result<(), KvError> {
-        self.kv_write(lambda, bucket, &[(key, None)], quotas).await
-    }
-
-    async fn delete_many(
-        &self,
-        lambda: LambdaId,
-        bucket: &str,
-        keys: &[String],
-        quotas: &KvQuotas,
-    ) -> Result<(), KvError> {
-        let writes: Vec<_> = keys.iter().map(|key| (key.as_str(), None)).collect();
-        self.kv_write(lambda, bucket, &writes, quotas).await
+        // One transaction that holds the lambda's usage row: concurrent writers of one
+        // namespace take turns, and a refused batch leaves no trace.
+        check_writes(writes, quotas)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
+        let mut usage = lock_usage(&tx, lambda, writes.iter().any(|(_, v)| v.is_some())).await?;
+        for (key, value) in writes {
+            apply_write(&tx, lambda, bucket, key, *value, &mut usage).await?;
+        }
+        check_usage(usage, quotas)?;
+        save_usage(&tx, lambda, usage).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
     }
 
     async fn increment(
