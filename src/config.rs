@@ -276,8 +276,15 @@ pub struct StoreSettings {
     /// URL or `key=value` settings (`host=/run/postgresql dbname=luna`); required with
     /// `backend = "postgres"`.
     pub postgres_url: String,
-    /// Connections this replica keeps to PostgreSQL at most.
+    /// Connections this replica keeps to PostgreSQL at most (and half as many more for
+    /// the locks its commands hold).
     pub postgres_pool_size: usize,
+    /// How long a replica's claim on a build job lasts unless renewed (it renews every
+    /// third of it): when the replica dies, another takes the build over after this.
+    pub build_lease_secs: u64,
+    /// Every replica compares what it serves with every lambda's record this often,
+    /// for a change notice it missed (they propagate at once otherwise).
+    pub reconcile_secs: u64,
 }
 
 impl Default for StoreSettings {
@@ -286,6 +293,8 @@ impl Default for StoreSettings {
             backend: StoreBackend::Sled,
             postgres_url: String::new(),
             postgres_pool_size: 16,
+            build_lease_secs: 15,
+            reconcile_secs: 5,
         }
     }
 }
@@ -791,6 +800,15 @@ impl Config {
         }
         if self.store.postgres_pool_size == 0 {
             return bad("store.postgres_pool_size must be at least 1".into());
+        }
+        if self.store.build_lease_secs < 3 {
+            return bad(
+                "store.build_lease_secs must be at least 3 (a lease is renewed every third of it)"
+                    .into(),
+            );
+        }
+        if self.store.reconcile_secs == 0 {
+            return bad("store.reconcile_secs must be at least 1".into());
         }
         if !self.encryption_key.is_empty() {
             crate::secrets::parse_key(&self.encryption_key)

@@ -111,6 +111,29 @@ fn instance_id(data: &std::path::Path) -> std::io::Result<String> {
     }
 }
 
+/// The store's four interfaces, as one backend implements them.
+type StoreInterfaces = (
+    Arc<dyn store::LambdaStore>,
+    Arc<dyn store::KvStore>,
+    Arc<dyn store::ArchiveStore>,
+    Arc<dyn store::Coordination>,
+);
+
+/// This process's name among the replicas sharing a store: the host and the data
+/// directory's instance id, stable across restarts on the same directory (a restarted
+/// replica resumes the builds it held).
+fn replica_name(instance: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let short: String = instance.chars().take(8).collect();
+    if host.is_empty() {
+        short
+    } else {
+        format!("{host}-{short}")
+    }
+}
+
 /// Takes the data directory's exclusive lock for the life of the process: two services
 /// on one directory would corrupt each other's store and artifact cache. The lock goes
 /// with the process however it ends (kill -9 included).
@@ -165,27 +188,30 @@ impl Server {
         config.data_dir.clone_from(&data);
         let config = Arc::new(config);
         let auth = edge::auth::Authenticator::from_config(&config.auth)?.map(Arc::new);
+        let instance = instance_id(&data).map_err(|source| StartupError::DataDir {
+            path: data.display().to_string(),
+            source,
+        })?;
         // One store keeps the records and the guests' key-value data; the archives go
-        // beside them (files under the data directory, or the shared database).
-        let (store, kv, archives): (
-            Arc<dyn store::LambdaStore>,
-            Arc<dyn store::KvStore>,
-            Arc<dyn store::ArchiveStore>,
-        ) = match config.store.backend {
+        // beside them (files under the data directory, or the shared database), and the
+        // processes sharing it coordinate through it.
+        let (store, kv, archives, coordination): StoreInterfaces = match config.store.backend {
             config::StoreBackend::Sled => {
                 let store = Arc::new(store::Store::open(&data.join("store"))?);
                 let archives = Arc::new(store::ArchiveFiles::open(&data.join("archives"))?);
-                (store.clone(), store, archives)
+                let sole = Arc::new(store::SoleProcess::new(store.clone()));
+                (store.clone(), store, archives, sole)
             }
             config::StoreBackend::Postgres => {
                 let store = Arc::new(
                     store::PgStore::connect(
                         &config.store.postgres_url,
                         config.store.postgres_pool_size,
+                        &replica_name(&instance),
                     )
                     .await?,
                 );
-                (store.clone(), store.clone(), store)
+                (store.clone(), store.clone(), store.clone(), store)
             }
         };
         let sealer = secrets::Sealer::open(&config.encryption_key, &data)?;
@@ -218,17 +244,13 @@ impl Server {
         let containers = match config.container_backend {
             config::ContainerBackend::None => None,
             backend => {
-                let owner = instance_id(&data).map_err(|source| StartupError::DataDir {
-                    path: data.display().to_string(),
-                    source,
-                })?;
                 let pods_dir = if config.containers.pod_socket_dir.is_empty() {
                     data.join("pods")
                 } else {
                     std::path::PathBuf::from(&config.containers.pod_socket_dir)
                 };
                 let engine =
-                    docker::DockerEngine::connect(&config.containers, &owner, &pods_dir).await?;
+                    docker::DockerEngine::connect(&config.containers, &instance, &pods_dir).await?;
                 let deployer: Arc<dyn lifecycle::Deployer> = if backend
                     == config::ContainerBackend::Kubernetes
                 {
@@ -264,6 +286,7 @@ impl Server {
             store: store.clone(),
             kv,
             archives,
+            coordination,
             sealer,
             engine,
             registry: registry.clone(),
@@ -272,6 +295,7 @@ impl Server {
             metrics: metrics.clone(),
         });
         lifecycle.recover().await?;
+        tokio::spawn(lifecycle.clone().follow_replicas());
         match &auth {
             Some(_) => tracing::info!("bearer tokens required (auth.mode = token)"),
             None => tracing::info!(

@@ -237,6 +237,17 @@ impl Deployer for DockerEngine {
         self.deploy(request, None, progress).await
     }
 
+    async fn endpoints(&self, request: &PodRequest) -> Result<Vec<Endpoint>, DeployError> {
+        let pods = DockerEngine::pods(self, request.lambda_id)
+            .await
+            .map_err(DeployError::backend)?;
+        let running: Vec<Pod> = pods
+            .into_iter()
+            .filter(|p| p.version == request.version && p.state == "running")
+            .collect();
+        Ok(addresses(&running))
+    }
+
     async fn remove_orphans(&self, known: &(dyn Fn(LambdaId) -> bool + Send + Sync)) {
         let Ok(all) = self.all_pods().await else {
             return;

@@ -185,6 +185,11 @@ impl Deployer for KubeDeployer {
         Ok(vec![Endpoint::Tcp(endpoint)])
     }
 
+    async fn endpoints(&self, request: &PodRequest) -> Result<Vec<Endpoint>, DeployError> {
+        let endpoint = self.endpoint(&request.namespace, request.lambda_id).await?;
+        Ok(vec![Endpoint::Tcp(endpoint)])
+    }
+
     /// Objects of deleted lambdas are not searched for across namespaces: lambdas are
     /// deleted only through a running service, which removes their objects in every
     /// namespace they used.

@@ -218,9 +218,19 @@ impl BuildJob<'_> {
 /// the record, adds the lines that came meanwhile, and saves it at most once per
 /// `JOB_SAVE_INTERVAL`. A line costs no copy of the record, and a chatty build (every
 /// line of a large `pip install`) a few saves a second, not one per line.
+/// Dropped unfinished (the job was taken over by another replica), it saves nothing
+/// more: the job's record is the new holder's.
 struct JobSaver {
-    lines: mpsc::UnboundedSender<String>,
-    task: tokio::task::JoinHandle<()>,
+    lines: Option<mpsc::UnboundedSender<String>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for JobSaver {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 /// The fewest time between two saves of a running job.
@@ -254,19 +264,26 @@ impl JobSaver {
                 }
             }
         });
-        Self { lines, task }
+        Self {
+            lines: Some(lines),
+            task: Some(task),
+        }
     }
 
     /// `line` (stamped and bounded) goes to the next save.
     fn offer(&self, line: &str) {
         // The task ends only after the sender: it is always there to receive.
-        let _ = self.lines.send(line.to_owned());
+        if let Some(lines) = &self.lines {
+            let _ = lines.send(line.to_owned());
+        }
     }
 
     /// Waits until every line offered is saved.
-    async fn finish(self) {
-        drop(self.lines);
-        let _ = self.task.await;
+    async fn finish(mut self) {
+        drop(self.lines.take());
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 
@@ -319,18 +336,87 @@ impl Lifecycle {
         save_job(self.store.as_ref(), build).await;
     }
 
+    /// How long this process's claim on a build lasts unless renewed.
+    fn build_lease(&self) -> Duration {
+        Duration::from_secs(self.config.store.build_lease_secs)
+    }
+
+    /// Runs the lambda's build job if this process may: it claims the job in the store
+    /// (exactly one process runs each) and keeps its lease while it runs. A container
+    /// build is only the leader's. A job whose lease is lost (another process took it
+    /// over after this one stalled) ends here without a word: its record is the other's.
     async fn run_build(&self, id: LambdaId) {
-        let Ok(slot) = self.build_slots.clone().acquire_owned().await else {
+        let Ok(Some(queued)) = self.store.build(id).await else {
             return;
         };
+        if queued.status.is_finished() {
+            return;
+        }
+        if queued.spec.runtime == Runtime::Container
+            && self.coordination.shared()
+            && !*self.coordination.leadership().borrow()
+        {
+            // The leading replica runs it (its scan finds the job unclaimed).
+            self.unstage(id);
+            return;
+        }
+        match self.coordination.claim_build(id, self.build_lease()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.unstage(id);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(lambda = %id, error = %e, "cannot claim the build job; it stays queued");
+                return;
+            }
+        }
+        let claimed = tokio::select! {
+            built = self.build_claimed(id) => built,
+            () = self.keep_lease(id) => {
+                tracing::warn!(lambda = %id, "another replica took the build over; this one stops");
+                None
+            }
+        };
+        if let Some((record, outcome, started)) = claimed {
+            self.finish_build(id, record, outcome, started).await;
+        }
+    }
+
+    /// Renews this process's lease on the lambda's build every third of the lease;
+    /// returns when another process holds it. A database outage is waited out: if it
+    /// lasts past the lease, the first renewal after it finds the job taken over.
+    async fn keep_lease(&self, id: LambdaId) {
+        let lease = self.build_lease();
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match self.coordination.claim_build(id, lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(lambda = %id, error = %e, "cannot renew the build lease")
+                }
+            }
+        }
+    }
+
+    /// The claimed build job, run: its record and outcome (None: nothing to run).
+    async fn build_claimed(
+        &self,
+        id: LambdaId,
+    ) -> Option<(BuildRecord, Result<Served, BuildFailure>, Instant)> {
+        let slot = self.build_slots.clone().acquire_owned().await.ok()?;
         let (Ok(Some(build)), Ok(Some(record))) =
             (self.store.build(id).await, self.store.lambda(id).await)
         else {
-            return;
+            return None;
         };
-        if build.status != ImageStatus::Pending {
-            return;
-        }
+        // In progress: its process stopped renewing the lease, and this one took it over.
+        let taken_over = match build.status {
+            ImageStatus::Pending => false,
+            ImageStatus::InProgress => true,
+            _ => return None,
+        };
         let started = Instant::now();
         let mut build = build;
         build.status = ImageStatus::InProgress;
@@ -346,7 +432,25 @@ impl Lifecycle {
             account: record.account_id,
         };
         let version = job.record.spec.version;
-        let started_line = format!("build of version {version} started ({:?})", job.record.kind);
+        let replica = if self.coordination.shared() {
+            format!(" on replica {}", self.coordination.replica())
+        } else {
+            String::new()
+        };
+        if taken_over {
+            job.log(&format!(
+                "build taken over{replica}: the replica running it stopped renewing its lease; starting again"
+            ));
+            if job.record.spec.runtime == Runtime::Container
+                && let Some(backends) = &self.containers
+            {
+                backends.deployer.retire(id, version).await;
+            }
+        }
+        let started_line = format!(
+            "build of version {version} started{replica} ({:?})",
+            job.record.kind
+        );
         job.log(&started_line);
         let timeout = Duration::from_secs(self.config.builds.timeout_secs);
         let outcome = match tokio::time::timeout(timeout, job.build()).await {
@@ -367,7 +471,7 @@ impl Lifecycle {
         let BuildJob { record, saver, .. } = job;
         // The last line offered is saved before the outcome, never after it.
         saver.finish().await;
-        self.finish_build(id, record, outcome, started).await;
+        Some((record, outcome, started))
     }
 
     async fn finish_build(
@@ -377,9 +481,24 @@ impl Lifecycle {
         outcome: Result<Served, BuildFailure>,
         started: Instant,
     ) {
-        let guard = self.lock(id).lock_owned().await;
+        let guard = match self.lock_everywhere(id).await {
+            Ok(guard) => guard,
+            Err(e) => {
+                // The lease runs out and another replica runs the job again.
+                tracing::error!(lambda = %id, error = %e, "cannot lock the lambda to finish its build");
+                return;
+            }
+        };
         // A job that failed before reading its upload leaves nothing kept.
         self.unstage(id);
+        // Still this process's? (It may have stalled past its lease.)
+        if !matches!(
+            self.coordination.claim_build(id, self.build_lease()).await,
+            Ok(true)
+        ) {
+            tracing::warn!(lambda = %id, "the build was taken over by another replica; its outcome here is dropped");
+            return;
+        }
         let Ok(Some(mut record)) = self.store.lambda(id).await else {
             return; // deleted meanwhile
         };
@@ -445,6 +564,9 @@ impl Lifecycle {
             .await
         {
             tracing::error!(lambda = %id, error = %e, "cannot save lambda after build");
+        }
+        if let Err(e) = self.coordination.release_build(id).await {
+            tracing::warn!(lambda = %id, error = %e, "cannot release the finished build's lease");
         }
         if let Err(e) = self.store.flush().await {
             tracing::error!(lambda = %id, error = %e, "cannot flush store after build");

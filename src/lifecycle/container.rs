@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::build::{BuildFailure, BuildJob};
-use super::deploy::{PodRequest, PodState};
+use super::deploy::{DeployError, PodRequest, PodState};
 use super::{ContainerBackends, Lifecycle, LifecycleError};
 use crate::builder;
 use crate::model::{
@@ -306,6 +306,20 @@ impl Lifecycle {
                 self.logs.line(id, line);
             })
             .await?;
+        Ok(self.pod_set(id, account, version, endpoints))
+    }
+
+    /// The running pods of the serving version, as they are (a replica that does not
+    /// lead changes no pod).
+    pub(super) async fn attach(&self, record: &LambdaRecord) -> Result<Arc<PodSet>, BuildFailure> {
+        let backends = self.backends()?;
+        let (id, version, account) = (record.lambda_id, record.current.version, record.account_id);
+        let image = backends.images.image(id, version);
+        let request = self.pod_request(id, account, &record.current, image)?;
+        let endpoints = backends.deployer.endpoints(&request).await?;
+        if endpoints.is_empty() {
+            return Err(BuildFailure::Deploy(DeployError::NoPodsYet(version)));
+        }
         Ok(self.pod_set(id, account, version, endpoints))
     }
 

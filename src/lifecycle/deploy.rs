@@ -27,6 +27,9 @@ pub enum DeployError {
     /// The version rolled out but has no address to send requests to.
     #[error("Service luna-lambda-{0} has no cluster IP")]
     NoEndpoint(LambdaId),
+    /// No pod of the version runs yet (the leading replica has not started them).
+    #[error("no pod of version {0} runs yet")]
+    NoPodsYet(Version),
 }
 
 impl DeployError {
@@ -164,6 +167,10 @@ pub trait Deployer: Send + Sync + fmt::Debug {
         request: &PodRequest,
         progress: Progress<'_>,
     ) -> Result<Vec<Endpoint>, DeployError>;
+
+    /// Where the running pods of `request`'s version listen, changing nothing: how a
+    /// replica that does not lead the pods serves them.
+    async fn endpoints(&self, request: &PodRequest) -> Result<Vec<Endpoint>, DeployError>;
 
     /// Removes the pods of lambdas for which `known` says no (deleted while the service
     /// was down).

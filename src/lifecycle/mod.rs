@@ -1,7 +1,8 @@
 //! Lambda lifecycle orchestration, one file per role: `commands` (create, recreate,
 //! update, patch, delete, validate), `queries` (reads with tenancy), `build` (the build
 //! job and its typed failure), `container` (a container version's image and pods through
-//! the `deploy` seams), `gc` (files nothing references), `recover` (after a restart).
+//! the `deploy` seams), `gc` (files nothing references), `recover` (after a restart),
+//! `replicas` (what the other processes sharing the store changed, builds taken over).
 //! Depends on `builder`, `runtime`, `store`, `secrets`, `logs`, `metrics`, `config`,
 //! `model`; the container backends implement its `deploy` traits from above.
 
@@ -12,6 +13,7 @@ mod deploy;
 mod gc;
 mod queries;
 mod recover;
+mod replicas;
 #[cfg(test)]
 mod tests;
 
@@ -33,7 +35,10 @@ use crate::model::{
 };
 use crate::runtime::{Component, LoadedLambda, PodSet, Registry, WasmEngine};
 use crate::secrets::{Sealer, SecretsError};
-use crate::store::{ArchiveStore, KvStore, LambdaRecord, LambdaStore, ListQuery, StoreError};
+use crate::store::{
+    ArchiveStore, Coordination, KvStore, LambdaLock, LambdaRecord, LambdaStore, ListQuery,
+    StoreError,
+};
 
 pub use build::BuildFailure;
 pub use deploy::{BuiltImage, DeployError, Deployer, ImageBuilder, PodRequest, PodState, Progress};
@@ -134,6 +139,8 @@ pub struct Parts {
     pub kv: Arc<dyn KvStore>,
     /// Uploaded archives by digest.
     pub archives: Arc<dyn ArchiveStore>,
+    /// How the processes sharing the store coordinate.
+    pub coordination: Arc<dyn Coordination>,
     /// Credential encryption.
     pub sealer: Sealer,
     /// The WASM compiler and artifact cache.
@@ -155,6 +162,7 @@ pub struct Lifecycle {
     store: Arc<dyn LambdaStore>,
     kv: Arc<dyn KvStore>,
     archives: Arc<dyn ArchiveStore>,
+    coordination: Arc<dyn Coordination>,
     sealer: Sealer,
     engine: Arc<WasmEngine>,
     registry: Arc<Registry>,
@@ -208,6 +216,7 @@ impl Lifecycle {
             store,
             kv,
             archives,
+            coordination,
             sealer,
             engine,
             registry,
@@ -223,6 +232,7 @@ impl Lifecycle {
             store,
             kv,
             archives,
+            coordination,
             sealer,
             engine,
             registry,
@@ -257,6 +267,17 @@ impl Lifecycle {
         self.locks.entry(id).or_default().clone()
     }
 
+    /// The lambda's lock in this process and then across the processes sharing the
+    /// store.
+    async fn lock_everywhere(&self, id: LambdaId) -> Result<Locked> {
+        let here = self.lock(id).lock_owned().await;
+        let everywhere = self.coordination.lock_lambda(id).await?;
+        Ok(Locked {
+            _here: here,
+            _everywhere: everywhere,
+        })
+    }
+
     /// The lambda under its lock, if `account` (when given) owns it: the opening of every
     /// command that changes a lambda. The record is read again once the lock is held,
     /// and an unknown id leaves no lock entry behind.
@@ -264,12 +285,18 @@ impl Lifecycle {
         &self,
         id: LambdaId,
         account: Option<AccountId>,
-    ) -> Result<(OwnedMutexGuard<()>, LambdaRecord)> {
+    ) -> Result<(Locked, LambdaRecord)> {
         self.owned(id, account).await?;
-        let guard = self.lock(id).lock_owned().await;
+        let guard = self.lock_everywhere(id).await?;
         let record = self.owned(id, account).await?;
         Ok((guard, record))
     }
+}
+
+/// A lambda's lock, held in this process and across the processes sharing the store.
+struct Locked {
+    _here: OwnedMutexGuard<()>,
+    _everywhere: LambdaLock,
 }
 
 /// What a finished build serves.

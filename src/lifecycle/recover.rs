@@ -1,4 +1,5 @@
-//! Recovery after a restart: builds that died with the process end `error`, deployed
+//! Recovery after a restart: builds that died with the process end `error` (on a store
+//! replicas share, the job is taken over instead once its lease runs out), deployed
 //! versions serve again (WASM from the artifact cache, containers re-attached), and
 //! files and pods nothing references are removed.
 
@@ -13,14 +14,74 @@ use crate::runtime::LoadedLambda;
 use crate::store::LambdaRecord;
 
 impl Lifecycle {
-    /// After a restart: builds that died with the process end `error`; deployed
-    /// versions serve again (WASM from the compilation cache, no recompilation).
+    /// After a restart: builds that died with the process end `error` (a sole process);
+    /// deployed versions serve again (WASM from the compilation cache, no
+    /// recompilation; a shared store's container lambdas are attached by `replicas`).
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
         // Archives and artifacts no record adopted (a crash between writing the file
         // and the record, a name clash, validate-only compiles) are removed.
         let archives = self.archives.archive_digests().await?;
         let components = self.store.artifact_digests().await?;
         self.collect_garbage(&archives, &components).await?;
+        let shared = self.coordination.shared();
+        if !shared {
+            self.end_interrupted_builds().await?;
+        }
+        let mut loaded = 0usize;
+        for mut record in self.store.lambdas().await? {
+            if !record.deployed {
+                continue;
+            }
+            let id = record.lambda_id;
+            let served = match record.current.runtime {
+                Runtime::Wasm => self.reload(&record).await.map(Served::Wasm),
+                // On a shared store the leader's pods are attached by `replicas`.
+                Runtime::Container if shared => continue,
+                Runtime::Container => self.reattach(&record).await.map(Served::Pods),
+            };
+            match served {
+                Ok(served) => {
+                    match served {
+                        Served::Wasm(lambda) => self.registry.swap_in(lambda),
+                        Served::Pods(pods) => self.registry.swap_in_pods(pods),
+                    }
+                    loaded += 1;
+                    if record.status != LambdaStatus::Running {
+                        record.status = LambdaStatus::Running;
+                        let _ = self
+                            .store
+                            .save_lambda(&record, Some(&record.lambda_name))
+                            .await?;
+                    }
+                }
+                Err(reason) => {
+                    tracing::error!(lambda = %id, %reason, "cannot reload lambda");
+                    self.logs
+                        .line(id, &format!("reload after restart failed: {reason}"));
+                    // Other replicas may serve it: only a sole process marks it failed.
+                    if !shared {
+                        record.status = LambdaStatus::Failed;
+                        let _ = self
+                            .store
+                            .save_lambda(&record, Some(&record.lambda_name))
+                            .await?;
+                    }
+                }
+            }
+        }
+        self.store.flush().await?;
+        tracing::info!(
+            loaded,
+            cache_hits = self.engine.cache_hits(),
+            cache_misses = self.engine.cache_misses(),
+            "lambdas recovered"
+        );
+        Ok(())
+    }
+
+    /// A sole process's builds that died with it end `error`, and the pods of lambdas
+    /// deleted meanwhile go.
+    async fn end_interrupted_builds(&self) -> Result<()> {
         let known: HashSet<LambdaId> = self
             .store
             .lambdas()
@@ -58,54 +119,13 @@ impl Lifecycle {
                     .await?;
             }
         }
-        let mut loaded = 0usize;
-        for mut record in self.store.lambdas().await? {
-            if !record.deployed {
-                continue;
-            }
-            let id = record.lambda_id;
-            let served = match record.current.runtime {
-                Runtime::Wasm => self.reload(&record).await.map(Served::Wasm),
-                Runtime::Container => self.reattach(&record).await.map(Served::Pods),
-            };
-            match served {
-                Ok(served) => {
-                    match served {
-                        Served::Wasm(lambda) => self.registry.swap_in(lambda),
-                        Served::Pods(pods) => self.registry.swap_in_pods(pods),
-                    }
-                    loaded += 1;
-                    if record.status != LambdaStatus::Running {
-                        record.status = LambdaStatus::Running;
-                        let _ = self
-                            .store
-                            .save_lambda(&record, Some(&record.lambda_name))
-                            .await?;
-                    }
-                }
-                Err(reason) => {
-                    tracing::error!(lambda = %id, %reason, "cannot reload lambda");
-                    self.logs
-                        .line(id, &format!("reload after restart failed: {reason}"));
-                    record.status = LambdaStatus::Failed;
-                    let _ = self
-                        .store
-                        .save_lambda(&record, Some(&record.lambda_name))
-                        .await?;
-                }
-            }
-        }
-        self.store.flush().await?;
-        tracing::info!(
-            loaded,
-            cache_hits = self.engine.cache_hits(),
-            cache_misses = self.engine.cache_misses(),
-            "lambdas recovered"
-        );
         Ok(())
     }
 
-    async fn reload(&self, record: &LambdaRecord) -> Result<Arc<LoadedLambda>, BuildFailure> {
+    pub(super) async fn reload(
+        &self,
+        record: &LambdaRecord,
+    ) -> Result<Arc<LoadedLambda>, BuildFailure> {
         let spec = &record.current;
         if let Some(wasm_digest) = &spec.wasm_digest
             && let Some(shared) = self.components.get(wasm_digest).map(|c| c.clone())

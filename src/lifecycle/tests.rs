@@ -13,7 +13,7 @@ use super::*;
 use crate::builder::archive::tests::zip_of;
 use crate::builder::container::BuildContext;
 use crate::model::{Endpoint, LambdaStatus, Version};
-use crate::store::{ArchiveFiles, BuildKind, BuildRecord, Store};
+use crate::store::{ArchiveFiles, BuildKind, BuildRecord, SoleProcess, Store};
 
 /// What a fake backend was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +152,10 @@ impl Deployer for FakeBackend {
         Ok(vec![endpoint(request.version, true)])
     }
 
+    async fn endpoints(&self, request: &PodRequest) -> Result<Vec<Endpoint>, DeployError> {
+        Ok(vec![endpoint(request.version, true)])
+    }
+
     async fn remove_orphans(&self, _known: &(dyn Fn(LambdaId) -> bool + Send + Sync)) {}
 }
 
@@ -187,6 +191,7 @@ impl World {
             engine: WasmEngine::new(&config, &dir.path().join("artifacts")).unwrap(),
             sealer: Sealer::open(&config.encryption_key, dir.path()).unwrap(),
             archives: Arc::new(ArchiveFiles::open(&dir.path().join("archives")).unwrap()),
+            coordination: Arc::new(SoleProcess::new(store.clone())),
             config,
             store: store.clone(),
             kv: store,

@@ -26,7 +26,7 @@ pub use policy::{OutboundLimits, OutboundPolicy};
 pub use wasm::{EXECUTE_PATH, LoadedLambda, SPLIT_PATH, SandboxLimits, export_problems};
 pub use wasmtime::component::Component;
 
-use crate::model::LambdaId;
+use crate::model::{LambdaId, Version};
 
 /// Setting up or loading into the runtime failed.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +139,21 @@ impl Registry {
         let id = pods.lambda_id;
         self.pods.insert(id, pods);
         self.loaded.remove(&id);
+    }
+
+    /// The version serving `id` here (in-process or by pods).
+    pub fn serving_version(&self, id: LambdaId) -> Option<Version> {
+        self.loaded
+            .get(&id)
+            .map(|e| e.value().version)
+            .or_else(|| self.pods.get(&id).map(|e| e.value().version))
+    }
+
+    /// Every lambda served here, with its version.
+    pub fn served(&self) -> Vec<(LambdaId, Version)> {
+        let loaded = self.loaded.iter().map(|e| (*e.key(), e.value().version));
+        let pods = self.pods.iter().map(|e| (*e.key(), e.value().version));
+        loaded.chain(pods).collect()
     }
 
     /// Number of WASM lambdas loaded.

@@ -10,7 +10,7 @@ use super::*;
 // Shared with the integration tests, which start the service on such a server.
 #[path = "../../tests/support/throwaway_postgres.rs"]
 mod throwaway_postgres;
-use crate::model::{AccountId, ImageStatus, LambdaType};
+use crate::model::{AccountId, ImageStatus, LambdaType, Runtime};
 use throwaway_postgres::ThrowawayPostgres;
 
 fn quotas() -> KvQuotas {
@@ -382,7 +382,12 @@ async fn the_sled_backend_keeps_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_backend_keeps_the_contract() {
     let server = ThrowawayPostgres::start();
-    let store = Arc::new(PgStore::connect(&server.url(), 8).await.unwrap());
+    let store = Arc::new(
+        PgStore::connect(&server.url(), 8, "a")
+            .await
+            .unwrap()
+            .without_archive_grace(),
+    );
     whole_contract(store.clone(), store.clone()).await;
     archives_contract(store.as_ref()).await;
     // An outage is an error, not a hang, and the pool reconnects once the server is back.
@@ -391,46 +396,159 @@ async fn the_postgres_backend_keeps_the_contract() {
     assert!(store.lambda(id).await.is_err());
     server.start_again();
     assert!(store.lambda(id).await.unwrap().is_none());
-    // One process per database: a second one is refused while the first holds it (the
-    // first takes its lock again after the restart above), and starts once it is gone,
-    // finding the schema current.
-    let (probe, connection) = server
-        .url()
-        .parse::<tokio_postgres::Config>()
+}
+
+/// Waits (up to 20 s) until `check` holds.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn pending_build(lambda: &LambdaRecord) -> BuildRecord {
+    BuildRecord {
+        lambda_id: lambda.lambda_id,
+        kind: BuildKind::Create,
+        spec: lambda.current.clone(),
+        status: ImageStatus::Pending,
+        created: chrono::Utc::now(),
+        finished: None,
+        logs: vec![],
+    }
+}
+
+/// Two replicas on one database: each hears the other's writes, one leads at a time, a
+/// lambda's lock is one for both, a build job is one replica's until its lease runs out,
+/// and compiled-artifact records are each replica's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_database_coordinate() {
+    use std::time::Duration;
+    let server = ThrowawayPostgres::start();
+    let a = PgStore::connect(&server.url(), 4, "a").await.unwrap();
+    let b = PgStore::connect(&server.url(), 4, "b").await.unwrap();
+    assert_eq!((a.replica(), b.replica(), a.shared()), ("a", "b", true));
+
+    // A write through one is announced to the other.
+    let mut heard = b.changes();
+    let mut lambda = record(AccountId::generate(), "shared");
+    a.save_lambda(&lambda, None).await.unwrap().unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match heard.recv().await.unwrap() {
+                Change::Lambda(id) => break id,
+                Change::Missed => continue,
+            }
+        }
+    })
+    .await
+    .expect("the other replica hears of the write");
+    assert_eq!(notice, lambda.lambda_id);
+    lambda.deployed = true;
+    a.save_lambda(&lambda, Some("shared"))
+        .await
         .unwrap()
-        .connect(tokio_postgres::NoTls)
+        .unwrap();
+    assert_eq!(
+        b.serving_versions().await.unwrap(),
+        [ServingVersion {
+            lambda_id: lambda.lambda_id,
+            version: Some(lambda.current.version)
+        }]
+    );
+
+    // Exactly one leads; when it goes, the other takes over.
+    let (lead_a, lead_b) = (a.leadership(), b.leadership());
+    until("one replica leads", async || {
+        *lead_a.borrow() || *lead_b.borrow()
+    })
+    .await;
+    assert!(!(*lead_a.borrow() && *lead_b.borrow()), "both lead");
+    let (leader, follower) = if *lead_a.borrow() { (a, b) } else { (b, a) };
+    let follows = follower.leadership();
+    drop(leader);
+    until("the other replica leads", async || *follows.borrow()).await;
+    let a = PgStore::connect(&server.url(), 4, "a").await.unwrap();
+    let b = follower;
+
+    // A lambda's lock: the second taker waits for the first to let go.
+    let held = a.lock_lambda(lambda.lambda_id).await.unwrap();
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        let id = lambda.lambda_id;
+        async move { b.lock_lambda(id).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the lock is taken twice");
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the lock is released on drop")
+        .unwrap()
+        .unwrap();
+
+    // A build job: one replica's while it renews; the other's once the lease runs out.
+    a.save_build(&pending_build(&lambda)).await.unwrap();
+    let id = lambda.lambda_id;
+    let short = Duration::from_millis(300);
+    assert!(a.claim_build(id, short).await.unwrap());
+    assert!(!b.claim_build(id, short).await.unwrap());
+    assert!(a.claim_build(id, short).await.unwrap(), "renewed");
+    assert!(b.unclaimed_builds().await.unwrap().is_empty());
+    until("the lease runs out", async || {
+        b.unclaimed_builds().await.unwrap()
+            == [UnclaimedBuild {
+                lambda_id: id,
+                runtime: Runtime::Wasm,
+            }]
+    })
+    .await;
+    assert!(b.claim_build(id, Duration::from_secs(30)).await.unwrap());
+    assert!(!a.claim_build(id, short).await.unwrap(), "taken over");
+    b.release_build(id).await.unwrap();
+    assert!(a.claim_build(id, short).await.unwrap(), "released");
+    let mut done = pending_build(&lambda);
+    done.status = ImageStatus::Completed;
+    a.save_build(&done).await.unwrap();
+    assert!(
+        !b.claim_build(id, short).await.unwrap(),
+        "a finished job has no lease"
+    );
+    // Queued anew, the job is nobody's.
+    a.save_build(&pending_build(&lambda)).await.unwrap();
+    assert!(b.claim_build(id, short).await.unwrap());
+
+    // Compiled artifacts are files of each replica's own cache.
+    a.add_artifacts("c1", &["f1".into()]).await.unwrap();
+    assert!(b.artifacts("c1").await.unwrap().is_empty());
+    assert_eq!(a.artifact_digests().await.unwrap(), ["c1"]);
+
+    // A fresh archive no record references is kept a while: another replica may be
+    // about to reference it.
+    a.put_archive("fresh", bytes::Bytes::from_static(b"zip"))
         .await
         .unwrap();
-    tokio::spawn(connection);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !probe
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, bool>(0)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the lock is never taken again"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(matches!(
-        PgStore::connect(&server.url(), 2).await,
-        Err(StoreError::DatabaseInUse)
-    ));
-    drop(store);
-    let second = loop {
-        match PgStore::connect(&server.url(), 2).await {
-            Ok(second) => break second,
-            Err(StoreError::DatabaseInUse) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("the second process cannot start: {e}"),
-        }
-    };
-    assert_eq!(second.schema_version().await.unwrap(), 2);
+    b.remove_archive("fresh").await.unwrap();
+    assert!(a.archive("fresh").await.is_ok());
+
+    // Notices lost with the connection are announced as missed once it is back.
+    let mut heard = b.changes();
+    server.stop();
+    server.start_again();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while heard.recv().await.unwrap() != Change::Missed {}
+    })
+    .await
+    .expect("the listener says it may have missed notices");
+    // A replica reconnecting after a restart finds the schema current.
+    assert_eq!(
+        PgStore::connect(&server.url(), 2, "c")
+            .await
+            .unwrap()
+            .schema_version()
+            .await
+            .unwrap(),
+        3
+    );
 }

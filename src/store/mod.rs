@@ -9,6 +9,7 @@
 mod archives;
 #[cfg(test)]
 mod conformance;
+mod coordination;
 mod kv;
 mod postgres;
 mod records;
@@ -27,6 +28,9 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 pub use archives::{ArchiveFiles, ArchiveStore};
+pub use coordination::{
+    Change, Coordination, LambdaLock, ServingVersion, SoleProcess, UnclaimedBuild,
+};
 pub use kv::{KvError, KvQuotas, KvStore, KvUsage, LIST_PAGE, check_bucket};
 pub use postgres::PgStore;
 pub use records::{
@@ -63,12 +67,9 @@ pub enum StoreError {
     /// The healthcheck's probe read back something else than it wrote.
     #[error("store health probe read back a different value")]
     ProbeMismatch,
-    /// Another service process holds the database (one process per database until
-    /// replicas are supported).
-    #[error(
-        "the store database is in use by another luna-lambda process (one process per database)"
-    )]
-    DatabaseInUse,
+    /// Another replica held the lambda's lock for longer than a command may wait.
+    #[error("lambda {0} stayed locked by another replica's command; retry")]
+    LockTimeout(LambdaId),
 }
 
 /// Another lambda of the account already has the name.

@@ -12,18 +12,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime as PoolRuntime};
+use futures::StreamExt;
+use tokio::sync::{broadcast, watch};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Transaction};
+use tokio_postgres::{AsyncMessage, NoTls, Transaction};
 use uuid::Uuid;
 
+use super::coordination::{Change, Coordination, LambdaLock, ServingVersion, UnclaimedBuild};
 use super::kv::{
     KvError, KvQuotas, KvStore, KvUsage, LIST_PAGE, check_key, check_usage, check_writes,
 };
 use super::records::{self, BuildRecord, LambdaRecord, LambdaSpec};
 use super::{ArchiveStore, LambdaStore, ListQuery, NameTaken, RefKind, StoreError};
-use crate::model::LambdaId;
+use crate::model::{ImageStatus, LambdaId, Runtime, Version};
+
+/// Notices kept for a slow reader before it is told it missed some.
+const CHANGES_BACKLOG: usize = 4096;
 
 /// The schema, one step per version, applied in order and recorded in
 /// `schema_migrations`; a released step is never edited, only followed by another.
@@ -102,42 +108,89 @@ const MIGRATIONS: &[(i32, &str)] = &[
     );
     "#,
     ),
+    (
+        3,
+        r#"
+    -- Replicas: leases on build jobs, what serves per lambda, artifacts per replica,
+    -- and when an archive was last stored (a fresh one is never collected).
+    ALTER TABLE builds
+        ADD COLUMN unfinished boolean NOT NULL DEFAULT false,
+        ADD COLUMN container boolean NOT NULL DEFAULT false,
+        ADD COLUMN queued_at timestamptz NOT NULL DEFAULT now(),
+        ADD COLUMN lease_owner text,
+        ADD COLUMN lease_until timestamptz;
+    CREATE INDEX builds_unfinished ON builds (lambda_id) WHERE unfinished;
+    ALTER TABLE lambdas ADD COLUMN serving_version bigint;
+    ALTER TABLE artifacts ADD COLUMN replica text NOT NULL DEFAULT '';
+    ALTER TABLE artifacts DROP CONSTRAINT artifacts_pkey;
+    ALTER TABLE artifacts ADD PRIMARY KEY (replica, digest);
+    ALTER TABLE archives ADD COLUMN stored_at timestamptz NOT NULL DEFAULT now();
+    "#,
+    ),
 ];
 
 /// Serialises migrations between replicas starting at once (`pg_advisory_lock` key).
 const MIGRATION_LOCK: i64 = 0x6c75_6e61_6c61_6d62; // "lunalamb"
 
-/// Held by the one service process on the database for its whole life: a second one
-/// would fail the first one's builds at its recovery and race its garbage collection.
-const PROCESS_LOCK: i64 = 0x6c75_6e61_7072_6f63; // "lunaproc"
+/// Held by the leader replica on a connection of its own, for as long as it leads.
+const LEADER_LOCK: i64 = 0x6c75_6e61_6c65_6164; // "lunalead"
 
-/// How often the process lock is taken again after its connection was lost.
-const RELOCK_EVERY: Duration = Duration::from_secs(1);
+/// The first key of every lambda's lock (`pg_advisory_lock(int, int)`, a key space
+/// apart from the single-key locks above); the second is drawn from the lambda id.
+const LAMBDA_LOCK_CLASS: i32 = 0x6c75_6e61; // "luna"
+
+/// The channel lambda changes are announced on (`NOTIFY`, at each write's commit).
+const CHANGES_CHANNEL: &str = "luna_lambda_changes";
+
+/// How often a lost listening connection is opened again, and leadership tried for.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// A pooled connection is waited for this long before the call fails (a database
 /// outage then answers errors instead of hanging the management API).
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
-/// Handle to the database; cheap to clone. The process lock is released when the last
-/// clone is dropped.
+/// A lambda's lock is waited for this long: commands hold it for milliseconds.
+const LAMBDA_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// A queued build no replica claimed yet is left this long to the replica that queued
+/// it (it holds the upload in memory) before another may claim it.
+const QUEUED_BUILD_GRACE_SECS: f64 = 2.0;
+
+/// An archive stored this recently is never collected: another replica storing the
+/// same bytes for an upload may not have written the record referencing it yet.
+const ARCHIVE_GRACE: Duration = Duration::from_secs(60);
+
+/// Handle to the database; cheap to clone. Its listening and leading connections end
+/// when the last clone is dropped.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
-    _process_lock: Arc<ProcessLock>,
+    /// Connections holding lambda locks, apart from `pool`: commands holding a lock
+    /// while they make their calls can never take every connection those calls need.
+    locks: Pool,
+    replica: Arc<str>,
+    changes: broadcast::Sender<Change>,
+    leader: Arc<watch::Sender<bool>>,
+    archive_grace: Duration,
+    _background: Arc<Background>,
 }
 
-/// The task holding the process lock; ending it closes the lock's connection.
-struct ProcessLock(tokio::task::JoinHandle<()>);
+/// The tasks listening for changes and holding leadership; ending them closes their
+/// connections.
+struct Background(Vec<tokio::task::JoinHandle<()>>);
 
-impl Drop for ProcessLock {
+impl Drop for Background {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
+            .field("replica", &self.replica)
             .field("pool", &self.pool.status())
             .finish()
     }
@@ -188,6 +241,9 @@ async fn apply_migrations(client: &mut deadpool_postgres::Object) -> Result<(), 
         tracing::info!(version, "applying store migration");
         let tx = client.transaction().await?;
         tx.batch_execute(sql).await?;
+        if *version == 3 {
+            fill_coordination_columns(&tx).await?;
+        }
         tx.execute(
             "INSERT INTO schema_migrations (version) VALUES ($1)",
             &[version],
@@ -198,61 +254,200 @@ async fn apply_migrations(client: &mut deadpool_postgres::Object) -> Result<(), 
     Ok(())
 }
 
-fn config_of(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    Ok(url.parse()?)
+/// Migration 3 adds columns read from the records (which SQL cannot decode): filled
+/// here for the rows written before it.
+async fn fill_coordination_columns(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    for row in tx
+        .query("SELECT lambda_id, record FROM builds", &[])
+        .await?
+    {
+        let build: BuildRecord = records::decode(row.get::<_, &[u8]>(1))?;
+        tx.execute(
+            "UPDATE builds SET unfinished = $2, container = $3 WHERE lambda_id = $1",
+            &[
+                &row.get::<_, Uuid>(0),
+                &!build.status.is_finished(),
+                &(build.spec.runtime == Runtime::Container),
+            ],
+        )
+        .await?;
+    }
+    for row in tx
+        .query("SELECT lambda_id, record FROM lambdas", &[])
+        .await?
+    {
+        let record: LambdaRecord = records::decode(row.get::<_, &[u8]>(1))?;
+        tx.execute(
+            "UPDATE lambdas SET serving_version = $2 WHERE lambda_id = $1",
+            &[&row.get::<_, Uuid>(0), &serving_version(&record)],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
-/// A connection of its own holding the process lock, or `DatabaseInUse`.
-async fn take_process_lock(
-    config: &tokio_postgres::Config,
-) -> Result<
-    (
-        tokio_postgres::Client,
-        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
-    ),
-    StoreError,
-> {
-    let (client, connection) = tokio::time::timeout(POOL_WAIT, config.connect(NoTls))
+fn serving_version(record: &LambdaRecord) -> Option<i64> {
+    record
+        .deployed
+        .then_some(i64::from(record.current.version.0))
+}
+
+fn config_of(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    // A database host that vanishes without closing its connections is noticed in
+    // seconds, not at the kernel's two hours: leadership and notices move on.
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .connect_timeout(POOL_WAIT);
+    Ok(config)
+}
+
+type Connected = (
+    tokio_postgres::Client,
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+);
+
+async fn connect_once(config: &tokio_postgres::Config) -> Result<Connected, StoreError> {
+    tokio::time::timeout(POOL_WAIT, config.connect(NoTls))
         .await
-        .map_err(|_| StoreError::Pool("connecting timed out".into()))??;
-    let connection = tokio::spawn(connection);
-    let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&PROCESS_LOCK])
-        .await?
-        .get(0);
-    if locked {
-        Ok((client, connection))
-    } else {
-        connection.abort();
-        Err(StoreError::DatabaseInUse)
+        .map_err(|_| StoreError::Pool("connecting timed out".into()))?
+        .map_err(StoreError::from)
+}
+
+/// Forwards the changes other replicas announce, for the life of the store: when the
+/// listening connection is lost, opens another and, listening again, says that notices
+/// may have been missed.
+async fn listen_for_changes(config: tokio_postgres::Config, changes: broadcast::Sender<Change>) {
+    loop {
+        if let Err(e) = listen_once(&config, &changes).await {
+            tracing::warn!(error = %e, "lost the store database's change notices; listening again");
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
     }
 }
 
-/// Keeps the process lock for the life of the process: when its connection ends (the
-/// database restarted), takes it again as soon as the database answers.
-async fn hold_process_lock(
-    config: tokio_postgres::Config,
-    mut held: (
-        tokio_postgres::Client,
-        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
-    ),
-) {
-    loop {
-        let _ = (&mut held.1).await;
-        tracing::warn!("lost the store database's process lock; taking it again");
-        loop {
-            tokio::time::sleep(RELOCK_EVERY).await;
-            match take_process_lock(&config).await {
-                Ok(again) => {
-                    tracing::info!("store database process lock taken again");
-                    held = again;
-                    break;
-                }
-                Err(StoreError::DatabaseInUse) => {
-                    tracing::error!("another luna-lambda process took the store database")
-                }
-                Err(_) => {}
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    changes: &broadcast::Sender<Change>,
+) -> Result<(), StoreError> {
+    let (client, mut connection) = connect_once(config).await?;
+    let (notices, mut incoming) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message? {
+                let _ = notices.send(n);
             }
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    });
+    client
+        .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+        .await?;
+    // Listening from now on: what changed before is read again.
+    let _ = changes.send(Change::Missed);
+    while let Some(notice) = incoming.recv().await {
+        match notice.payload().parse::<Uuid>() {
+            Ok(id) => {
+                let _ = changes.send(Change::Lambda(LambdaId::from_bytes(*id.as_bytes())));
+            }
+            Err(_) => tracing::warn!(payload = notice.payload(), "unreadable change notice"),
+        }
+    }
+    drop(client);
+    driver
+        .await
+        .map_err(|e| StoreError::Interrupted(e.to_string()))??;
+    Ok(())
+}
+
+/// Tries for leadership every `RETRY_EVERY`, holds it while its connection lives, and
+/// says when it is had and lost.
+async fn lead(config: tokio_postgres::Config, leader: Arc<watch::Sender<bool>>, replica: Arc<str>) {
+    loop {
+        if let Ok((client, connection)) = connect_once(&config).await {
+            let mut connection = tokio::spawn(connection);
+            loop {
+                let held = client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                    .await
+                    .map(|row| row.get::<_, bool>(0));
+                match held {
+                    Ok(true) => {
+                        tracing::info!(replica = %replica, "this replica leads");
+                        leader.send_replace(true);
+                        let _ = (&mut connection).await;
+                        leader.send_replace(false);
+                        tracing::warn!(replica = %replica, "this replica lost the lead");
+                        break;
+                    }
+                    Ok(false) => tokio::time::sleep(RETRY_EVERY).await,
+                    Err(_) => break,
+                }
+            }
+            connection.abort();
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
+fn pool_of(config: tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .runtime(PoolRuntime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(POOL_WAIT))
+        .build()
+        .map_err(|e| StoreError::Pool(e.to_string()))
+}
+
+/// The second key of a lambda's lock: lambdas that share one only wait for each other.
+fn lambda_lock_key(id: LambdaId) -> i32 {
+    let bytes = id.as_bytes();
+    let mut key = [0u8; 4];
+    for (i, b) in bytes.iter().enumerate() {
+        key[i % 4] ^= b;
+    }
+    i32::from_be_bytes(key)
+}
+
+/// A lambda lock held on its own connection. Dropped, it unlocks and gives the
+/// connection back; a connection that cannot unlock is closed (the database then
+/// releases the lock), never pooled with the lock held.
+struct HeldLambdaLock {
+    client: Option<deadpool_postgres::Object>,
+    key: i32,
+}
+
+impl Drop for HeldLambdaLock {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let key = self.key;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let unlocked = client
+                        .execute(
+                            "SELECT pg_advisory_unlock($1, $2)",
+                            &[&LAMBDA_LOCK_CLASS, &key],
+                        )
+                        .await;
+                    if unlocked.is_err() {
+                        drop(deadpool_postgres::Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(deadpool_postgres::Object::take(client)),
         }
     }
 }
@@ -291,31 +486,38 @@ fn unsigned(value: i64) -> u64 {
 
 impl PgStore {
     /// Connects to `url` (a `postgres://` URL or `key=value` settings) with a pool of
-    /// `pool_size` connections and brings the schema up to date.
-    pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+    /// `pool_size` connections, brings the schema up to date, and starts listening for
+    /// the other replicas' changes and trying for leadership. `replica` names this
+    /// process in build leases and keys its artifact records (stable per data
+    /// directory).
+    pub async fn connect(url: &str, pool_size: usize, replica: &str) -> Result<Self, StoreError> {
         let config = config_of(url)?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(POOL_WAIT))
-            .build()
-            .map_err(|e| StoreError::Pool(e.to_string()))?;
-        // The lock first: a second process fails before it changes anything.
-        let held = take_process_lock(&config_of(url)?).await?;
+        let pool = pool_of(config.clone(), pool_size)?;
+        let locks = pool_of(config.clone(), pool_size.div_ceil(2))?;
         migrate(&pool).await?;
-        let holder = tokio::spawn(hold_process_lock(config_of(url)?, held));
+        let replica: Arc<str> = Arc::from(replica);
+        let changes = broadcast::channel(CHANGES_BACKLOG).0;
+        let leader = Arc::new(watch::channel(false).0);
+        let background = Background(vec![
+            tokio::spawn(listen_for_changes(config.clone(), changes.clone())),
+            tokio::spawn(lead(config, leader.clone(), replica.clone())),
+        ]);
         Ok(Self {
             pool,
-            _process_lock: Arc::new(ProcessLock(holder)),
+            locks,
+            replica,
+            changes,
+            leader,
+            archive_grace: ARCHIVE_GRACE,
+            _background: Arc::new(background),
         })
+    }
+
+    /// The store, collecting archives however fresh (the contract tests).
+    #[cfg(test)]
+    pub fn without_archive_grace(mut self) -> Self {
+        self.archive_grace = Duration::ZERO;
+        self
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -472,6 +674,16 @@ async fn save_usage(tx: &Transaction<'_>, lambda: LambdaId, usage: KvUsage) -> R
     Ok(())
 }
 
+/// Announces a change of the lambda to every replica when the transaction commits.
+async fn announce(tx: &Transaction<'_>, id: LambdaId) -> Result<(), StoreError> {
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANGES_CHANNEL, &uuid(id).to_string()],
+    )
+    .await?;
+    Ok(())
+}
+
 fn decode_rows<T: serde::de::DeserializeOwned>(
     rows: &[tokio_postgres::Row],
 ) -> Result<Vec<T>, StoreError> {
@@ -523,14 +735,16 @@ impl LambdaStore for PgStore {
         let saved = tx
             .execute(
                 "INSERT INTO lambdas (lambda_id, account_id, lambda_name, name_lowercase,
-                                      create_time_ns, lambda_type, namespace, record)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                                      create_time_ns, lambda_type, namespace, record,
+                                      serving_version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                  ON CONFLICT (lambda_id) DO UPDATE SET
                      lambda_name = EXCLUDED.lambda_name,
                      name_lowercase = EXCLUDED.name_lowercase,
                      lambda_type = EXCLUDED.lambda_type,
                      namespace = EXCLUDED.namespace,
-                     record = EXCLUDED.record",
+                     record = EXCLUDED.record,
+                     serving_version = EXCLUDED.serving_version",
                 &[
                     &uuid(record.lambda_id),
                     &Uuid::from_bytes(*record.account_id.as_bytes()),
@@ -540,6 +754,7 @@ impl LambdaStore for PgStore {
                     &record.current.lambda_type.as_str(),
                     &record.current.deploy_parameters.namespace(),
                     &value,
+                    &serving_version(record),
                 ],
             )
             .await;
@@ -548,6 +763,7 @@ impl LambdaStore for PgStore {
             saved => saved?,
         };
         Self::save_refs(&tx, record.lambda_id, false, &record.current).await?;
+        announce(&tx, record.lambda_id).await?;
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -646,6 +862,7 @@ impl LambdaStore for PgStore {
         ] {
             tx.execute(sql, &[&id]).await?;
         }
+        announce(&tx, record.lambda_id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -735,10 +952,24 @@ impl LambdaStore for PgStore {
         let value = records::encode(build)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // A job queued anew is nobody's yet: the lease of the job it replaces goes.
         tx.execute(
-            "INSERT INTO builds (lambda_id, record) VALUES ($1, $2)
-             ON CONFLICT (lambda_id) DO UPDATE SET record = EXCLUDED.record",
-            &[&uuid(build.lambda_id), &value],
+            "INSERT INTO builds (lambda_id, record, unfinished, container)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (lambda_id) DO UPDATE SET
+                 record = EXCLUDED.record,
+                 unfinished = EXCLUDED.unfinished,
+                 container = EXCLUDED.container,
+                 queued_at = CASE WHEN $5 THEN now() ELSE builds.queued_at END,
+                 lease_owner = CASE WHEN $5 THEN NULL ELSE builds.lease_owner END,
+                 lease_until = CASE WHEN $5 THEN NULL ELSE builds.lease_until END",
+            &[
+                &uuid(build.lambda_id),
+                &value,
+                &!build.status.is_finished(),
+                &(build.spec.runtime == Runtime::Container),
+                &(build.status == ImageStatus::Pending),
+            ],
         )
         .await?;
         Self::save_refs(&tx, build.lambda_id, true, &build.spec).await?;
@@ -771,12 +1002,12 @@ impl LambdaStore for PgStore {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO artifacts (digest, files)
-                 VALUES ($1, ARRAY(SELECT DISTINCT f FROM unnest($2::text[]) f ORDER BY f))
-                 ON CONFLICT (digest) DO UPDATE SET files = ARRAY(
+                "INSERT INTO artifacts (replica, digest, files)
+                 VALUES ($3, $1, ARRAY(SELECT DISTINCT f FROM unnest($2::text[]) f ORDER BY f))
+                 ON CONFLICT (replica, digest) DO UPDATE SET files = ARRAY(
                      SELECT DISTINCT f FROM unnest(artifacts.files || EXCLUDED.files) f
                      ORDER BY f)",
-                &[&digest, &files],
+                &[&digest, &files, &self.replica.as_ref()],
             )
             .await?;
         Ok(())
@@ -785,7 +1016,10 @@ impl LambdaStore for PgStore {
     async fn artifacts(&self, digest: &str) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
         Ok(client
-            .query_opt("SELECT files FROM artifacts WHERE digest = $1", &[&digest])
+            .query_opt(
+                "SELECT files FROM artifacts WHERE replica = $1 AND digest = $2",
+                &[&self.replica.as_ref(), &digest],
+            )
             .await?
             .map(|row| row.get(0))
             .unwrap_or_default())
@@ -793,14 +1027,22 @@ impl LambdaStore for PgStore {
 
     async fn artifact_digests(&self) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
-        let rows = client.query("SELECT digest FROM artifacts", &[]).await?;
+        let rows = client
+            .query(
+                "SELECT digest FROM artifacts WHERE replica = $1",
+                &[&self.replica.as_ref()],
+            )
+            .await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     async fn remove_artifact_record(&self, digest: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
-            .execute("DELETE FROM artifacts WHERE digest = $1", &[&digest])
+            .execute(
+                "DELETE FROM artifacts WHERE replica = $1 AND digest = $2",
+                &[&self.replica.as_ref(), &digest],
+            )
             .await?;
         Ok(())
     }
@@ -846,7 +1088,7 @@ impl ArchiveStore for PgStore {
         client
             .execute(
                 "INSERT INTO archives (digest, bytes) VALUES ($1, $2)
-                 ON CONFLICT (digest) DO NOTHING",
+                 ON CONFLICT (digest) DO UPDATE SET stored_at = now()",
                 &[&digest, &bytes.as_ref()],
             )
             .await?;
@@ -862,18 +1104,145 @@ impl ArchiveStore for PgStore {
             .ok_or_else(|| StoreError::MissingArchive(digest.to_owned()))
     }
 
+    /// Only when no record references it, checked in the same statement (a replica's
+    /// garbage collection races the others' writes), and not while it is fresh.
     async fn remove_archive(&self, digest: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
-            .execute("DELETE FROM archives WHERE digest = $1", &[&digest])
+            .execute(
+                "DELETE FROM archives a WHERE digest = $1
+                     AND stored_at <= now() - make_interval(secs => $2)
+                     AND NOT EXISTS (SELECT 1 FROM spec_refs r WHERE r.archive = a.digest)",
+                &[&digest, &self.archive_grace.as_secs_f64()],
+            )
             .await?;
         Ok(())
     }
 
+    /// The archives no record references (the others are no candidates).
     async fn archive_digests(&self) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
-        let rows = client.query("SELECT digest FROM archives", &[]).await?;
+        let rows = client
+            .query(
+                "SELECT digest FROM archives a
+                 WHERE NOT EXISTS (SELECT 1 FROM spec_refs r WHERE r.archive = a.digest)",
+                &[],
+            )
+            .await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+}
+
+#[async_trait]
+impl Coordination for PgStore {
+    fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn lock_lambda(&self, id: LambdaId) -> Result<LambdaLock, StoreError> {
+        let client = self
+            .locks
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let key = lambda_lock_key(id);
+        let locked = tokio::time::timeout(
+            LAMBDA_LOCK_WAIT,
+            client.execute(
+                "SELECT pg_advisory_lock($1, $2)",
+                &[&LAMBDA_LOCK_CLASS, &key],
+            ),
+        )
+        .await;
+        match locked {
+            Ok(Ok(_)) => Ok(LambdaLock::releasing_on_drop(Box::new(HeldLambdaLock {
+                client: Some(client),
+                key,
+            }))),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                // Still waiting on the server: the connection cannot be pooled again.
+                drop(deadpool_postgres::Object::take(client));
+                Err(StoreError::LockTimeout(id))
+            }
+        }
+    }
+
+    async fn claim_build(&self, id: LambdaId, lease: Duration) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let claimed = client
+            .execute(
+                "UPDATE builds SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)
+                 WHERE lambda_id = $1 AND unfinished
+                     AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < now())",
+                &[&uuid(id), &self.replica.as_ref(), &lease.as_secs_f64()],
+            )
+            .await?;
+        Ok(claimed == 1)
+    }
+
+    async fn release_build(&self, id: LambdaId) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE builds SET lease_owner = NULL, lease_until = NULL
+                 WHERE lambda_id = $1 AND lease_owner = $2",
+                &[&uuid(id), &self.replica.as_ref()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn unclaimed_builds(&self) -> Result<Vec<UnclaimedBuild>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT lambda_id, container FROM builds
+                 WHERE unfinished AND (lease_until < now()
+                     OR (lease_owner IS NULL AND queued_at < now() - make_interval(secs => $1)))",
+                &[&QUEUED_BUILD_GRACE_SECS],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| UnclaimedBuild {
+                lambda_id: LambdaId::from_bytes(*row.get::<_, Uuid>(0).as_bytes()),
+                runtime: if row.get(1) {
+                    Runtime::Container
+                } else {
+                    Runtime::Wasm
+                },
+            })
+            .collect())
+    }
+
+    async fn serving_versions(&self) -> Result<Vec<ServingVersion>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT lambda_id, serving_version FROM lambdas", &[])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| ServingVersion {
+                lambda_id: LambdaId::from_bytes(*row.get::<_, Uuid>(0).as_bytes()),
+                version: row
+                    .get::<_, Option<i64>>(1)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .map(Version),
+            })
+            .collect())
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn leadership(&self) -> watch::Receiver<bool> {
+        self.leader.subscribe()
     }
 }
 

@@ -21,7 +21,7 @@ const EXAMPLES: [&str; 6] = [
 ];
 
 /// Builds every example once per test run; returns the archive of `name`.
-fn example_zip(name: &str) -> Vec<u8> {
+pub(crate) fn example_zip(name: &str) -> Vec<u8> {
     static BUILT: OnceLock<()> = OnceLock::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = root.join("target").join("examples");

@@ -21,6 +21,7 @@ mod layers;
 mod lifecycle;
 mod postgres;
 mod proxy;
+mod replicas;
 mod restart;
 mod soak;
 mod tenancy;

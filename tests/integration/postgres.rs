@@ -1,7 +1,7 @@
 //! The service on the PostgreSQL store: what a user deploys is kept in the database (no
 //! sled store or archive directory is made), survives a kill -9, serves from another
 //! data directory on the same database, and the configuration shows the backend with the
-//! database password masked.
+//! database password masked. Several replicas on one database: `replicas.rs`.
 
 use reqwest::Method;
 use serde_json::json;
@@ -10,7 +10,7 @@ use crate::common::*;
 use crate::examples::{call, deploy, parse};
 
 #[path = "../support/throwaway_postgres.rs"]
-mod throwaway_postgres;
+pub(crate) mod throwaway_postgres;
 use throwaway_postgres::ThrowawayPostgres;
 
 /// The credentials key every process on the database shares (base64 of 32 bytes).
@@ -50,25 +50,11 @@ async fn lambdas_and_their_data_live_in_postgres_and_survive_a_kill() {
         !dir.join("store").exists() && !dir.join("archives").exists(),
         "no embedded store is opened beside the database"
     );
-    // A second process on the database is refused at its start, in one line.
-    let second = std::process::Command::new(env!("CARGO_BIN_EXE_luna-lambda"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(temp.path().join("second"))
-        .envs(env)
-        .env("LUNA_LAMBDA_LOG_LEVEL", "warn")
-        .output()
-        .unwrap();
-    assert_eq!(second.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        stderr.contains("in use by another luna-lambda process"),
-        "{stderr}"
-    );
-    assert_eq!(
-        server.get_json("/version").await.0,
-        200,
-        "the first goes on"
-    );
+    // A second process on the database is a replica: it lists the same lambda.
+    let second = Server::start_in(&temp.path().join("second"), &env);
+    let (_, list) = second.get_json("/1/lambdas").await;
+    assert_eq!(list["lambdas"][0]["lambda_name"], "counter", "{list}");
+    second.kill();
     server.kill();
 
     let server = Server::start_in(&dir, &env);
