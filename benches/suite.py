@@ -32,7 +32,11 @@ Scenarios:
      componentize-py, componentize-js, C with clang + wasi-libc), built here from
      benches/guests, ours vs `wasmtime serve` at c = 1, 16, 64 beside a static nginx
      floor, with each side's per-request kernel counters at c = 1 and, with
-     --callgrind, instructions per request counted by valgrind.
+     --callgrind, instructions per request counted by valgrind;
+  8. the PostgreSQL store (a throwaway server, Debian's PostgreSQL, fsync on): proxy req/s
+     on it vs on sled (the hot path reads no record), how long a recreate made through one
+     of three replicas takes to serve on the other two (p50 / p99), creates per second on
+     it vs on sled, and list latency at 10,000 stored lambdas.
 """
 
 import argparse
@@ -883,6 +887,157 @@ def callgrind_rows(work, toolchain, wasm, rows):
 
 # ---------------------------------------------------------------------------- report
 
+# ---------------------------------------------------------------------------- replicas
+
+class ThrowawayPostgres:
+    """initdb in a temporary directory and a server on a free loopback port (as the
+    `postgres` user when run as root), stopped and removed at the end."""
+
+    def __init__(self, workdir):
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            sh("apt-get", "install", "-y", "-q", "postgresql")
+            bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        self.bin = os.path.dirname(bins[-1])
+        self.dir = tempfile.mkdtemp(prefix="pg-", dir=workdir)
+        self.port = free_port()
+        if os.geteuid() == 0:
+            uid = int(subprocess.run(["id", "-u", "postgres"], check=True, capture_output=True,
+                                     text=True).stdout)
+            os.chown(workdir, uid, uid)
+            os.chown(self.dir, uid, uid)
+        self.run("initdb", "-D", f"{self.dir}/data", "-A", "trust", "-U", "postgres")
+        self.run("pg_ctl", "-D", f"{self.dir}/data", "-l", f"{self.dir}/server.log", "-w",
+                 "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                       "-c max_connections=200", "start")
+        self.url = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    def run(self, program, *args):
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, os.path.join(self.bin, program), *args], check=True,
+                       capture_output=True, cwd=self.dir)
+
+    def stop(self):
+        self.run("pg_ctl", "-D", f"{self.dir}/data", "-m", "immediate", "-w", "stop")
+
+
+def postgres_env(database):
+    return {"LUNA_LAMBDA_STORE_BACKEND": "postgres",
+            "LUNA_LAMBDA_STORE_POSTGRES_URL": database.url,
+            "LUNA_LAMBDA_ENCRYPTION_KEY": "bHVuYS1sYW1iZGEtdGVzdC1rZXktMzItYnl0ZXMhISE="}
+
+
+def serving_version(url):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(
+                url, headers={"Luna-Account-Id": ACCOUNT}), timeout=5) as r:
+            return r.headers.get("Lambda-Version")
+    except OSError:
+        return None
+
+
+def recreate(service, lambda_id, archive_path):
+    subprocess.run(
+        ["curl", "-sf", "-X", "PUT", "-H", f"Luna-Account-Id: {ACCOUNT}",
+         "-F", f"archive=@{archive_path};type=application/zip",
+         "-F", 'credentials={"token":"bench"};type=application/json',
+         f"{service.base}/1/lambdas/{lambda_id}"],
+        check=True, capture_output=True)
+
+
+def creates_per_second(service, shared, count):
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: service.create(shared, f"rate{i}"), range(count)))
+    return count / (time.monotonic() - started)
+
+
+def scenario_replicas(work, args, rows):
+    """8: the PostgreSQL store and three replicas on it."""
+    database = ThrowawayPostgres(work)
+    COMMANDS.append(f"{database.bin}/initdb + pg_ctl start (throwaway server, fsync on)")
+    services = []
+    try:
+        sled = Service(work)
+        services.append(sled)
+        replicas = [Service(work, env=postgres_env(database)) for _ in range(3)]
+        services += replicas
+        plain = archive(work, PLAIN_HELLO)
+        on_sled = sled.create(plain, "plain-hello")
+        on_pg = replicas[0].create(plain, "plain-hello")
+        sled.wait_running(on_sled)
+        replicas[0].wait_running(on_pg)
+        for connections in (1, 16):
+            # Interleaved, the order swapped every run: the two sides differ by less
+            # than this machine drifts over a minute.
+            pg, anchor = [], []
+            for run in range(args.runs * 2):
+                sides = [(pg, replicas[0].proxy_url(on_pg)), (anchor, sled.proxy_url(on_sled))]
+                for samples, url in sides if run % 2 == 0 else reversed(sides):
+                    samples.append(wrk_once(url, connections, args.seconds)[0])
+            pg, anchor = statistics.median(pg), statistics.median(anchor)
+            rows.append((f"8. proxy req/s on PostgreSQL vs on sled, c={connections} "
+                         f"(medians of {args.runs * 2} interleaved runs)",
+                         f"{pg:,.0f}", f"{anchor:,.0f}", f"{pg / anchor:.2f}×",
+                         "sled, same run (target ≥ 0.97)"))
+
+        # A recreate through the first replica, a new component each time (the others
+        # compile it into their own caches): from the first replica serving it to each
+        # other replica serving it.
+        delays = []
+        for n in range(args.recreates):
+            version = str(n + 2)
+            recreate(replicas[0], on_pg, archive(work, PLAIN_HELLO, tag=1000 + n))
+            urls = [r.proxy_url(on_pg) for r in replicas]
+            deadline = time.monotonic() + 120
+            while serving_version(urls[0]) != version:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"version {version} never served")
+                time.sleep(0.001)
+            served_first = time.monotonic()
+            pending = set(range(1, len(urls)))
+            while pending and time.monotonic() < deadline:
+                for i in list(pending):
+                    if serving_version(urls[i]) == version:
+                        delays.append(time.monotonic() - served_first)
+                        pending.discard(i)
+            if pending:
+                raise RuntimeError(f"version {version} never reached replicas {pending}")
+        delays.sort()
+        p50, p99 = delays[len(delays) // 2], delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+        rows.append((f"8. recreate through one of 3 replicas → served by the others: p50 / p99 "
+                     f"({len(delays)} samples, new component each)",
+                     f"{ms(p50)} / {ms(p99)}", "1 s", f"{1 / p99:.2f}× (p99)",
+                     "target (≥ 1: met)"))
+
+        shared = archive(work, SDK_HELLO)
+        pg_rate = creates_per_second(replicas[0], shared, args.rate_creates)
+        sled_rate = creates_per_second(sled, shared, args.rate_creates)
+        rows.append((f"8. creates/s, 16 clients, {args.rate_creates:,} creates",
+                     f"{pg_rate:,.0f}", f"{sled_rate:,.0f}", f"{pg_rate / sled_rate:.2f}×",
+                     "sled, same run"))
+        stored = args.rate_creates + 1
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: replicas[1].create(shared, f"stored{i}"),
+                          range(max(0, args.stored - stored))))
+        url = f"{replicas[2].base}/1/lambdas?page_size=100&page=3"
+        samples = []
+        for _ in range(200):
+            started = time.perf_counter()
+            with urllib.request.urlopen(url) as r:
+                r.read()
+            samples.append(time.perf_counter() - started)
+        samples.sort()
+        p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+        rows.append((f"8. list page_size=100 at {max(stored, args.stored):,} lambdas on "
+                     "PostgreSQL: p50 / p99", f"{ms(p50)} / {ms(p99)}", "5 ms (p50)",
+                     f"{0.005 / p50:.2f}×", "target (≥ 1: met)"))
+    finally:
+        for service in services:
+            service.stop()
+        database.stop()
+
+
 def machine():
     with open("/proc/cpuinfo") as f:
         cpu = re.search(r"model name\s*:\s*(.+)", f.read())
@@ -938,13 +1093,15 @@ def report(rows, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenarios", default="1,2,3,4,6,7")
+    parser.add_argument("--scenarios", default="1,2,3,4,6,7,8")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--distinct", type=int, default=1000)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--stored", type=int, default=10_000)
+    parser.add_argument("--recreates", type=int, default=30)
+    parser.add_argument("--rate-creates", type=int, default=1000)
     parser.add_argument("--callgrind", action="store_true",
                         help="scenario 7 also counts instructions per request under valgrind")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -971,6 +1128,8 @@ def main():
             scenario_python_lambda(work, args, rows)
         if 7 in scenarios:
             scenario_toolchains(work, args, rows)
+        if 8 in scenarios:
+            scenario_replicas(work, args, rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(rows, args)

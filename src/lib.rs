@@ -13,6 +13,7 @@ pub mod k8s;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod pack;
 pub mod proxy;
@@ -199,7 +200,7 @@ impl Server {
             config::StoreBackend::Sled => {
                 let store = Arc::new(store::Store::open(&data.join("store"))?);
                 let archives = Arc::new(store::ArchiveFiles::open(&data.join("archives"))?);
-                let sole = Arc::new(store::SoleProcess::new(store.clone()));
+                let sole = Arc::new(store::SoleProcess::new(store.clone(), &instance));
                 (store.clone(), store, archives, sole)
             }
             config::StoreBackend::Postgres => {
@@ -249,8 +250,12 @@ impl Server {
                 } else {
                     std::path::PathBuf::from(&config.containers.pod_socket_dir)
                 };
-                let engine =
-                    docker::DockerEngine::connect(&config.containers, &instance, &pods_dir).await?;
+                let engine = docker::DockerEngine::connect(
+                    &config.containers,
+                    coordination.owner(),
+                    &pods_dir,
+                )
+                .await?;
                 let deployer: Arc<dyn lifecycle::Deployer> = if backend
                     == config::ContainerBackend::Kubernetes
                 {

@@ -68,6 +68,19 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Copy a stopped service's embedded (sled) store into the empty PostgreSQL
+    /// database of the configuration (store.backend = "postgres", store.postgres_url,
+    /// encryption_key): lambdas, build jobs, logs, key-value data, image records and
+    /// archives. The source is left as it is.
+    MigrateStore {
+        /// The stopped service's data directory (it holds store/ and archives/).
+        #[arg(long, value_name = "DIR")]
+        from_data_dir: PathBuf,
+        /// TOML configuration naming the target (settings also come from
+        /// LUNA_LAMBDA_* variables).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Exit status of a bad command line or configuration (the status clap uses for usage
@@ -91,6 +104,10 @@ fn main() -> std::process::ExitCode {
             lambda_type,
             config,
         } => return pack(&input, &output, &lambda_type, config.as_deref()),
+        Command::MigrateStore {
+            from_data_dir,
+            config,
+        } => return migrate_store(&from_data_dir, config.as_deref()),
         Command::CompileWorker {
             cache_dir,
             cpu_secs,
@@ -206,6 +223,45 @@ fn pack(
         }
         Err(e) => {
             eprintln!("luna-lambda pack: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate_store(
+    from: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> std::process::ExitCode {
+    let config = match Config::load(config, std::env::vars(), &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("luna-lambda migrate-store: {e}");
+            return std::process::ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("luna-lambda migrate-store: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut progress = |line: &str| println!("{line}");
+    match runtime.block_on(luna_lambda::migrate::migrate_store(
+        &config,
+        from,
+        &mut progress,
+    )) {
+        Ok(done) => {
+            println!(
+                "migrated {} lambdas from {} into the database; start the service with store.backend = \"postgres\"",
+                done.lambdas,
+                from.display()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("luna-lambda migrate-store: {e}");
             std::process::ExitCode::FAILURE
         }
     }

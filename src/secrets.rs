@@ -68,6 +68,15 @@ impl Sealer {
         })
     }
 
+    /// The key a data directory generated for itself, if it has one (what a service
+    /// on it with no configured key used).
+    pub fn open_generated(data_dir: &Path) -> Result<Option<Self>, SecretsError> {
+        if !data_dir.join(KEY_FILE).exists() {
+            return Ok(None);
+        }
+        Self::open("", data_dir).map(Some)
+    }
+
     /// Encrypts: nonce || ciphertext.
     pub fn seal(&self, credentials: &Credentials) -> Result<Vec<u8>, SecretsError> {
         let plain = serde_json::to_vec(credentials).map_err(|_| SecretsError::Encrypt)?;

@@ -56,6 +56,17 @@ impl ApiError {
         )
     }
 
+    /// 503 (code 1): the store's database is out of reach; the call may be retried.
+    pub fn store_unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "store database unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            1,
+            "Internal server error",
+            "the store database is unreachable; running lambdas keep serving, retry this call shortly",
+        )
+    }
+
     /// 11037: Luna-Account-Id is not a uuid.
     pub fn bad_account_header() -> Self {
         Self::new(
@@ -318,6 +329,9 @@ impl From<LifecycleError> for ApiError {
                 e.to_string(),
             ),
             LifecycleError::ValidatesBusy { .. } => Self::overloaded(e.to_string()),
+            LifecycleError::Store(store) if store.is_unavailable() => {
+                Self::store_unavailable(store)
+            }
             LifecycleError::Store(_)
             | LifecycleError::Secrets(_)
             | LifecycleError::Deploy(_)

@@ -140,7 +140,7 @@ impl Lifecycle {
         })
         .await??;
         if !compiled.cache_hit {
-            tracing::warn!(lambda = %record.lambda_id, "artifact missing from the cache: recompiled");
+            tracing::warn!(lambda = %record.lambda_id, "component not in this data directory's artifact cache: compiled");
         }
         self.store
             .add_artifacts(&wasm_digest, &compiled.artifacts)

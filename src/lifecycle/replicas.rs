@@ -73,7 +73,7 @@ impl Lifecycle {
             }
         };
         let serving = self.registry.serving_version(id);
-        let Some(record) = record.filter(|r| r.deployed) else {
+        let Some(record) = record else {
             if serving.is_some() || self.jobs.contains_key(&id) {
                 self.registry.remove(id);
                 if let Some((_, job)) = self.jobs.remove(&id) {
@@ -85,6 +85,10 @@ impl Lifecycle {
             }
             return;
         };
+        if !record.deployed {
+            // Created, its first build not finished (perhaps running here): nothing serves.
+            return;
+        }
         let version = record.current.version;
         if serving == Some(version) {
             return;

@@ -191,7 +191,7 @@ impl World {
             engine: WasmEngine::new(&config, &dir.path().join("artifacts")).unwrap(),
             sealer: Sealer::open(&config.encryption_key, dir.path()).unwrap(),
             archives: Arc::new(ArchiveFiles::open(&dir.path().join("archives")).unwrap()),
-            coordination: Arc::new(SoleProcess::new(store.clone())),
+            coordination: Arc::new(SoleProcess::new(store.clone(), "test")),
             config,
             store: store.clone(),
             kv: store,

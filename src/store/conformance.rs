@@ -429,6 +429,11 @@ async fn replicas_on_one_database_coordinate() {
     let a = PgStore::connect(&server.url(), 4, "a").await.unwrap();
     let b = PgStore::connect(&server.url(), 4, "b").await.unwrap();
     assert_eq!((a.replica(), b.replica(), a.shared()), ("a", "b", true));
+    assert_eq!(
+        a.owner(),
+        b.owner(),
+        "one owner of the replicas' containers"
+    );
 
     // A write through one is announced to the other.
     let mut heard = b.changes();
@@ -549,6 +554,6 @@ async fn replicas_on_one_database_coordinate() {
             .schema_version()
             .await
             .unwrap(),
-        3
+        4
     );
 }

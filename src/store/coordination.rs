@@ -74,6 +74,10 @@ pub trait Coordination: Send + Sync + std::fmt::Debug {
     /// This process's name in leases and logs.
     fn replica(&self) -> &str;
 
+    /// The owner label of what the processes sharing the store run outside it
+    /// (containers): one for all of them, so that whichever leads finds every one.
+    fn owner(&self) -> &str;
+
     /// Whether other processes may share the store.
     fn shared(&self) -> bool;
 
@@ -105,15 +109,18 @@ pub trait Coordination: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct SoleProcess {
     records: Arc<dyn LambdaStore>,
+    owner: String,
     changes: broadcast::Sender<Change>,
     leader: watch::Sender<bool>,
 }
 
 impl SoleProcess {
-    /// Coordination over `records` (where the serving versions are read).
-    pub fn new(records: Arc<dyn LambdaStore>) -> Self {
+    /// Coordination over `records` (where the serving versions are read); `owner`
+    /// labels what the process runs outside the store.
+    pub fn new(records: Arc<dyn LambdaStore>, owner: &str) -> Self {
         Self {
             records,
+            owner: owner.to_owned(),
             changes: broadcast::channel(1).0,
             leader: watch::channel(true).0,
         }
@@ -124,6 +131,10 @@ impl SoleProcess {
 impl Coordination for SoleProcess {
     fn replica(&self) -> &str {
         "local"
+    }
+
+    fn owner(&self) -> &str {
+        &self.owner
     }
 
     fn shared(&self) -> bool {

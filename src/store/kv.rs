@@ -236,6 +236,29 @@ fn put_entry(
 }
 
 impl Store {
+    /// Every entry of the lambda's namespace as (bucket, key, value), in key order (the
+    /// store's migration to another backend).
+    pub fn kv_entries(
+        &self,
+        lambda: LambdaId,
+    ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let mut entries = Vec::new();
+        for entry in self.kv.scan_prefix(lambda.as_bytes()) {
+            let (full, value) = entry?;
+            let rest = &full[16..];
+            let (len, rest) = rest
+                .split_first()
+                .ok_or_else(|| StoreError::Codec("key-value entry without a bucket".into()))?;
+            let (bucket, key) = rest.split_at(usize::from(*len).min(rest.len()));
+            let text = |bytes: &[u8]| {
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|_| StoreError::Codec("key-value name is not UTF-8".into()))
+            };
+            entries.push((text(bucket)?, text(key)?, value.to_vec()));
+        }
+        Ok(entries)
+    }
+
     /// The value of `key` in `bucket`.
     pub fn kv_get(
         &self,

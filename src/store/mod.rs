@@ -72,6 +72,19 @@ pub enum StoreError {
     LockTimeout(LambdaId),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (or a lock not had in time), rather
+    /// than refusing a call: the caller may retry once it is back.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Pool(_) | Self::LockTimeout(_) => true,
+            // No answer from the server (the connection failed or closed), not a refusal.
+            Self::Postgres(e) => e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+}
+
 /// Another lambda of the account already has the name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameTaken;
@@ -480,6 +493,24 @@ pub trait LambdaStore: Send + Sync + std::fmt::Debug {
 
 /// Where the images this service built are recorded, in `meta`.
 const BUILT_IMAGE_PREFIX: &str = "built-image/";
+
+impl Store {
+    /// Every (build key, image id) this service recorded building (the store's
+    /// migration to another backend).
+    pub fn built_images(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.meta
+            .scan_prefix(BUILT_IMAGE_PREFIX.as_bytes())
+            .map(|entry| {
+                let (key, value) = entry?;
+                let text = |bytes: &[u8]| {
+                    String::from_utf8(bytes.to_vec())
+                        .map_err(|_| StoreError::Codec("image record is not UTF-8".into()))
+                };
+                Ok((text(&key[BUILT_IMAGE_PREFIX.len()..])?, text(&value)?))
+            })
+            .collect()
+    }
+}
 
 /// Which lambdas a list shows; every field given must match.
 #[derive(Debug, Clone, Default)]

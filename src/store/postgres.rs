@@ -127,6 +127,18 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ALTER TABLE archives ADD COLUMN stored_at timestamptz NOT NULL DEFAULT now();
     "#,
     ),
+    (
+        4,
+        r#"
+    -- What the replicas of this database are together: the owner they label the
+    -- containers they run with, so that any replica finds every one of them.
+    CREATE TABLE cluster (
+        id uuid PRIMARY KEY,
+        created timestamptz NOT NULL DEFAULT now()
+    );
+    INSERT INTO cluster (id) VALUES (gen_random_uuid());
+    "#,
+    ),
 ];
 
 /// Serialises migrations between replicas starting at once (`pg_advisory_lock` key).
@@ -169,6 +181,8 @@ pub struct PgStore {
     /// while they make their calls can never take every connection those calls need.
     locks: Pool,
     replica: Arc<str>,
+    /// The id of the replicas of this database together (the `cluster` row).
+    cluster: Arc<str>,
     changes: broadcast::Sender<Change>,
     leader: Arc<watch::Sender<bool>>,
     archive_grace: Duration,
@@ -318,9 +332,14 @@ async fn connect_once(config: &tokio_postgres::Config) -> Result<Connected, Stor
 /// Forwards the changes other replicas announce, for the life of the store: when the
 /// listening connection is lost, opens another and, listening again, says that notices
 /// may have been missed.
-async fn listen_for_changes(config: tokio_postgres::Config, changes: broadcast::Sender<Change>) {
+async fn listen_for_changes(
+    config: tokio_postgres::Config,
+    changes: broadcast::Sender<Change>,
+    listening: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut listening = Some(listening);
     loop {
-        if let Err(e) = listen_once(&config, &changes).await {
+        if let Err(e) = listen_once(&config, &changes, &mut listening).await {
             tracing::warn!(error = %e, "lost the store database's change notices; listening again");
         }
         tokio::time::sleep(RETRY_EVERY).await;
@@ -330,6 +349,7 @@ async fn listen_for_changes(config: tokio_postgres::Config, changes: broadcast::
 async fn listen_once(
     config: &tokio_postgres::Config,
     changes: &broadcast::Sender<Change>,
+    listening: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), StoreError> {
     let (client, mut connection) = connect_once(config).await?;
     let (notices, mut incoming) = tokio::sync::mpsc::unbounded_channel();
@@ -347,6 +367,9 @@ async fn listen_once(
         .await?;
     // Listening from now on: what changed before is read again.
     let _ = changes.send(Change::Missed);
+    if let Some(listening) = listening.take() {
+        let _ = listening.send(());
+    }
     while let Some(notice) = incoming.recv().await {
         match notice.payload().parse::<Uuid>() {
             Ok(id) => {
@@ -495,17 +518,29 @@ impl PgStore {
         let pool = pool_of(config.clone(), pool_size)?;
         let locks = pool_of(config.clone(), pool_size.div_ceil(2))?;
         migrate(&pool).await?;
+        let cluster: Uuid = pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))?
+            .query_one("SELECT id FROM cluster ORDER BY created LIMIT 1", &[])
+            .await?
+            .get(0);
         let replica: Arc<str> = Arc::from(replica);
         let changes = broadcast::channel(CHANGES_BACKLOG).0;
         let leader = Arc::new(watch::channel(false).0);
+        let (listening, listens) = tokio::sync::oneshot::channel();
         let background = Background(vec![
-            tokio::spawn(listen_for_changes(config.clone(), changes.clone())),
+            tokio::spawn(listen_for_changes(config.clone(), changes.clone(), listening)),
             tokio::spawn(lead(config, leader.clone(), replica.clone())),
         ]);
+        // Returned listening: no change made after `connect` goes unheard (should the
+        // database not let it listen in time, the first comparison catches up).
+        let _ = tokio::time::timeout(POOL_WAIT, listens).await;
         Ok(Self {
             pool,
             locks,
             replica,
+            cluster: Arc::from(cluster.to_string()),
             changes,
             leader,
             archive_grace: ARCHIVE_GRACE,
@@ -1137,6 +1172,10 @@ impl ArchiveStore for PgStore {
 impl Coordination for PgStore {
     fn replica(&self) -> &str {
         &self.replica
+    }
+
+    fn owner(&self) -> &str {
+        &self.cluster
     }
 
     fn shared(&self) -> bool {

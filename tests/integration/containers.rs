@@ -1002,3 +1002,89 @@ async fn host_networking_is_an_operators_explicit_and_visible_choice() {
     assert_eq!(mode, "host");
     assert_eq!(server.delete_lambda(&id).await.status(), 204);
 }
+
+/// Two replicas on one PostgreSQL database with the Docker backend: the leader builds a
+/// container lambda created through the other one and runs its pods, both proxy to
+/// them, and when the leader is killed the other leads, serves on and removes the pods
+/// at delete.
+#[tokio::test]
+async fn container_lambdas_on_two_replicas_are_the_leaders_to_build_and_both_serve_them() {
+    use crate::postgres::throwaway_postgres::ThrowawayPostgres;
+    let database = ThrowawayPostgres::start();
+    let url = database.url();
+    let registry = registry();
+    let env = [
+        ("LUNA_LAMBDA_CONTAINER_BACKEND", "docker"),
+        ("LUNA_LAMBDA_CONTAINERS_REGISTRY", registry.as_str()),
+        ("LUNA_LAMBDA_STORE_BACKEND", "postgres"),
+        ("LUNA_LAMBDA_STORE_POSTGRES_URL", url.as_str()),
+        (
+            "LUNA_LAMBDA_ENCRYPTION_KEY",
+            "bHVuYS1sYW1iZGEtdGVzdC1rZXktMzItYnl0ZXMhISE=",
+        ),
+        ("LUNA_LAMBDA_STORE_RECONCILE_SECS", "1"),
+    ];
+    let temp = tempfile::tempdir().unwrap();
+    let first = Server::start_in(&temp.path().join("first"), &env);
+    let second = Server::start_in(&temp.path().join("second"), &env);
+    let leads = |server: &Server| server.log().contains("this replica leads");
+    eventually("one replica leads", || async {
+        if leads(&first) || leads(&second) {
+            Ok(())
+        } else {
+            Err("no leader yet")
+        }
+    })
+    .await;
+    let (leader, other) = if leads(&first) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+
+    let upload = Upload::new(standalone_zip("one")).parameters(json!({
+        "lambda_name": "py-replicated",
+        "config": {"greeting": {"lang": "en"}},
+    }));
+    let id = created_id(other.create_raw(ACCOUNT, upload).await).await;
+    let _cleanup = Cleanup(vec![id.clone()]);
+    leader.wait_status(&id, "running").await;
+    let built_here = |server: &Server| {
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("build of version 1 started on replica"))
+    };
+    assert!(built_here(&leader) && !built_here(&other));
+    for server in [&leader, &other] {
+        eventually("the replica proxies to the pod", || async {
+            let r = call(server, &id, "/main?name=ann", json!({"a": 1})).await;
+            match r.status().as_u16() {
+                200 => Ok(()),
+                status => Err(format!("{status}: {}", r.text().await.unwrap())),
+            }
+        })
+        .await;
+    }
+    let pods = containers_of(&id);
+    assert_eq!(pods.len(), 1, "one pod, however many replicas serve it");
+
+    leader.kill();
+    eventually("the other replica leads", || async {
+        if leads(&other) {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    })
+    .await;
+    let r = call(&other, &id, "/main?name=bob", json!({"a": 1})).await;
+    assert_eq!(
+        r.status(),
+        200,
+        "the pod outlives the replica that started it"
+    );
+    assert_eq!(containers_of(&id), pods, "and is not started again");
+    assert_eq!(other.delete_lambda(&id).await.status(), 204);
+    assert!(containers_of(&id).is_empty());
+}

@@ -98,10 +98,14 @@ async fn a_database_outage_fails_management_calls_but_not_running_lambdas() {
     let lambda = server.running_fixture(ACCOUNT, "steady", None).await;
 
     database.stop();
-    // Management calls that need the database fail, and say nothing internal.
+    // Management calls that need the database fail, clearly and saying nothing internal.
     let started = std::time::Instant::now();
     let (status, body) = server.get_json("/1/lambdas").await;
-    assert_eq!(status, 500, "{body}");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["detail"],
+        "the store database is unreachable; running lambdas keep serving, retry this call shortly"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
     let (status, body) = server
         .get_json("/healthcheck?include_luna_services=1")
@@ -127,4 +131,70 @@ async fn a_database_outage_fails_management_calls_but_not_running_lambdas() {
         .get_json("/healthcheck?include_luna_services=1")
         .await;
     assert_eq!(status, 200);
+}
+
+/// An operator moves a service from its embedded store to PostgreSQL: stops it, runs
+/// `luna-lambda migrate-store` and starts it on the database. The lambda serves with its
+/// counter, logs and image logs, its credentials sealed again with the shared key; a
+/// second migration into the same database is refused.
+#[tokio::test]
+async fn a_sled_service_moves_to_postgres_with_migrate_store() {
+    let temp = tempfile::tempdir().unwrap();
+    let sled_dir = temp.path().join("sled");
+    let server = Server::start_in(&sled_dir, &[]);
+    let counter = deploy(
+        &server,
+        "kv-counter",
+        json!({"lambda_name": "counter"}),
+        None,
+    )
+    .await;
+    call(&server, Method::DELETE, &counter, "/visits", None).await;
+    for _ in 0..3 {
+        call(&server, Method::GET, &counter, "/visits", None).await;
+    }
+    wait_log(&server, &counter, "counter visits reset").await;
+    assert!(server.terminate().success());
+
+    let database = ThrowawayPostgres::start();
+    let url = database.url();
+    let env = [
+        ("LUNA_LAMBDA_STORE_BACKEND", "postgres"),
+        ("LUNA_LAMBDA_STORE_POSTGRES_URL", url.as_str()),
+        ("LUNA_LAMBDA_ENCRYPTION_KEY", SHARED_KEY),
+    ];
+    let migrate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_luna-lambda"))
+            .args(["migrate-store", "--from-data-dir"])
+            .arg(&sled_dir)
+            .envs(env)
+            .env("LUNA_LAMBDA_LOG_LEVEL", "warn")
+            .output()
+            .unwrap()
+    };
+    let migrated = migrate();
+    let stdout = String::from_utf8_lossy(&migrated.stdout);
+    assert!(
+        migrated.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    assert!(stdout.contains("migrated 1 lambdas"), "{stdout}");
+    assert!(stdout.contains("1 build jobs"), "{stdout}");
+    let again = migrate();
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already holds 1 lambda(s)"), "{stderr}");
+
+    let server = Server::start_in(&temp.path().join("postgres"), &env);
+    server.wait_status(&counter, "running").await;
+    let (_, text) = call(&server, Method::GET, &counter, "/visits", None).await;
+    assert_eq!(parse(&text), json!({"name": "visits", "hits": 4}));
+    wait_log(&server, &counter, "counter visits reset").await;
+    assert!(
+        server
+            .image_logs(&counter)
+            .await
+            .contains("build completed")
+    );
 }
