@@ -970,6 +970,8 @@ def scenario_replicas(work, args, rows):
         for connections in (1, 16):
             # Interleaved, the order swapped every run: the two sides differ by less
             # than this machine drifts over a minute.
+            COMMANDS.append(f"wrk -t{1 if connections == 1 else 2} -c{connections} "
+                            f"-d{args.seconds}s, PostgreSQL replica and sled service in turn")
             pg, anchor = [], []
             for run in range(args.runs * 2):
                 sides = [(pg, replicas[0].proxy_url(on_pg)), (anchor, sled.proxy_url(on_sled))]

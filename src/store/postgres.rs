@@ -530,7 +530,11 @@ impl PgStore {
         let leader = Arc::new(watch::channel(false).0);
         let (listening, listens) = tokio::sync::oneshot::channel();
         let background = Background(vec![
-            tokio::spawn(listen_for_changes(config.clone(), changes.clone(), listening)),
+            tokio::spawn(listen_for_changes(
+                config.clone(),
+                changes.clone(),
+                listening,
+            )),
             tokio::spawn(lead(config, leader.clone(), replica.clone())),
         ]);
         // Returned listening: no change made after `connect` goes unheard (should the
