@@ -577,6 +577,23 @@ def scenario_upload(work, args, rows):
         service.stop()
 
 
+def list_latency(creator, lister, archive_path, stored, wanted):
+    """Creates lambdas through `creator` until `wanted` are stored (`stored` are), then
+    times 200 list pages through `lister`: (lambdas stored, p50, p99)."""
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: creator.create(archive_path, f"stored{i}"),
+                      range(max(0, wanted - stored))))
+    url = f"{lister.base}/1/lambdas?page_size=100&page=3"
+    samples = []
+    for _ in range(200):
+        started = time.perf_counter()
+        with urllib.request.urlopen(url) as r:
+            r.read()
+        samples.append(time.perf_counter() - started)
+    samples.sort()
+    return max(stored, wanted), samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+
+
 def scenario_scale(work, args, rows):
     """4: idle RSS, concurrent creates, list latency."""
     service = Service(work)
@@ -615,20 +632,9 @@ def scenario_scale(work, args, rows):
         rows.append((f"4. {args.burst:,} concurrent creates → all running",
                      f"{time.monotonic() - started:.1f} s", "all running", "", "no errors"))
 
-        stored = len(ids) + len(distinct_ids) + len(created)
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda i: service.create(shared, f"stored{i}"),
-                          range(max(0, args.stored - stored))))
-        url = f"{service.base}/1/lambdas?page_size=100&page=3"
-        samples = []
-        for _ in range(200):
-            started = time.perf_counter()
-            with urllib.request.urlopen(url) as r:
-                r.read()
-            samples.append(time.perf_counter() - started)
-        samples.sort()
-        p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
-        rows.append((f"4. list page_size=100 at {max(stored, args.stored):,} lambdas: p50 / p99",
+        stored, p50, p99 = list_latency(service, service, shared,
+                                        len(ids) + len(distinct_ids) + len(created), args.stored)
+        rows.append((f"4. list page_size=100 at {stored:,} lambdas: p50 / p99",
                      f"{ms(p50)} / {ms(p99)}", "5 ms (p50)", f"{0.005 / p50:.2f}×",
                      "target (≥ 1: met)"))
     finally:
@@ -1018,20 +1024,9 @@ def scenario_replicas(work, args, rows):
         rows.append((f"8. creates/s, 16 clients, {args.rate_creates:,} creates",
                      f"{pg_rate:,.0f}", f"{sled_rate:,.0f}", f"{pg_rate / sled_rate:.2f}×",
                      "sled, same run"))
-        stored = args.rate_creates + 1
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda i: replicas[1].create(shared, f"stored{i}"),
-                          range(max(0, args.stored - stored))))
-        url = f"{replicas[2].base}/1/lambdas?page_size=100&page=3"
-        samples = []
-        for _ in range(200):
-            started = time.perf_counter()
-            with urllib.request.urlopen(url) as r:
-                r.read()
-            samples.append(time.perf_counter() - started)
-        samples.sort()
-        p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
-        rows.append((f"8. list page_size=100 at {max(stored, args.stored):,} lambdas on "
+        stored, p50, p99 = list_latency(replicas[1], replicas[2], shared,
+                                        args.rate_creates + 1, args.stored)
+        rows.append((f"8. list page_size=100 at {stored:,} lambdas on "
                      "PostgreSQL: p50 / p99", f"{ms(p50)} / {ms(p99)}", "5 ms (p50)",
                      f"{0.005 / p50:.2f}×", "target (≥ 1: met)"))
     finally:
