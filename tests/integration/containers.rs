@@ -1018,10 +1018,7 @@ async fn container_lambdas_on_two_replicas_are_the_leaders_to_build_and_both_ser
         ("LUNA_LAMBDA_CONTAINERS_REGISTRY", registry.as_str()),
         ("LUNA_LAMBDA_STORE_BACKEND", "postgres"),
         ("LUNA_LAMBDA_STORE_POSTGRES_URL", url.as_str()),
-        (
-            "LUNA_LAMBDA_ENCRYPTION_KEY",
-            "bHVuYS1sYW1iZGEtdGVzdC1rZXktMzItYnl0ZXMhISE=",
-        ),
+        ("LUNA_LAMBDA_ENCRYPTION_KEY", crate::postgres::SHARED_KEY),
         ("LUNA_LAMBDA_STORE_RECONCILE_SECS", "1"),
     ];
     let temp = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ pub(crate) mod throwaway_postgres;
 use throwaway_postgres::ThrowawayPostgres;
 
 /// The credentials key every process on the database shares (base64 of 32 bytes).
-const SHARED_KEY: &str = "bHVuYS1sYW1iZGEtdGVzdC1rZXktMzItYnl0ZXMhISE=";
+pub(crate) const SHARED_KEY: &str = "bHVuYS1sYW1iZGEtdGVzdC1rZXktMzItYnl0ZXMhISE=";
 
 #[tokio::test]
 async fn lambdas_and_their_data_live_in_postgres_and_survive_a_kill() {

@@ -13,10 +13,8 @@ use serde_json::json;
 use crate::common::*;
 use crate::examples::{call, deploy, example_zip, parse};
 
+use crate::postgres::SHARED_KEY;
 use crate::postgres::throwaway_postgres::ThrowawayPostgres;
-
-/// The credentials key every replica shares (base64 of 32 bytes).
-const SHARED_KEY: &str = "bHVuYS1sYW1iZGEtdGVzdC1rZXktMzItYnl0ZXMhISE=";
 
 /// How long a change may take to reach every replica in these tests (the notices make
 /// it milliseconds; the periodic comparison, every second here, catches a missed one).
